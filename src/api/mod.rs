@@ -1,0 +1,87 @@
+//! The HTTP API (axum): health, metrics and the `/api/v1` queries.
+
+mod error;
+mod params;
+mod quarantine;
+mod readings;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use axum::Router;
+use axum::extract::State;
+use axum::http::{StatusCode, header};
+use axum::response::IntoResponse;
+use axum::routing::get;
+use serde_json::json;
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+pub use error::ApiError;
+
+use crate::metrics::Metrics;
+use crate::store::ReadPool;
+
+/// What every handler can reach.
+#[derive(Clone)]
+pub struct AppState {
+    pub pool: ReadPool,
+    pub metrics: Arc<Metrics>,
+    /// True once the MQTT subscription is in place.
+    pub subscribed: watch::Receiver<bool>,
+}
+
+pub fn router(state: AppState) -> Router {
+    Router::new()
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+        .route("/api/v1/readings", get(readings::readings))
+        .route("/api/v1/latest", get(readings::latest))
+        .route("/api/v1/quarantine", get(quarantine::list))
+        .fallback(|| async { ApiError::not_found("no such endpoint; see the README for the API") })
+        .with_state(state)
+}
+
+/// Binds `listen` (failing at once when it cannot) and serves until `shutdown`.
+pub async fn bind(listen: SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
+    tokio::net::TcpListener::bind(listen).await
+}
+
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    state: AppState,
+    shutdown: CancellationToken,
+) -> std::io::Result<()> {
+    axum::serve(listener, router(state))
+        .with_graceful_shutdown(shutdown.cancelled_owned())
+        .await
+}
+
+async fn healthz() -> impl IntoResponse {
+    axum::Json(json!({"status": "ok"}))
+}
+
+async fn readyz(State(s): State<AppState>) -> impl IntoResponse {
+    let store = s.pool.is_ready().await;
+    let broker = *s.subscribed.borrow() && s.metrics.mqtt_connected.get() == 1;
+    let status = if store && broker {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (
+        status,
+        axum::Json(json!({"store_open": store, "broker_connected": broker})),
+    )
+}
+
+async fn metrics(State(s): State<AppState>) -> impl IntoResponse {
+    (
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        s.metrics.encode(),
+    )
+}

@@ -1,0 +1,128 @@
+//! `GET /api/v1/readings` and `GET /api/v1/latest`.
+
+use std::collections::HashMap;
+use std::fmt::Write;
+use std::time::Duration;
+
+use axum::Json;
+use axum::extract::{Query, State};
+use axum::http::header;
+use axum::response::{IntoResponse, Response};
+use serde_json::json;
+
+use super::AppState;
+use super::error::ApiError;
+use super::params::Params;
+use crate::store::readings::{self, Agg, Filter, Row};
+
+const DEFAULT_LIMIT: usize = 10_000;
+const MAX_LIMIT: usize = 1_000_000;
+
+pub async fn readings(
+    State(s): State<AppState>,
+    Query(raw): Query<HashMap<String, String>>,
+) -> Result<Response, ApiError> {
+    let p = Params::new(
+        raw,
+        &[
+            "orchard", "block", "device", "kind", "from", "to", "every", "agg", "limit", "format",
+        ],
+    )?;
+    let filter = Filter {
+        orchard: p.ident("orchard")?,
+        block: p.ident("block")?,
+        device: p.ident("device")?,
+        kind: p.kind()?,
+        from: p.time("from")?,
+        to: p.time("to")?,
+        every: every(&p)?,
+        limit: p.limit(DEFAULT_LIMIT, MAX_LIMIT)?,
+    };
+    if let (Some(from), Some(to)) = (filter.from, filter.to) {
+        if from >= to {
+            return Err(ApiError::bad_request("`from` must be before `to`"));
+        }
+    }
+    let csv = p.csv()?;
+    let rows = s.pool.read(move |c| readings::query(c, &filter)).await?;
+    Ok(respond(rows, csv))
+}
+
+pub async fn latest(
+    State(s): State<AppState>,
+    Query(raw): Query<HashMap<String, String>>,
+) -> Result<Response, ApiError> {
+    let p = Params::new(raw, &["orchard", "block", "format"])?;
+    let (orchard, block) = (p.ident("orchard")?, p.ident("block")?);
+    let csv = p.csv()?;
+    let rows = s
+        .pool
+        .read(move |c| readings::latest(c, &orchard, &block))
+        .await?;
+    Ok(respond(rows, csv))
+}
+
+fn every(p: &Params) -> Result<Option<(i64, Agg)>, ApiError> {
+    let agg = p
+        .get("agg")
+        .map(|a| {
+            Agg::parse(a).ok_or_else(|| {
+                ApiError::bad_request("`agg` must be one of mean, min, max, sum, count, last")
+            })
+        })
+        .transpose()?;
+    match (p.get("every"), agg) {
+        (None, None) => Ok(None),
+        (None, Some(_)) => Err(ApiError::bad_request("`agg` needs `every`, e.g. every=1h")),
+        (Some(e), agg) => {
+            let d: Duration = humantime::parse_duration(e)
+                .ok()
+                .filter(|d| d.as_millis() >= 1000)
+                .ok_or_else(|| {
+                    ApiError::bad_request(
+                        "`every` must be a duration of at least 1s, e.g. 15m, 1h, 1d",
+                    )
+                })?;
+            Ok(Some((d.as_millis() as i64, agg.unwrap_or(Agg::Mean))))
+        }
+    }
+}
+
+fn respond(rows: Vec<Row>, csv: bool) -> Response {
+    if !csv {
+        let rows: Vec<_> = rows.iter().map(row_json).collect();
+        return Json(json!({ "readings": rows })).into_response();
+    }
+    let mut out = String::from("orchard,block,device,kind,depth_cm,ts,value\n");
+    for r in &rows {
+        let depth = r.depth_cm.map(|d| d.to_string()).unwrap_or_default();
+        // Identifiers are [A-Za-z0-9_-]: nothing in a row needs CSV quoting.
+        let _ = writeln!(
+            out,
+            "{},{},{},{},{},{},{}",
+            r.orchard,
+            r.block,
+            r.device,
+            r.kind,
+            depth,
+            r.ts.to_rfc3339(),
+            r.value
+        );
+    }
+    ([(header::CONTENT_TYPE, "text/csv; charset=utf-8")], out).into_response()
+}
+
+fn row_json(r: &Row) -> serde_json::Value {
+    let mut v = json!({
+        "orchard": r.orchard,
+        "block": r.block,
+        "device": r.device,
+        "kind": r.kind,
+        "ts": r.ts.to_rfc3339(),
+        "value": r.value,
+    });
+    if let Some(d) = r.depth_cm {
+        v["depth_cm"] = json!(d);
+    }
+    v
+}

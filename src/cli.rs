@@ -1,0 +1,101 @@
+//! The command line: `run`, `check-config`, `simulate`, `bench`.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "orchardd",
+    version,
+    about = "Smart-orchard telemetry daemon: MQTT sensor readings in, validated time series out"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the daemon (embedded broker and store unless configured otherwise).
+    Run(ConfigArg),
+    /// Check a configuration file and the ORCHARDD__* environment; print every problem.
+    CheckConfig(ConfigArg),
+    /// Publish simulated citrus-orchard telemetry to an MQTT broker.
+    Simulate(SimulateArgs),
+    /// Measure ingest throughput, latency and memory; print a report.
+    Bench(BenchArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct ConfigArg {
+    /// Configuration file (TOML). Without it, the built-in defaults of config/orchardd.toml.
+    #[arg(long, short, env = "ORCHARDD_CONFIG")]
+    pub config: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum Qos {
+    #[value(name = "0")]
+    AtMostOnce,
+    #[value(name = "1")]
+    AtLeastOnce,
+}
+
+#[derive(Debug, Args)]
+pub struct SimulateArgs {
+    /// Broker to publish to.
+    #[arg(long, default_value = "mqtt://127.0.0.1:1883")]
+    pub url: String,
+    #[arg(long, default_value_t = 1)]
+    pub orchards: usize,
+    #[arg(long, default_value_t = 2)]
+    pub blocks: usize,
+    /// Devices per block.
+    #[arg(long, default_value_t = 3)]
+    pub devices: usize,
+    /// Time between two messages of one device ("10s", "1m"); "0s" publishes as fast as possible.
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    pub interval: Duration,
+    /// Messages per device, then stop. Without it, run until interrupted.
+    #[arg(long)]
+    pub count: Option<u64>,
+    #[arg(long, value_enum, default_value = "1")]
+    pub qos: Qos,
+    /// Parallel publishing connections.
+    #[arg(long, default_value_t = 1)]
+    pub connections: usize,
+    #[arg(long)]
+    pub username: Option<String>,
+    #[arg(long, env = "ORCHARDD_SIM_PASSWORD")]
+    pub password: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum BenchBroker {
+    Embedded,
+    Mosquitto,
+}
+
+#[derive(Debug, Args)]
+pub struct BenchArgs {
+    /// Which brokers to measure through (repeat or comma-separate).
+    #[arg(long, value_enum, value_delimiter = ',', default_values = ["embedded", "mosquitto"])]
+    pub broker: Vec<BenchBroker>,
+    /// Messages to publish per run (10 readings each).
+    #[arg(long, default_value_t = 100_000)]
+    pub messages: u64,
+    /// Simulated devices (spread over 4 orchards x 5 blocks).
+    #[arg(long, default_value_t = 200)]
+    pub devices: usize,
+    /// Parallel publishing connections.
+    #[arg(long, default_value_t = 4)]
+    pub connections: usize,
+    /// Store synchronous mode for the run: full or normal.
+    #[arg(long, default_value = "full")]
+    pub synchronous: String,
+    /// Also write the report as Markdown to this file.
+    #[arg(long)]
+    pub output: Option<PathBuf>,
+}

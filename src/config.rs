@@ -1,0 +1,491 @@
+//! The one typed configuration of orchardd.
+//!
+//! Layers, later wins: built-in defaults (documented key by key in `config/orchardd.toml`),
+//! the file given with `--config`, then `ORCHARDD__SECTION__KEY` environment variables.
+
+use std::collections::BTreeSet;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::ingest::topic::TopicPattern;
+
+/// The shipped, documented configuration file. Parsing it must give [`Settings::default`].
+pub const SHIPPED_TOML: &str = include_str!("../config/orchardd.toml");
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[serde(default, deny_unknown_fields)]
+pub struct Settings {
+    pub broker: BrokerSettings,
+    pub mqtt: MqttSettings,
+    pub ingest: IngestSettings,
+    pub validate: ValidateSettings,
+    pub store: StoreSettings,
+    pub http: HttpSettings,
+    pub log: LogSettings,
+}
+
+/// The embedded MQTT broker (rumqttd), for a server that is its own broker.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct BrokerSettings {
+    /// Run the broker inside orchardd; orchardd then subscribes to it, ignoring `mqtt.url`.
+    pub embedded: bool,
+    /// Where the embedded broker listens for sensors and gateways.
+    pub listen: SocketAddr,
+    /// Largest MQTT packet the embedded broker takes, in bytes.
+    pub max_packet_bytes: usize,
+}
+
+impl Default for BrokerSettings {
+    fn default() -> Self {
+        Self {
+            embedded: true,
+            listen: SocketAddr::from(([127, 0, 0, 1], 1883)),
+            max_packet_bytes: 1024 * 1024,
+        }
+    }
+}
+
+/// How orchardd connects to an MQTT broker as a subscriber.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct MqttSettings {
+    /// `mqtt://host:port` or `mqtts://host:port` (TLS); used when `broker.embedded = false`.
+    pub url: String,
+    /// Fixed, so that the broker keeps orchardd's persistent session across restarts.
+    pub client_id: String,
+    pub username: Option<String>,
+    pub password: Option<String>,
+    /// PEM file of the CA that signed the broker's certificate; system roots when unset.
+    pub ca_file: Option<PathBuf>,
+    /// Topic patterns; `{orchard}`, `{block}` and `{device}` are placeholders for one level each.
+    pub topics: Vec<String>,
+    #[serde(with = "humantime_serde")]
+    pub keep_alive: Duration,
+    /// Upper bound of the reconnect back-off.
+    #[serde(with = "humantime_serde")]
+    pub reconnect_max_delay: Duration,
+}
+
+impl Default for MqttSettings {
+    fn default() -> Self {
+        Self {
+            url: "mqtt://127.0.0.1:1883".into(),
+            client_id: "orchardd".into(),
+            username: None,
+            password: None,
+            ca_file: None,
+            topics: vec![
+                "orchards/{orchard}/{block}/{device}/telemetry".into(),
+                "orchards/{orchard}/{block}/{device}/status".into(),
+            ],
+            keep_alive: Duration::from_secs(30),
+            reconnect_max_delay: Duration::from_secs(30),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct IngestSettings {
+    /// Larger payloads are quarantined as `payload_too_large` (their first KiB is kept).
+    pub max_payload_bytes: usize,
+    /// Messages decoded and waiting for the store; when full, orchardd stops reading MQTT.
+    pub queue_messages: usize,
+}
+
+impl Default for IngestSettings {
+    fn default() -> Self {
+        Self {
+            max_payload_bytes: 256 * 1024,
+            queue_messages: 4096,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ValidateSettings {
+    /// How far a sensor's clock may run ahead of the server's.
+    #[serde(with = "humantime_serde")]
+    pub max_future_skew: Duration,
+    /// Oldest reading accepted (gateways that were offline deliver late).
+    #[serde(with = "humantime_serde")]
+    pub max_age: Duration,
+}
+
+impl Default for ValidateSettings {
+    fn default() -> Self {
+        Self {
+            max_future_skew: Duration::from_secs(5 * 60),
+            max_age: Duration::from_secs(30 * 86_400),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Synchronous {
+    /// fsync at every commit: an acknowledged reading survives a power cut.
+    Full,
+    /// fsync at checkpoints only: survives a crash of orchardd, not of the machine.
+    Normal,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct StoreSettings {
+    /// The SQLite file; its directory is created when missing.
+    pub path: PathBuf,
+    pub synchronous: Synchronous,
+    /// Most readings committed in one transaction. Batches form by themselves under load.
+    pub max_batch_readings: usize,
+}
+
+impl Default for StoreSettings {
+    fn default() -> Self {
+        Self {
+            path: PathBuf::from("data/orchardd.db"),
+            synchronous: Synchronous::Full,
+            max_batch_readings: 20_000,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct HttpSettings {
+    /// With no API tokens configured, only a loopback address is accepted.
+    pub listen: SocketAddr,
+}
+
+impl Default for HttpSettings {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    #[default]
+    Text,
+    Json,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LogSettings {
+    pub format: LogFormat,
+    /// A `tracing` filter such as `info` or `orchardd=debug,rumqttd=warn`.
+    pub level: String,
+}
+
+impl Default for LogSettings {
+    fn default() -> Self {
+        Self {
+            format: LogFormat::Text,
+            level: "info".into(),
+        }
+    }
+}
+
+/// One thing wrong with the configuration, at a dotted key path.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Problem {
+    pub key: String,
+    pub message: String,
+}
+
+impl std::fmt::Display for Problem {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "config key `{}`: {}", self.key, self.message)
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read the configuration: {0}")]
+    Source(String),
+    #[error("{}", .0.iter().map(ToString::to_string).collect::<Vec<_>>().join("\n"))]
+    Invalid(Vec<Problem>),
+}
+
+impl Settings {
+    /// Loads defaults, then `file`, then the environment, and checks the result.
+    pub fn load(file: Option<&Path>) -> Result<Settings, ConfigError> {
+        let env: Vec<(String, String)> = std::env::vars().collect();
+        Self::load_with_env(file, env)
+    }
+
+    /// [`Settings::load`] with the environment given, so tests need not touch the process's.
+    pub fn load_with_env(
+        file: Option<&Path>,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Settings, ConfigError> {
+        let tree = merged_tree(file, env)?;
+        let mut problems = unknown_keys(&tree);
+        let settings = match serde_path_to_error::deserialize::<_, Settings>(tree.clone()) {
+            Ok(s) => Some(s),
+            Err(e) => {
+                problems.extend(type_problems(&tree));
+                if problems.is_empty() {
+                    problems.push(Problem {
+                        key: e.path().to_string(),
+                        message: e.inner().to_string(),
+                    });
+                }
+                None
+            }
+        };
+        if let Some(s) = &settings {
+            problems.extend(s.semantic_problems());
+        }
+        problems.sort();
+        problems.dedup();
+        match settings {
+            Some(s) if problems.is_empty() => Ok(s),
+            _ => Err(ConfigError::Invalid(problems)),
+        }
+    }
+
+    /// Rules that types alone cannot express.
+    fn semantic_problems(&self) -> Vec<Problem> {
+        let mut out = Vec::new();
+        let mut problem = |key: &str, message: String| {
+            out.push(Problem {
+                key: key.into(),
+                message,
+            })
+        };
+        if self.mqtt.topics.is_empty() {
+            problem("mqtt.topics", "at least one topic pattern is needed".into());
+        }
+        for (i, t) in self.mqtt.topics.iter().enumerate() {
+            if let Err(e) = TopicPattern::parse(t) {
+                problem(&format!("mqtt.topics[{i}]"), e.to_string());
+            }
+        }
+        if !self.broker.embedded {
+            if let Err(e) = crate::ingest::mqtt::parse_url(&self.mqtt.url) {
+                problem("mqtt.url", e);
+            }
+        }
+        if self.mqtt.client_id.is_empty() || self.mqtt.client_id.len() > 64 {
+            problem("mqtt.client_id", "must be 1 to 64 characters".into());
+        }
+        if self.mqtt.password.is_some() && self.mqtt.username.is_none() {
+            problem("mqtt.password", "is set but `mqtt.username` is not".into());
+        }
+        if let Some(ca) = &self.mqtt.ca_file {
+            if !ca.is_file() {
+                problem(
+                    "mqtt.ca_file",
+                    format!("{} is not a readable file", ca.display()),
+                );
+            }
+        }
+        if self.mqtt.keep_alive < Duration::from_secs(5) {
+            problem("mqtt.keep_alive", "must be at least 5s".into());
+        }
+        if self.ingest.max_payload_bytes < 64 {
+            problem("ingest.max_payload_bytes", "must be at least 64".into());
+        }
+        if self.ingest.queue_messages == 0 {
+            problem("ingest.queue_messages", "must be at least 1".into());
+        }
+        if self.store.max_batch_readings == 0 {
+            problem("store.max_batch_readings", "must be at least 1".into());
+        }
+        if self.store.path.as_os_str().is_empty() {
+            problem("store.path", "must name a file".into());
+        }
+        if !self.http.listen.ip().is_loopback() {
+            problem(
+                "http.listen",
+                format!(
+                    "{} is not a loopback address, and no API tokens are configured: \
+                     the API would be open to the network. Bind to 127.0.0.1 (and put a \
+                     reverse proxy with authentication in front) until tokens are configured",
+                    self.http.listen
+                ),
+            );
+        }
+        if let Err(e) = tracing_subscriber::EnvFilter::try_new(&self.log.level) {
+            problem("log.level", e.to_string());
+        }
+        out
+    }
+}
+
+/// Defaults, file and environment merged into one JSON tree, before typing.
+fn merged_tree(
+    file: Option<&Path>,
+    env: impl IntoIterator<Item = (String, String)>,
+) -> Result<Value, ConfigError> {
+    let defaults = config::File::from_str(SHIPPED_TOML, config::FileFormat::Toml);
+    let mut builder = config::Config::builder().add_source(defaults);
+    if let Some(path) = file {
+        if !path.is_file() {
+            return Err(ConfigError::Source(format!(
+                "{} does not exist or is not a file",
+                path.display()
+            )));
+        }
+        builder = builder.add_source(config::File::from(path).format(config::FileFormat::Toml));
+    }
+    let env = env
+        .into_iter()
+        .filter(|(k, _)| k.starts_with("ORCHARDD__"))
+        .collect();
+    builder = builder.add_source(
+        config::Environment::with_prefix("ORCHARDD")
+            .prefix_separator("__")
+            .separator("__")
+            .try_parsing(true)
+            .list_separator(",")
+            .with_list_parse_key("mqtt.topics")
+            .source(Some(env)),
+    );
+    let cfg = builder
+        .build()
+        .map_err(|e| ConfigError::Source(e.to_string()))?;
+    cfg.try_deserialize::<Value>()
+        .map_err(|e| ConfigError::Source(e.to_string()))
+}
+
+/// Keys present in `tree` that no field of [`Settings`] takes.
+fn unknown_keys(tree: &Value) -> Vec<Problem> {
+    let known = serde_json::to_value(Settings::default()).expect("settings serialize");
+    let mut out = Vec::new();
+    walk_unknown(tree, &known, String::new(), &mut out);
+    out
+}
+
+fn walk_unknown(tree: &Value, known: &Value, prefix: String, out: &mut Vec<Problem>) {
+    let (Value::Object(t), Value::Object(k)) = (tree, known) else {
+        return;
+    };
+    let names: BTreeSet<&str> = k.keys().map(String::as_str).collect();
+    for (key, value) in t {
+        let path = if prefix.is_empty() {
+            key.clone()
+        } else {
+            format!("{prefix}.{key}")
+        };
+        match k.get(key) {
+            Some(known_child) => walk_unknown(value, known_child, path, out),
+            None => out.push(Problem {
+                key: path,
+                message: format!(
+                    "unknown key; known keys here are {}",
+                    names.iter().copied().collect::<Vec<_>>().join(", ")
+                ),
+            }),
+        }
+    }
+}
+
+/// One type problem per section at most: each section is typed on its own, so that
+/// `check-config` can report a wrong type in `mqtt` and another in `store` at once.
+fn type_problems(tree: &Value) -> Vec<Problem> {
+    fn section<T: serde::de::DeserializeOwned>(tree: &Value, name: &str) -> Option<Problem> {
+        let v = tree.get(name)?.clone();
+        serde_path_to_error::deserialize::<_, T>(v)
+            .err()
+            .map(|e| Problem {
+                key: format!("{name}.{}", e.path()),
+                message: e.inner().to_string(),
+            })
+    }
+    [
+        section::<BrokerSettings>(tree, "broker"),
+        section::<MqttSettings>(tree, "mqtt"),
+        section::<IngestSettings>(tree, "ingest"),
+        section::<ValidateSettings>(tree, "validate"),
+        section::<StoreSettings>(tree, "store"),
+        section::<HttpSettings>(tree, "http"),
+        section::<LogSettings>(tree, "log"),
+    ]
+    .into_iter()
+    .flatten()
+    .filter(|p| !p.message.starts_with("unknown field"))
+    .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn the_shipped_file_documents_exactly_the_defaults() {
+        let loaded = Settings::load_with_env(None, env(&[])).unwrap();
+        assert_eq!(loaded, Settings::default());
+    }
+
+    #[test]
+    fn environment_overrides_the_file() {
+        let s = Settings::load_with_env(
+            None,
+            env(&[
+                ("ORCHARDD__BROKER__EMBEDDED", "false"),
+                ("ORCHARDD__MQTT__URL", "mqtt://10.0.0.5:1883"),
+                ("ORCHARDD__STORE__PATH", "/var/lib/orchardd/o.db"),
+                (
+                    "ORCHARDD__MQTT__TOPICS",
+                    "a/{orchard}/{block}/{device},b/{orchard}/{block}/{device}",
+                ),
+                ("ORCHARDD__VALIDATE__MAX_AGE", "2days"),
+            ]),
+        )
+        .unwrap();
+        assert!(!s.broker.embedded);
+        assert_eq!(s.mqtt.url, "mqtt://10.0.0.5:1883");
+        assert_eq!(s.store.path, PathBuf::from("/var/lib/orchardd/o.db"));
+        assert_eq!(s.mqtt.topics.len(), 2);
+        assert_eq!(s.validate.max_age, Duration::from_secs(2 * 86_400));
+    }
+
+    #[test]
+    fn every_problem_is_reported_with_its_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("bad.toml");
+        std::fs::write(
+            &file,
+            "[broker]\nembedded = \"often\"\n[store]\npaht = \"x.db\"\n[http]\nlisten = \"0.0.0.0:8080\"\n[nonsense]\na = 1\n",
+        )
+        .unwrap();
+        let Err(ConfigError::Invalid(problems)) = Settings::load_with_env(Some(&file), env(&[]))
+        else {
+            panic!("expected problems");
+        };
+        let keys: Vec<&str> = problems.iter().map(|p| p.key.as_str()).collect();
+        assert!(keys.contains(&"broker.embedded"), "{problems:?}");
+        assert!(keys.contains(&"store.paht"), "{problems:?}");
+        assert!(keys.contains(&"nonsense"), "{problems:?}");
+    }
+
+    #[test]
+    fn a_public_listen_address_without_tokens_is_refused() {
+        let err = Settings::load_with_env(None, env(&[("ORCHARDD__HTTP__LISTEN", "0.0.0.0:8080")]))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("http.listen") && err.contains("loopback"),
+            "{err}"
+        );
+    }
+}

@@ -1,0 +1,147 @@
+//! `orchardd run`: wires broker, ingest, writer and HTTP API together, and takes them
+//! down in order on SIGTERM or SIGINT: stop reading, commit, acknowledge, exit 0.
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::sync::Arc;
+
+use tokio::sync::{mpsc, watch};
+use tokio_util::sync::CancellationToken;
+
+use crate::api::{self, AppState};
+use crate::config::Settings;
+use crate::ingest::Decoder;
+use crate::ingest::mqtt::{Endpoint, Subscription, parse_url};
+use crate::metrics::Metrics;
+use crate::store::writer::{Heartbeat, Writer};
+use crate::store::{self, ReadPool, StoreError};
+use crate::{broker, systemd};
+
+#[derive(Debug, thiserror::Error)]
+pub enum DaemonError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Broker(#[from] broker::BrokerError),
+    #[error("http.listen {addr}: {source}")]
+    HttpBind {
+        addr: std::net::SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("mqtt: {0}")]
+    Mqtt(String),
+    #[error("a pipeline task failed: {0}")]
+    Task(String),
+}
+
+pub async fn run(settings: Settings) -> Result<(), DaemonError> {
+    let metrics = Arc::new(Metrics::default());
+    let writer_conn = store::open_writer(&settings.store)?;
+    tracing::info!(path = %settings.store.path.display(), "store open");
+    let pool = ReadPool::new(&settings.store.path);
+
+    let endpoint = if settings.broker.embedded {
+        broker::start(&settings.broker)?;
+        embedded_endpoint(&settings)
+    } else {
+        parse_url(&settings.mqtt.url).map_err(DaemonError::Mqtt)?
+    };
+    let listener =
+        api::bind(settings.http.listen)
+            .await
+            .map_err(|source| DaemonError::HttpBind {
+                addr: settings.http.listen,
+                source,
+            })?;
+    tracing::info!(listen = %settings.http.listen, "HTTP API listening");
+
+    let shutdown = CancellationToken::new();
+    tokio::spawn(stop_on_signal(shutdown.clone()));
+
+    let (queue_tx, queue_rx) = mpsc::channel(settings.ingest.queue_messages);
+    let (committed_tx, committed_rx) = mpsc::unbounded_channel();
+    let heartbeat = Arc::new(Heartbeat::default());
+    let writer = Writer::new(
+        writer_conn,
+        metrics.clone(),
+        heartbeat.clone(),
+        settings.store.max_batch_readings,
+    );
+    let writer = std::thread::Builder::new()
+        .name("store-writer".into())
+        .spawn(move || writer.run(queue_rx, committed_tx))
+        .map_err(|e| DaemonError::Task(e.to_string()))?;
+
+    let (subscribed_tx, subscribed_rx) = watch::channel(false);
+    let subscription = Subscription {
+        decoder: Decoder::from_settings(&settings).map_err(|e| DaemonError::Mqtt(e.to_string()))?,
+        settings: settings.mqtt.clone(),
+        endpoint,
+        metrics: metrics.clone(),
+    };
+    let ingest =
+        tokio::spawn(subscription.run(queue_tx, committed_rx, subscribed_tx, shutdown.clone()));
+
+    let state = AppState {
+        pool,
+        metrics,
+        subscribed: subscribed_rx.clone(),
+    };
+    let http = tokio::spawn(api::serve(listener, state, shutdown.clone()));
+    tokio::spawn(notify_ready(subscribed_rx, shutdown.clone()));
+    tokio::spawn(systemd::watchdog(heartbeat, shutdown.clone()));
+
+    let ingest_result = ingest.await;
+    // Ingest returns after the writer has committed everything it received.
+    let _ = tokio::task::spawn_blocking(move || writer.join()).await;
+    shutdown.cancel();
+    let _ = http.await;
+    match ingest_result {
+        Ok(Ok(())) => {
+            tracing::info!("orchardd stopped cleanly");
+            Ok(())
+        }
+        Ok(Err(e)) => Err(DaemonError::Mqtt(e)),
+        Err(e) => Err(DaemonError::Task(e.to_string())),
+    }
+}
+
+/// The embedded broker's address as a client reaches it.
+fn embedded_endpoint(settings: &Settings) -> Endpoint {
+    let listen = settings.broker.listen;
+    let host = match listen.ip() {
+        IpAddr::V4(ip) if ip.is_unspecified() => IpAddr::V4(Ipv4Addr::LOCALHOST),
+        IpAddr::V6(ip) if ip.is_unspecified() => IpAddr::V6(Ipv6Addr::LOCALHOST),
+        ip => ip,
+    };
+    Endpoint {
+        host: host.to_string(),
+        port: listen.port(),
+        tls: false,
+    }
+}
+
+async fn notify_ready(mut subscribed: watch::Receiver<bool>, shutdown: CancellationToken) {
+    tokio::select! {
+        r = subscribed.wait_for(|s| *s) => if r.is_ok() {
+            systemd::ready();
+            tracing::info!("orchardd ready");
+        },
+        _ = shutdown.cancelled() => {}
+    }
+}
+
+async fn stop_on_signal(shutdown: CancellationToken) {
+    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot listen for SIGTERM");
+            return;
+        }
+    };
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM received"),
+        _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT received"),
+    }
+    systemd::stopping();
+    shutdown.cancel();
+}

@@ -1,0 +1,19 @@
+//! orchardd: a telemetry daemon for citrus co-operatives.
+//!
+//! The modules follow the data flow of DESIGN.md: sensors publish to a [`broker`]; [`ingest`]
+//! subscribes, decodes and [`validate`]s; the [`store`] commits and only then acknowledges;
+//! the [`api`] answers queries. [`daemon`] wires them together, [`config`] types the settings.
+
+pub mod api;
+pub mod bench;
+pub mod broker;
+pub mod cli;
+pub mod config;
+pub mod daemon;
+pub mod ingest;
+pub mod metrics;
+pub mod model;
+pub mod simulate;
+pub mod store;
+pub mod systemd;
+pub mod validate;

@@ -1,0 +1,105 @@
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::Parser;
+use orchardd::cli::{Cli, Command, Qos};
+use orchardd::config::{ConfigError, LogFormat, Settings};
+use tracing_subscriber::EnvFilter;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("orchardd: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    match cli.command {
+        Command::CheckConfig(args) => Ok(check_config(args.config.as_deref())),
+        Command::Run(args) => {
+            let settings = Settings::load(args.config.as_deref())?;
+            init_logging(&settings);
+            runtime()?.block_on(orchardd::daemon::run(settings))?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Simulate(a) => {
+            let opts = orchardd::simulate::Options {
+                url: a.url,
+                orchards: a.orchards,
+                blocks: a.blocks,
+                devices: a.devices,
+                interval: a.interval,
+                count: a.count,
+                qos: match a.qos {
+                    Qos::AtMostOnce => rumqttc::QoS::AtMostOnce,
+                    Qos::AtLeastOnce => rumqttc::QoS::AtLeastOnce,
+                },
+                connections: a.connections,
+                username: a.username,
+                password: a.password,
+                progress: Some(std::time::Duration::from_secs(5)),
+            };
+            let report = runtime()?
+                .block_on(orchardd::simulate::run(opts))
+                .map_err(anyhow::Error::msg)?;
+            println!(
+                "published {} messages ({} readings) in {:.1?}",
+                report.messages, report.readings, report.elapsed
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Bench(args) => {
+            runtime()?
+                .block_on(orchardd::bench::run(args))
+                .map_err(anyhow::Error::msg)?;
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+fn check_config(path: Option<&std::path::Path>) -> ExitCode {
+    match Settings::load(path) {
+        Ok(_) => {
+            let shown = path
+                .map(|p| p.display().to_string())
+                .unwrap_or_else(|| "built-in defaults".into());
+            println!("configuration OK ({shown})");
+            ExitCode::SUCCESS
+        }
+        Err(ConfigError::Invalid(problems)) => {
+            for p in &problems {
+                println!("{p}");
+            }
+            eprintln!("{} problem(s) found", problems.len());
+            ExitCode::from(2)
+        }
+        Err(e) => {
+            println!("{e}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")
+}
+
+fn init_logging(settings: &Settings) {
+    let filter = EnvFilter::try_from_env("RUST_LOG")
+        .unwrap_or_else(|_| EnvFilter::new(format!("{},rumqttd=warn", settings.log.level)));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match settings.log.format {
+        LogFormat::Json => builder.json().init(),
+        LogFormat::Text => builder.init(),
+    }
+}

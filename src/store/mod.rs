@@ -1,0 +1,112 @@
+//! The embedded store: one SQLite file in WAL mode.
+//!
+//! One writer thread owns the only writing connection ([`writer`]); HTTP handlers read through
+//! a small pool of read-only connections ([`ReadPool`]), which WAL lets run beside the writer.
+
+pub mod quarantine;
+pub mod readings;
+pub mod schema;
+pub mod writer;
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use rusqlite::{Connection, OpenFlags};
+
+use crate::config::{StoreSettings, Synchronous};
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("store: {0}")]
+    Sqlite(#[from] rusqlite::Error),
+    #[error("store {path}: {source}")]
+    Open {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error(
+        "the store has schema version {found}, newer than this orchardd knows ({supported}): upgrade orchardd"
+    )]
+    TooNew { found: i64, supported: i64 },
+    #[error("the store's reader was lost: {0}")]
+    Task(String),
+}
+
+/// Opens (creating when missing) and migrates the writing connection.
+pub fn open_writer(settings: &StoreSettings) -> Result<Connection, StoreError> {
+    if let Some(dir) = settings.path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).map_err(|source| StoreError::Open {
+            path: settings.path.clone(),
+            source,
+        })?;
+    }
+    let mut conn = Connection::open(&settings.path)?;
+    conn.busy_timeout(std::time::Duration::from_secs(10))?;
+    conn.pragma_update(None, "journal_mode", "WAL")?;
+    let sync = match settings.synchronous {
+        Synchronous::Full => "FULL",
+        Synchronous::Normal => "NORMAL",
+    };
+    conn.pragma_update(None, "synchronous", sync)?;
+    conn.pragma_update(None, "cache_size", -8192)?;
+    schema::migrate(&mut conn)?;
+    Ok(conn)
+}
+
+/// Read-only connections for queries, handed out one per request.
+#[derive(Clone)]
+pub struct ReadPool {
+    path: Arc<PathBuf>,
+    idle: Arc<Mutex<Vec<Connection>>>,
+}
+
+impl ReadPool {
+    /// Keeps at most this many idle connections; busier moments open extra ones briefly.
+    const MAX_IDLE: usize = 4;
+
+    pub fn new(path: &Path) -> Self {
+        Self {
+            path: Arc::new(path.to_owned()),
+            idle: Arc::default(),
+        }
+    }
+
+    /// Runs `f` with a read connection on the blocking thread pool.
+    pub async fn read<T, F>(&self, f: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
+    {
+        let pool = self.clone();
+        tokio::task::spawn_blocking(move || {
+            let conn = pool.take()?;
+            let out = f(&conn);
+            let mut idle = pool.idle.lock().unwrap_or_else(|e| e.into_inner());
+            if idle.len() < Self::MAX_IDLE {
+                idle.push(conn);
+            }
+            out
+        })
+        .await
+        .map_err(|e| StoreError::Task(e.to_string()))?
+    }
+
+    fn take(&self) -> Result<Connection, StoreError> {
+        if let Some(c) = self.idle.lock().unwrap_or_else(|e| e.into_inner()).pop() {
+            return Ok(c);
+        }
+        let conn = Connection::open_with_flags(
+            self.path.as_path(),
+            OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )?;
+        conn.busy_timeout(std::time::Duration::from_secs(5))?;
+        Ok(conn)
+    }
+
+    /// True when the store answers a query: what `/readyz` checks.
+    pub async fn is_ready(&self) -> bool {
+        self.read(|c| Ok(c.query_row("SELECT 1", [], |r| r.get::<_, i64>(0))?))
+            .await
+            .is_ok()
+    }
+}

@@ -1,0 +1,179 @@
+//! Queries over stored readings, for the HTTP API.
+
+use rusqlite::types::Value as SqlValue;
+use rusqlite::{Connection, params_from_iter};
+use serde::Serialize;
+
+use super::StoreError;
+use crate::model::{Ident, Kind, TimestampMs};
+
+/// How readings in one `every` window are combined.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Agg {
+    Mean,
+    Min,
+    Max,
+    Sum,
+    Count,
+    Last,
+}
+
+impl Agg {
+    pub fn parse(s: &str) -> Option<Self> {
+        Some(match s {
+            "mean" => Agg::Mean,
+            "min" => Agg::Min,
+            "max" => Agg::Max,
+            "sum" => Agg::Sum,
+            "count" => Agg::Count,
+            "last" => Agg::Last,
+            _ => return None,
+        })
+    }
+
+    fn sql(self) -> &'static str {
+        match self {
+            Agg::Mean => "avg(r.value)",
+            Agg::Min => "min(r.value)",
+            Agg::Max => "max(r.value)",
+            Agg::Sum => "sum(r.value)",
+            Agg::Count => "count(*)",
+            // SQLite takes the bare column from the row that holds max(): the last value.
+            Agg::Last => "r.value",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct Filter {
+    pub orchard: Option<Ident>,
+    pub block: Option<Ident>,
+    pub device: Option<Ident>,
+    pub kind: Option<Kind>,
+    /// Inclusive.
+    pub from: Option<TimestampMs>,
+    /// Exclusive.
+    pub to: Option<TimestampMs>,
+    /// Window length in ms and how to combine a window, for downsampled answers.
+    pub every: Option<(i64, Agg)>,
+    pub limit: usize,
+}
+
+/// One row of the readings API; for downsampled answers `ts` is the window's start.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Row {
+    pub orchard: String,
+    pub block: String,
+    pub device: String,
+    pub kind: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub depth_cm: Option<i64>,
+    pub ts: TimestampMs,
+    pub value: f64,
+}
+
+struct Where {
+    clauses: Vec<&'static str>,
+    params: Vec<SqlValue>,
+}
+
+impl Where {
+    fn new() -> Self {
+        Self {
+            clauses: vec!["1"],
+            params: Vec::new(),
+        }
+    }
+
+    fn add(&mut self, clause: &'static str, value: Option<SqlValue>) {
+        if let Some(v) = value {
+            self.clauses.push(clause);
+            self.params.push(v);
+        }
+    }
+
+    fn sql(&self) -> String {
+        self.clauses.join(" AND ")
+    }
+}
+
+fn text(id: &Option<Ident>) -> Option<SqlValue> {
+    id.as_ref().map(|i| SqlValue::Text(i.as_str().to_owned()))
+}
+
+fn series_where(
+    orchard: &Option<Ident>,
+    block: &Option<Ident>,
+    device: &Option<Ident>,
+    kind: Option<Kind>,
+) -> Where {
+    let mut w = Where::new();
+    w.add("s.orchard = ?", text(orchard));
+    w.add("s.block = ?", text(block));
+    w.add("s.device = ?", text(device));
+    w.add("s.kind = ?", kind.map(|k| SqlValue::Text(k.name().into())));
+    w
+}
+
+pub fn query(conn: &Connection, f: &Filter) -> Result<Vec<Row>, StoreError> {
+    let mut w = series_where(&f.orchard, &f.block, &f.device, f.kind);
+    w.add("r.ts >= ?", f.from.map(|t| SqlValue::Integer(t.0)));
+    w.add("r.ts < ?", f.to.map(|t| SqlValue::Integer(t.0)));
+    let sql = match f.every {
+        None => format!(
+            "SELECT s.orchard, s.block, s.device, s.kind, s.depth_cm, r.ts, r.value \
+             FROM series s JOIN readings r ON r.series = s.id WHERE {} \
+             ORDER BY r.ts, s.orchard, s.block, s.device, s.kind, s.depth_cm LIMIT ?",
+            w.sql()
+        ),
+        Some((every, agg)) => {
+            w.params.insert(0, SqlValue::Integer(every));
+            format!(
+                "SELECT s.orchard, s.block, s.device, s.kind, s.depth_cm, \
+                 r.ts - (r.ts % ?) AS bucket, {}, max(r.ts) \
+                 FROM series s JOIN readings r ON r.series = s.id WHERE {} \
+                 GROUP BY s.id, bucket \
+                 ORDER BY bucket, s.orchard, s.block, s.device, s.kind, s.depth_cm LIMIT ?",
+                agg.sql(),
+                w.sql()
+            )
+        }
+    };
+    w.params.push(SqlValue::Integer(f.limit as i64));
+    rows(conn, &sql, w.params)
+}
+
+/// The newest reading of every series, optionally of one orchard or block.
+pub fn latest(
+    conn: &Connection,
+    orchard: &Option<Ident>,
+    block: &Option<Ident>,
+) -> Result<Vec<Row>, StoreError> {
+    let w = series_where(orchard, block, &None, None);
+    let sql = format!(
+        "SELECT s.orchard, s.block, s.device, s.kind, s.depth_cm, r.ts, r.value \
+         FROM series s JOIN readings r ON r.series = s.id \
+         AND r.ts = (SELECT max(ts) FROM readings WHERE series = s.id) \
+         WHERE {} ORDER BY s.orchard, s.block, s.device, s.kind, s.depth_cm",
+        w.sql()
+    );
+    rows(conn, &sql, w.params)
+}
+
+fn rows(conn: &Connection, sql: &str, params: Vec<SqlValue>) -> Result<Vec<Row>, StoreError> {
+    let mut stmt = conn.prepare(sql)?;
+    let out = stmt
+        .query_map(params_from_iter(params), |r| {
+            Ok(Row {
+                orchard: r.get(0)?,
+                block: r.get(1)?,
+                device: r.get(2)?,
+                kind: r.get(3)?,
+                depth_cm: r.get(4)?,
+                ts: TimestampMs(r.get(5)?),
+                value: r.get(6)?,
+            })
+        })?
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(out)
+}

@@ -1,0 +1,74 @@
+//! Schema migrations. Each entry upgrades the store by one version; applied ones are
+//! recorded in `schema_version`, so opening a store of any older version brings it up to date.
+
+use rusqlite::{Connection, params};
+
+use super::StoreError;
+use crate::model::TimestampMs;
+
+const MIGRATIONS: &[&str] = &[
+    // 1: series identity, readings keyed by (series, ts), quarantine.
+    r#"
+    CREATE TABLE series (
+        id         INTEGER PRIMARY KEY,
+        orchard    TEXT NOT NULL,
+        block      TEXT NOT NULL,
+        device     TEXT NOT NULL,
+        kind       TEXT NOT NULL,
+        depth_cm   INTEGER,
+        first_seen INTEGER NOT NULL
+    );
+    CREATE UNIQUE INDEX series_identity ON series (orchard, block, device, kind, ifnull(depth_cm, -1));
+    CREATE TABLE readings (
+        series INTEGER NOT NULL,
+        ts     INTEGER NOT NULL,
+        value  REAL NOT NULL,
+        PRIMARY KEY (series, ts)
+    ) WITHOUT ROWID;
+    CREATE TABLE quarantine_payloads (
+        id        INTEGER PRIMARY KEY,
+        payload   BLOB NOT NULL,
+        truncated INTEGER NOT NULL
+    );
+    CREATE TABLE quarantine (
+        id          INTEGER PRIMARY KEY,
+        received_at INTEGER NOT NULL,
+        topic       TEXT NOT NULL,
+        reason      TEXT NOT NULL,
+        detail      TEXT NOT NULL,
+        payload_id  INTEGER NOT NULL REFERENCES quarantine_payloads (id)
+    );
+    CREATE INDEX quarantine_by_reason ON quarantine (reason, received_at);
+    "#,
+];
+
+/// The schema version this build of orchardd writes.
+pub const CURRENT: i64 = MIGRATIONS.len() as i64;
+
+pub fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
+    conn.execute_batch(
+        "CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL, applied_at INTEGER NOT NULL)",
+    )?;
+    let version: i64 = conn.query_row(
+        "SELECT ifnull(max(version), 0) FROM schema_version",
+        [],
+        |r| r.get(0),
+    )?;
+    if version > CURRENT {
+        return Err(StoreError::TooNew {
+            found: version,
+            supported: CURRENT,
+        });
+    }
+    for (i, sql) in MIGRATIONS.iter().enumerate().skip(version as usize) {
+        let tx = conn.transaction()?;
+        tx.execute_batch(sql)?;
+        tx.execute(
+            "INSERT INTO schema_version (version, applied_at) VALUES (?1, ?2)",
+            params![i as i64 + 1, TimestampMs::now().0],
+        )?;
+        tx.commit()?;
+        tracing::info!(version = i + 1, "store schema migrated");
+    }
+    Ok(())
+}

@@ -1,0 +1,256 @@
+//! The writer: the one thread that commits to the embedded store.
+//!
+//! It takes decoded messages from a bounded queue, commits whatever has gathered as one
+//! transaction, and only then hands the messages' acknowledgement tokens back. A failed
+//! commit is retried and nothing is acknowledged, so the broker redelivers whatever a crash
+//! interrupts; the `(series, ts)` key turns redeliveries into no-ops.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use rusqlite::{Connection, Transaction, params};
+use tokio::sync::mpsc;
+
+use super::StoreError;
+use crate::metrics::Metrics;
+use crate::model::{Reading, SeriesKey, TimestampMs};
+use crate::validate::Rejection;
+
+/// Payload bytes kept for a rejected message whose size was the problem.
+const KEPT_OF_OVERSIZED: usize = 1024;
+
+/// One MQTT message after decoding and validation: what to store, what to quarantine.
+#[derive(Debug)]
+pub struct Envelope {
+    pub topic: String,
+    pub received_at: TimestampMs,
+    pub readings: Vec<Reading>,
+    pub rejections: Vec<Rejection>,
+    /// The raw payload, kept only when something in it was rejected.
+    pub payload: Option<Bytes>,
+}
+
+/// Progress the watchdog can see: when the writer started its current commit, or 0 when idle.
+#[derive(Debug, Default)]
+pub struct Heartbeat {
+    busy_since_ms: AtomicI64,
+}
+
+impl Heartbeat {
+    /// True unless a commit has been running for longer than `limit`.
+    pub fn is_healthy(&self, limit: Duration) -> bool {
+        let since = self.busy_since_ms.load(Ordering::Relaxed);
+        since == 0 || TimestampMs::now().0 - since < limit.as_millis() as i64
+    }
+}
+
+/// What one committed batch contained.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct BatchOutcome {
+    pub accepted: u64,
+    pub duplicates: u64,
+    pub quarantined: u64,
+}
+
+pub struct Writer {
+    conn: Connection,
+    series_ids: HashMap<SeriesKey, i64>,
+    metrics: Arc<Metrics>,
+    heartbeat: Arc<Heartbeat>,
+    max_batch_readings: usize,
+}
+
+impl Writer {
+    pub fn new(
+        conn: Connection,
+        metrics: Arc<Metrics>,
+        heartbeat: Arc<Heartbeat>,
+        max_batch_readings: usize,
+    ) -> Self {
+        Self {
+            conn,
+            series_ids: HashMap::new(),
+            metrics,
+            heartbeat,
+            max_batch_readings,
+        }
+    }
+
+    /// Runs until the queue is closed and drained. Each committed batch's tokens go to `done`,
+    /// in the order the messages arrived.
+    pub fn run<A: Send>(
+        mut self,
+        mut queue: mpsc::Receiver<(Envelope, A)>,
+        done: mpsc::UnboundedSender<Vec<A>>,
+    ) {
+        while let Some(first) = queue.blocking_recv() {
+            let mut readings = first.0.readings.len();
+            let mut batch = vec![first];
+            while readings < self.max_batch_readings {
+                match queue.try_recv() {
+                    Ok(next) => {
+                        readings += next.0.readings.len();
+                        batch.push(next);
+                    }
+                    Err(_) => break,
+                }
+            }
+            let (envelopes, tokens): (Vec<Envelope>, Vec<A>) = batch.into_iter().unzip();
+            self.commit_until_done(&envelopes);
+            // The receiver is gone only when ingest has stopped; the broker redelivers then.
+            let _ = done.send(tokens);
+        }
+        tracing::debug!("writer: queue closed, all batches committed");
+    }
+
+    /// Commits, retrying with back-off: a full disk or a locked file must stall, not lose.
+    fn commit_until_done(&mut self, envelopes: &[Envelope]) {
+        let mut delay = Duration::from_millis(100);
+        loop {
+            match self.commit(envelopes) {
+                Ok(_) => return,
+                Err(e) => {
+                    self.series_ids.clear();
+                    tracing::error!(error = %e, retry_in = ?delay, "store commit failed; nothing is acknowledged until it succeeds");
+                    std::thread::sleep(delay);
+                    delay = (delay * 2).min(Duration::from_secs(10));
+                }
+            }
+        }
+    }
+
+    /// Commits one batch in one transaction.
+    pub fn commit(&mut self, envelopes: &[Envelope]) -> Result<BatchOutcome, StoreError> {
+        let started = Instant::now();
+        self.heartbeat
+            .busy_since_ms
+            .store(TimestampMs::now().0, Ordering::Relaxed);
+        let result = self.commit_inner(envelopes);
+        self.heartbeat.busy_since_ms.store(0, Ordering::Relaxed);
+        let outcome = result?;
+
+        let now = TimestampMs::now();
+        let m = &self.metrics;
+        m.commit_seconds.observe(started.elapsed().as_secs_f64());
+        m.batch_readings
+            .observe((outcome.accepted + outcome.duplicates) as f64);
+        m.readings_accepted.inc_by(outcome.accepted);
+        m.readings_duplicate.inc_by(outcome.duplicates);
+        for env in envelopes {
+            for r in &env.readings {
+                let age = (now.0 - r.ts.0).max(0) as f64 / 1000.0;
+                m.reading_age_at_commit_seconds.observe(age);
+            }
+            for rejection in &env.rejections {
+                m.reject(rejection.reason);
+            }
+        }
+        Ok(outcome)
+    }
+
+    fn commit_inner(&mut self, envelopes: &[Envelope]) -> Result<BatchOutcome, StoreError> {
+        let tx = self.conn.transaction()?;
+        let mut outcome = BatchOutcome::default();
+        {
+            let mut insert = tx.prepare_cached(
+                "INSERT OR IGNORE INTO readings (series, ts, value) VALUES (?1, ?2, ?3)",
+            )?;
+            for env in envelopes {
+                for r in &env.readings {
+                    let series = series_id(&tx, &mut self.series_ids, r)?;
+                    if insert.execute(params![series, r.ts.0, r.value])? == 1 {
+                        outcome.accepted += 1;
+                    } else {
+                        outcome.duplicates += 1;
+                    }
+                }
+                if !env.rejections.is_empty() {
+                    quarantine(&tx, env)?;
+                    outcome.quarantined += env.rejections.len() as u64;
+                }
+            }
+        }
+        tx.commit()?;
+        Ok(outcome)
+    }
+}
+
+fn series_id(
+    tx: &Transaction<'_>,
+    cache: &mut HashMap<SeriesKey, i64>,
+    r: &Reading,
+) -> Result<i64, StoreError> {
+    if let Some(id) = cache.get(&r.series) {
+        return Ok(*id);
+    }
+    let s = &r.series;
+    let depth = s.depth_cm.map(i64::from);
+    let existing = tx
+        .prepare_cached(
+            "SELECT id FROM series WHERE orchard = ?1 AND block = ?2 AND device = ?3 AND kind = ?4 \
+             AND depth_cm IS ?5",
+        )?
+        .query_row(
+            params![
+                s.orchard.as_str(),
+                s.block.as_str(),
+                s.device.as_str(),
+                s.kind.name(),
+                depth
+            ],
+            |row| row.get(0),
+        );
+    let id = match existing {
+        Ok(id) => id,
+        Err(rusqlite::Error::QueryReturnedNoRows) => {
+            tx.prepare_cached(
+                "INSERT INTO series (orchard, block, device, kind, depth_cm, first_seen) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            )?
+            .execute(params![
+                s.orchard.as_str(),
+                s.block.as_str(),
+                s.device.as_str(),
+                s.kind.name(),
+                depth,
+                r.ts.0
+            ])?;
+            tx.last_insert_rowid()
+        }
+        Err(e) => return Err(e.into()),
+    };
+    cache.insert(s.clone(), id);
+    Ok(id)
+}
+
+fn quarantine(tx: &Transaction<'_>, env: &Envelope) -> Result<(), StoreError> {
+    let payload = env.payload.as_deref().unwrap_or_default();
+    let oversized = env
+        .rejections
+        .iter()
+        .any(|r| r.reason == crate::validate::Reason::PayloadTooLarge);
+    let kept = if oversized {
+        &payload[..payload.len().min(KEPT_OF_OVERSIZED)]
+    } else {
+        payload
+    };
+    tx.prepare_cached("INSERT INTO quarantine_payloads (payload, truncated) VALUES (?1, ?2)")?
+        .execute(params![kept, kept.len() < payload.len()])?;
+    let payload_id = tx.last_insert_rowid();
+    let mut insert = tx.prepare_cached(
+        "INSERT INTO quarantine (received_at, topic, reason, detail, payload_id) VALUES (?1, ?2, ?3, ?4, ?5)",
+    )?;
+    for r in &env.rejections {
+        insert.execute(params![
+            env.received_at.0,
+            env.topic,
+            r.reason.as_str(),
+            r.detail,
+            payload_id
+        ])?;
+    }
+    Ok(())
+}
