@@ -1,0 +1,446 @@
+//! Servers the integration tests start for themselves: orchardd as a real process, Mosquitto,
+//! and an MQTT publisher. Each test owns its ports and temp directory; every wait is bounded.
+#![allow(dead_code)]
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
+use serde_json::Value;
+
+/// A loopback port nobody listens on right now.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Polls `f` every 50 ms until it returns `Some`, or panics with `what` after `limit`.
+pub fn wait_for<T>(limit: Duration, what: &str, mut f: impl FnMut() -> Option<T>) -> T {
+    let start = Instant::now();
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(
+            start.elapsed() < limit,
+            "timed out after {limit:?} waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Fails the test with the install command when a server binary is missing.
+pub fn require_binary(name: &str, package: &str) -> PathBuf {
+    for dir in [
+        "/usr/sbin",
+        "/usr/bin",
+        "/usr/local/sbin",
+        "/usr/local/bin",
+        "/sbin",
+    ] {
+        let p = Path::new(dir).join(name);
+        if p.is_file() {
+            return p;
+        }
+    }
+    panic!(
+        "`{name}` is not installed; this test needs a real server. Install it with: \
+         apt-get update && apt-get install -y {package}  (or run scripts/test.sh, which does)"
+    );
+}
+
+pub fn signal(pid: u32, sig: &str) {
+    let ok = Command::new("kill")
+        .args([&format!("-{sig}"), &pid.to_string()])
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok, "kill -{sig} {pid} failed");
+}
+
+/// One HTTP GET over a fresh connection; returns status and body.
+pub fn http_get(addr: SocketAddr, path: &str) -> std::io::Result<(u16, String)> {
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;
+    s.set_read_timeout(Some(Duration::from_secs(30)))?;
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n"
+    )?;
+    let mut raw = Vec::new();
+    s.read_to_end(&mut raw)?;
+    let text = String::from_utf8_lossy(&raw).into_owned();
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    let chunked = head
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked");
+    Ok((
+        status,
+        if chunked {
+            dechunk(body)
+        } else {
+            body.to_owned()
+        },
+    ))
+}
+
+fn dechunk(mut body: &str) -> String {
+    let mut out = String::new();
+    while let Some((size, rest)) = body.split_once("\r\n") {
+        let n = usize::from_str_radix(size.trim(), 16).unwrap_or(0);
+        if n == 0 {
+            break;
+        }
+        out.push_str(&rest[..n]);
+        body = &rest[n + 2..];
+    }
+    out
+}
+
+/// An orchardd process with its own config, store and ports.
+pub struct Daemon {
+    child: Option<Child>,
+    pub http: SocketAddr,
+    pub config: PathBuf,
+    pub store: PathBuf,
+    pub log: PathBuf,
+    env: Vec<(String, String)>,
+}
+
+pub struct DaemonConfig {
+    /// `Some(port)`: orchardd runs its embedded broker there; `None`: use `mqtt_url`.
+    pub embedded_broker: Option<u16>,
+    pub mqtt_url: String,
+    pub client_id: String,
+    pub extra: String,
+}
+
+impl DaemonConfig {
+    pub fn embedded() -> Self {
+        Self {
+            embedded_broker: Some(free_port()),
+            mqtt_url: String::new(),
+            client_id: "orchardd-test".into(),
+            extra: String::new(),
+        }
+    }
+
+    pub fn external(mqtt_port: u16) -> Self {
+        Self {
+            embedded_broker: None,
+            mqtt_url: format!("mqtt://127.0.0.1:{mqtt_port}"),
+            client_id: format!("orchardd-test-{mqtt_port}"),
+            extra: String::new(),
+        }
+    }
+
+    pub fn broker_port(&self) -> u16 {
+        self.embedded_broker.expect("embedded broker")
+    }
+}
+
+impl Daemon {
+    /// Writes the config into `dir` and starts orchardd; does not wait for readiness.
+    pub fn start(dir: &Path, cfg: &DaemonConfig) -> Daemon {
+        Self::start_with_env(dir, cfg, Vec::new())
+    }
+
+    pub fn start_with_env(dir: &Path, cfg: &DaemonConfig, env: Vec<(String, String)>) -> Daemon {
+        let http = SocketAddr::from(([127, 0, 0, 1], free_port()));
+        let store = dir.join("store").join("orchardd.db");
+        let (embedded, listen) = match cfg.embedded_broker {
+            Some(p) => (true, format!("127.0.0.1:{p}")),
+            None => (false, format!("127.0.0.1:{}", free_port())),
+        };
+        let toml = format!(
+            r#"
+[broker]
+embedded = {embedded}
+listen = "{listen}"
+[mqtt]
+url = "{url}"
+client_id = "{client_id}"
+reconnect_max_delay = "1s"
+[store]
+path = "{store}"
+synchronous = "normal"
+[http]
+listen = "{http}"
+[log]
+level = "info"
+{extra}
+"#,
+            url = cfg.mqtt_url,
+            client_id = cfg.client_id,
+            store = store.display(),
+            extra = cfg.extra,
+        );
+        let config = dir.join("orchardd.toml");
+        std::fs::write(&config, toml).unwrap();
+        let mut d = Daemon {
+            child: None,
+            http,
+            config,
+            store,
+            log: dir.join("orchardd.log"),
+            env,
+        };
+        d.spawn();
+        d
+    }
+
+    fn spawn(&mut self) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_orchardd"))
+            .args(["run", "--config"])
+            .arg(&self.config)
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
+            .env_remove("RUST_LOG")
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("start orchardd");
+        self.child = Some(child);
+    }
+
+    /// Starts again with the same config, store and ports.
+    pub fn restart(&mut self) {
+        assert!(self.child.is_none(), "still running");
+        self.spawn();
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("running").id()
+    }
+
+    /// Waits until `/readyz` answers 200: store open and subscribed.
+    pub fn wait_ready(&self) {
+        wait_for(Duration::from_secs(30), "orchardd /readyz", || {
+            matches!(http_get(self.http, "/readyz"), Ok((200, _))).then_some(())
+        });
+    }
+
+    pub fn get(&self, path: &str) -> (u16, Value) {
+        let (status, body) = http_get(self.http, path)
+            .unwrap_or_else(|e| panic!("GET {path}: {e}\n{}", self.log_text()));
+        let json = serde_json::from_str(&body)
+            .unwrap_or_else(|e| panic!("GET {path}: not JSON ({e}): {body}"));
+        (status, json)
+    }
+
+    pub fn get_ok(&self, path: &str) -> Value {
+        let (status, v) = self.get(path);
+        assert_eq!(status, 200, "GET {path}: {v}");
+        v
+    }
+
+    /// `/metrics` value of a counter or gauge without labels (0 when absent).
+    pub fn metric(&self, name: &str) -> f64 {
+        let (_, body) = http_get(self.http, "/metrics").unwrap();
+        body.lines()
+            .find_map(|l| {
+                let (k, v) = l.split_once(' ')?;
+                (k == name).then(|| v.trim().parse().ok())?
+            })
+            .unwrap_or(0.0)
+    }
+
+    pub fn kill9(&mut self) {
+        let mut child = self.child.take().expect("running");
+        signal(child.id(), "KILL");
+        child.wait().unwrap();
+    }
+
+    /// SIGTERM, then wait (bounded) for the exit status.
+    pub fn sigterm(&mut self) -> ExitStatus {
+        let mut child = self.child.take().expect("running");
+        signal(child.id(), "TERM");
+        let start = Instant::now();
+        loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                return status;
+            }
+            if start.elapsed() > Duration::from_secs(30) {
+                let _ = child.kill();
+                panic!(
+                    "orchardd did not exit within 30 s of SIGTERM\n{}",
+                    self.log_text()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Readings in the store, read straight from the SQLite file.
+    pub fn stored_readings(&self) -> Vec<(String, i64, f64)> {
+        let conn = rusqlite::Connection::open(&self.store).unwrap();
+        let mut stmt = conn
+            .prepare(
+                "SELECT s.device, r.ts, r.value FROM readings r JOIN series s ON s.id = r.series",
+            )
+            .unwrap();
+        stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap()
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// A Mosquitto broker with persistence, in its own directory, on its own port.
+pub struct Mosquitto {
+    child: Option<Child>,
+    pub port: u16,
+    conf: PathBuf,
+}
+
+impl Mosquitto {
+    pub fn start(dir: &Path) -> Mosquitto {
+        let dir = dir.join("mosquitto");
+        std::fs::create_dir_all(&dir).unwrap();
+        let port = free_port();
+        let conf = dir.join("mosquitto.conf");
+        // The settings the README asks of a production broker: persistence, and queues long
+        // enough to hold a burst for orchardd while it restarts.
+        std::fs::write(
+            &conf,
+            format!(
+                "listener {port} 127.0.0.1\nallow_anonymous true\npersistence true\n\
+                 persistence_location {}/\nmax_queued_messages 1000000\nmax_inflight_messages 1000\n\
+                 log_dest file {}/mosquitto.log\n",
+                dir.display(),
+                dir.display()
+            ),
+        )
+        .unwrap();
+        let mut m = Mosquitto {
+            child: None,
+            port,
+            conf,
+        };
+        m.spawn();
+        m
+    }
+
+    fn spawn(&mut self) {
+        let bin = require_binary("mosquitto", "mosquitto");
+        let child = Command::new(bin)
+            .arg("-c")
+            .arg(&self.conf)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start mosquitto");
+        self.child = Some(child);
+        let addr = SocketAddr::from(([127, 0, 0, 1], self.port));
+        wait_for(Duration::from_secs(10), "mosquitto to listen", || {
+            TcpStream::connect(addr).ok().map(|_| ())
+        });
+    }
+
+    /// A clean restart: SIGTERM (Mosquitto saves its persistence file), then start again.
+    pub fn restart(&mut self) {
+        let mut child = self.child.take().unwrap();
+        signal(child.id(), "TERM");
+        child.wait().unwrap();
+        self.spawn();
+    }
+
+    pub fn url(&self) -> String {
+        format!("mqtt://127.0.0.1:{}", self.port)
+    }
+}
+
+impl Drop for Mosquitto {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// A real MQTT client that publishes at QoS 1 and waits for every PUBACK; it keeps its
+/// session across broker restarts and retransmits what was not acknowledged.
+pub struct Publisher {
+    client: AsyncClient,
+    acked: tokio::sync::watch::Receiver<u64>,
+}
+
+impl Publisher {
+    pub async fn connect(port: u16, client_id: &str) -> Publisher {
+        let mut o = MqttOptions::new(client_id, "127.0.0.1", port);
+        o.set_clean_session(false)
+            .set_keep_alive(Duration::from_secs(5))
+            .set_inflight(200);
+        let (client, mut eventloop) = AsyncClient::new(o, 100);
+        let (tx, acked) = tokio::sync::watch::channel(0u64);
+        tokio::spawn(async move {
+            let mut n = 0;
+            let deadline = Instant::now() + Duration::from_secs(300);
+            while Instant::now() < deadline {
+                match eventloop.poll().await {
+                    Ok(Event::Incoming(Packet::PubAck(_))) => {
+                        n += 1;
+                        tx.send_replace(n);
+                    }
+                    Ok(_) => {}
+                    Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+                }
+            }
+        });
+        Publisher { client, acked }
+    }
+
+    pub async fn publish(&self, topic: &str, payload: impl Into<Vec<u8>>) {
+        self.client
+            .publish(topic, QoS::AtLeastOnce, false, payload.into())
+            .await
+            .unwrap();
+    }
+
+    /// Waits (bounded) until the broker has acknowledged `n` publishes.
+    pub async fn wait_acked(&mut self, n: u64) {
+        let r = tokio::time::timeout(Duration::from_secs(120), self.acked.wait_for(|a| *a >= n))
+            .await
+            .map(|_| ());
+        let acked = *self.acked.borrow();
+        assert!(
+            r.is_ok(),
+            "the broker acknowledged only {acked} of {n} publishes"
+        );
+    }
+}
+
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64
+}
