@@ -327,11 +327,12 @@ impl Mosquitto {
         let port = free_port();
         let conf = dir.join("mosquitto.conf");
         // The settings the README asks of a production broker: persistence, and queues long
-        // enough to hold a burst for orchardd while it restarts.
+        // enough to hold a burst for orchardd while it restarts. `user root` keeps Mosquitto
+        // (started as root here) from dropping to a user that cannot write this temp dir.
         std::fs::write(
             &conf,
             format!(
-                "listener {port} 127.0.0.1\nallow_anonymous true\npersistence true\n\
+                "listener {port} 127.0.0.1\nallow_anonymous true\npersistence true\nuser root\n\
                  persistence_location {}/\nmax_queued_messages 1000000\nmax_inflight_messages 1000\n\
                  log_dest file {}/mosquitto.log\n",
                 dir.display(),
