@@ -272,10 +272,10 @@ impl Settings {
                 problem(&format!("mqtt.topics[{i}]"), e.to_string());
             }
         }
-        if !self.broker.embedded {
-            if let Err(e) = crate::ingest::mqtt::parse_url(&self.mqtt.url) {
-                problem("mqtt.url", e);
-            }
+        if !self.broker.embedded
+            && let Err(e) = crate::ingest::mqtt::parse_url(&self.mqtt.url)
+        {
+            problem("mqtt.url", e);
         }
         if self.mqtt.client_id.is_empty() || self.mqtt.client_id.len() > 64 {
             problem("mqtt.client_id", "must be 1 to 64 characters".into());
@@ -283,13 +283,13 @@ impl Settings {
         if self.mqtt.password.is_some() && self.mqtt.username.is_none() {
             problem("mqtt.password", "is set but `mqtt.username` is not".into());
         }
-        if let Some(ca) = &self.mqtt.ca_file {
-            if !ca.is_file() {
-                problem(
-                    "mqtt.ca_file",
-                    format!("{} is not a readable file", ca.display()),
-                );
-            }
+        if let Some(ca) = &self.mqtt.ca_file
+            && !ca.is_file()
+        {
+            problem(
+                "mqtt.ca_file",
+                format!("{} is not a readable file", ca.display()),
+            );
         }
         if self.mqtt.keep_alive < Duration::from_secs(5) {
             problem("mqtt.keep_alive", "must be at least 5s".into());

@@ -244,11 +244,11 @@ async fn publish_share(
             sent += 1;
         }
         round += 1;
-        if let Some(every) = opts.progress.filter(|_| index == 0) {
-            if last_progress.elapsed() >= every {
-                eprintln!("simulate: {} messages published by connection 0", sent);
-                last_progress = Instant::now();
-            }
+        if let Some(every) = opts.progress.filter(|_| index == 0)
+            && last_progress.elapsed() >= every
+        {
+            eprintln!("simulate: {sent} messages published by connection 0");
+            last_progress = Instant::now();
         }
         if !opts.interval.is_zero() {
             next_round += opts.interval;

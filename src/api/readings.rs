@@ -38,10 +38,10 @@ pub async fn readings(
         every: every(&p)?,
         limit: p.limit(DEFAULT_LIMIT, MAX_LIMIT)?,
     };
-    if let (Some(from), Some(to)) = (filter.from, filter.to) {
-        if from >= to {
-            return Err(ApiError::bad_request("`from` must be before `to`"));
-        }
+    if let (Some(from), Some(to)) = (filter.from, filter.to)
+        && from >= to
+    {
+        return Err(ApiError::bad_request("`from` must be before `to`"));
     }
     let csv = p.csv()?;
     let rows = s.pool.read(move |c| readings::query(c, &filter)).await?;

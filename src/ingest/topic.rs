@@ -39,7 +39,7 @@ impl TopicPattern {
                 l if l.contains(['+', '#', '{', '}']) => {
                     return Err(err("a level is either a placeholder or plain text; wildcards come from placeholders"));
                 }
-                l if l.is_empty() => return Err(err("empty topic level")),
+                "" => return Err(err("empty topic level")),
                 l => Level::Literal(l.to_owned()),
             });
         }

@@ -147,18 +147,12 @@ impl DaemonConfig {
     pub fn broker_port(&self) -> u16 {
         self.embedded_broker.expect("embedded broker")
     }
-}
 
-impl Daemon {
-    /// Writes the config into `dir` and starts orchardd; does not wait for readiness.
-    pub fn start(dir: &Path, cfg: &DaemonConfig) -> Daemon {
-        Self::start_with_env(dir, cfg, Vec::new())
-    }
-
-    pub fn start_with_env(dir: &Path, cfg: &DaemonConfig, env: Vec<(String, String)>) -> Daemon {
+    /// Writes `orchardd.toml` into `dir`, with a free HTTP port and a store inside `dir`.
+    pub fn write(&self, dir: &Path) -> ConfigFiles {
         let http = SocketAddr::from(([127, 0, 0, 1], free_port()));
         let store = dir.join("store").join("orchardd.db");
-        let (embedded, listen) = match cfg.embedded_broker {
+        let (embedded, listen) = match self.embedded_broker {
             Some(p) => (true, format!("127.0.0.1:{p}")),
             None => (false, format!("127.0.0.1:{}", free_port())),
         };
@@ -180,18 +174,40 @@ listen = "{http}"
 level = "info"
 {extra}
 "#,
-            url = cfg.mqtt_url,
-            client_id = cfg.client_id,
+            url = self.mqtt_url,
+            client_id = self.client_id,
             store = store.display(),
-            extra = cfg.extra,
+            extra = self.extra,
         );
         let config = dir.join("orchardd.toml");
         std::fs::write(&config, toml).unwrap();
+        ConfigFiles {
+            config,
+            http,
+            store,
+        }
+    }
+}
+
+pub struct ConfigFiles {
+    pub config: PathBuf,
+    pub http: SocketAddr,
+    pub store: PathBuf,
+}
+
+impl Daemon {
+    /// Writes the config into `dir` and starts orchardd; does not wait for readiness.
+    pub fn start(dir: &Path, cfg: &DaemonConfig) -> Daemon {
+        Self::start_with_env(dir, cfg, Vec::new())
+    }
+
+    pub fn start_with_env(dir: &Path, cfg: &DaemonConfig, env: Vec<(String, String)>) -> Daemon {
+        let files = cfg.write(dir);
         let mut d = Daemon {
             child: None,
-            http,
-            config,
-            store,
+            http: files.http,
+            config: files.config,
+            store: files.store,
             log: dir.join("orchardd.log"),
             env,
         };
