@@ -5,6 +5,8 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
+use crate::config::Synchronous;
+
 #[derive(Debug, Parser)]
 #[command(
     name = "orchardd",
@@ -12,8 +14,9 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
     about = "Smart-orchard telemetry daemon: MQTT sensor readings in, validated time series out"
 )]
 pub struct Cli {
+    /// Without a subcommand, orchardd runs the daemon on its built-in defaults.
     #[command(subcommand)]
-    pub command: Command,
+    pub command: Option<Command>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -92,10 +95,27 @@ pub struct BenchArgs {
     /// Parallel publishing connections.
     #[arg(long, default_value_t = 4)]
     pub connections: usize,
-    /// Store synchronous mode for the run: full or normal.
-    #[arg(long, default_value = "full")]
-    pub synchronous: String,
+    /// Store synchronous modes to measure, "full" and/or "normal" (comma-separate): one run
+    /// per broker and mode.
+    #[arg(long, value_delimiter = ',', default_value = "full", value_parser = synchronous)]
+    pub synchronous: Vec<Synchronous>,
+    /// Offered load in readings/s, spread evenly over the devices. Without it the simulator
+    /// publishes as fast as the broker acknowledges (a saturation run).
+    #[arg(long)]
+    pub rate: Option<u64>,
+    /// Mosquitto's max_inflight_messages: QoS 1 messages it sends orchardd ahead of the
+    /// acknowledgements, which orchardd gives only after commit (0: no limit).
+    #[arg(long, default_value_t = 1000)]
+    pub mosquitto_max_inflight: u32,
     /// Also write the report as Markdown to this file.
     #[arg(long)]
     pub output: Option<PathBuf>,
+}
+
+fn synchronous(s: &str) -> Result<Synchronous, String> {
+    match s {
+        "full" => Ok(Synchronous::Full),
+        "normal" => Ok(Synchronous::Normal),
+        _ => Err(format!("`{s}` is neither full nor normal")),
+    }
 }

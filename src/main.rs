@@ -2,7 +2,7 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::Parser;
-use orchardd::cli::{Cli, Command, Qos};
+use orchardd::cli::{Cli, Command, ConfigArg, Qos};
 use orchardd::config::{ConfigError, LogFormat, Settings};
 use tracing_subscriber::EnvFilter;
 
@@ -19,7 +19,10 @@ fn main() -> ExitCode {
 
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let _ = rustls::crypto::ring::default_provider().install_default();
-    match cli.command {
+    let command = cli
+        .command
+        .unwrap_or(Command::Run(ConfigArg { config: None }));
+    match command {
         Command::CheckConfig(args) => Ok(check_config(args.config.as_deref())),
         Command::Run(args) => {
             let settings = Settings::load(args.config.as_deref())?;

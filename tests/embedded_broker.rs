@@ -81,6 +81,21 @@ async fn a_thousand_readings_from_several_devices_come_back_from_the_api() {
     assert_eq!(csv.lines().count(), 1 + 200, "header and 200 rows");
     assert!(csv.starts_with("orchard,block,device,kind,depth_cm,ts,value\n"));
 
+    // Downsampled: per-minute counts add up to the raw rows, per-minute maxima are real values.
+    let counts = readings_of(&daemon, "device=probe-1&every=1m&agg=count");
+    let total: f64 = counts.iter().map(|r| r["value"].as_f64().unwrap()).sum();
+    assert_eq!(total, 200.0);
+    assert!(
+        (4..=5).contains(&counts.len()),
+        "200 s span 4 or 5 minutes: {counts:?}"
+    );
+    let maxima = readings_of(&daemon, "device=probe-1&every=1m&agg=max");
+    let overall = maxima
+        .iter()
+        .map(|r| r["value"].as_f64().unwrap())
+        .fold(f64::MIN, f64::max);
+    assert_eq!(overall, 19.9);
+
     // The latest value per device and kind.
     let latest = daemon.get_ok("/api/v1/latest?orchard=fengjie")["readings"].clone();
     let latest = latest.as_array().unwrap();
