@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
 # Runs every test of orchardd. The tests start real servers of their own (Mosquitto,
-# systemd-analyze for the unit file); this script installs them with apt-get when missing.
+# systemd-analyze for the unit file, openssl for test certificates); this script installs them with apt-get when missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 missing=()
 [ -x /usr/sbin/mosquitto ] || command -v mosquitto >/dev/null 2>&1 || missing+=(mosquitto)
 command -v systemd-analyze >/dev/null 2>&1 || missing+=(systemd)
+command -v openssl >/dev/null 2>&1 || missing+=(openssl)
 if [ ${#missing[@]} -gt 0 ]; then
   echo "test.sh: installing what the tests need: ${missing[*]}"
   sudo=""

@@ -198,3 +198,79 @@ async fn drain_session(port: u16, client_id: &str, want: usize) -> HashSet<(Stri
     let _ = tokio::time::timeout(Duration::from_secs(1), extra).await;
     got
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_external_broker_with_tls_and_a_password_works_and_bad_credentials_are_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mosquitto, ca) = Mosquitto::start_tls(dir.path(), "orchardd", "s3cret-pass");
+    let credentials = |password: &str| {
+        format!(
+            "username = \"orchardd\"\npassword = \"{password}\"\nca_file = \"{}\"\n",
+            ca.display()
+        )
+    };
+    let cfg = DaemonConfig {
+        mqtt_url: format!("mqtts://localhost:{}", mosquitto.port),
+        mqtt_extra: credentials("s3cret-pass"),
+        ..DaemonConfig::external(mosquitto.port)
+    };
+    let daemon = Daemon::start(dir.path(), &cfg);
+    daemon.wait_ready();
+
+    // A reading published over TLS with credentials arrives.
+    let mut o = MqttOptions::new("tls-gateway", "localhost", mosquitto.port);
+    o.set_credentials("orchardd", "s3cret-pass");
+    o.set_transport(rumqttc::Transport::tls(
+        std::fs::read(&ca).unwrap(),
+        None,
+        None,
+    ));
+    let (client, mut eventloop) = AsyncClient::new(o, 10);
+    let pump = tokio::spawn(async move {
+        for _ in 0..200 {
+            if eventloop.poll().await.is_err() {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    });
+    let ts = now_ms();
+    let payload = format!(r#"{{"ts":{ts},"readings":{{"soil_ec":1.25}}}}"#);
+    client
+        .publish(
+            "orchards/fengjie/B2/tls-probe/telemetry",
+            QoS::AtLeastOnce,
+            false,
+            payload,
+        )
+        .await
+        .unwrap();
+    wait_for(Duration::from_secs(20), "the TLS reading", || {
+        let v = daemon.get_ok("/api/v1/readings?device=tls-probe");
+        (v["readings"].as_array().unwrap().len() == 1).then_some(())
+    });
+    pump.abort();
+    drop(daemon);
+
+    // A wrong password: orchardd keeps retrying, logs why, and is not ready.
+    let wrong_dir = tempfile::tempdir().unwrap();
+    let wrong = DaemonConfig {
+        mqtt_extra: credentials("wrong"),
+        client_id: "orchardd-wrong".into(),
+        ..cfg
+    };
+    let daemon = Daemon::start(wrong_dir.path(), &wrong);
+    let log = wait_for(
+        Duration::from_secs(20),
+        "two logged connection failures",
+        || {
+            let log = daemon.log_text();
+            (log.matches("mqtt: connection to").count() >= 2).then_some(log)
+        },
+    );
+    assert!(log.contains("attempt=2"), "{log}");
+    assert_eq!(
+        daemon.get("/readyz").0,
+        503,
+        "not ready while the broker refuses orchardd"
+    );
+}

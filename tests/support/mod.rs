@@ -122,6 +122,9 @@ pub struct DaemonConfig {
     pub embedded_broker: Option<u16>,
     pub mqtt_url: String,
     pub client_id: String,
+    /// More keys of the `[mqtt]` section, e.g. credentials.
+    pub mqtt_extra: String,
+    /// More sections, appended at the end.
     pub extra: String,
 }
 
@@ -131,6 +134,7 @@ impl DaemonConfig {
             embedded_broker: Some(free_port()),
             mqtt_url: String::new(),
             client_id: "orchardd-test".into(),
+            mqtt_extra: String::new(),
             extra: String::new(),
         }
     }
@@ -140,6 +144,7 @@ impl DaemonConfig {
             embedded_broker: None,
             mqtt_url: format!("mqtt://127.0.0.1:{mqtt_port}"),
             client_id: format!("orchardd-test-{mqtt_port}"),
+            mqtt_extra: String::new(),
             extra: String::new(),
         }
     }
@@ -165,6 +170,7 @@ listen = "{listen}"
 url = "{url}"
 client_id = "{client_id}"
 reconnect_max_delay = "1s"
+{mqtt_extra}
 [store]
 path = "{store}"
 synchronous = "normal"
@@ -176,6 +182,7 @@ level = "info"
 "#,
             url = self.mqtt_url,
             client_id = self.client_id,
+            mqtt_extra = self.mqtt_extra,
             store = store.display(),
             extra = self.extra,
         );
@@ -338,6 +345,93 @@ pub struct Mosquitto {
 
 impl Mosquitto {
     pub fn start(dir: &Path) -> Mosquitto {
+        Self::start_with(dir, "allow_anonymous true\n")
+    }
+
+    /// A broker that takes only TLS and a username/password; returns it and its CA file.
+    pub fn start_tls(dir: &Path, user: &str, password: &str) -> (Mosquitto, PathBuf) {
+        let tls = dir.join("tls");
+        std::fs::create_dir_all(&tls).unwrap();
+        let openssl = require_binary("openssl", "openssl");
+        let run = |args: &[&str]| {
+            let out = Command::new(&openssl)
+                .args(args)
+                .current_dir(&tls)
+                .output()
+                .unwrap();
+            assert!(
+                out.status.success(),
+                "openssl {args:?}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        };
+        run(&[
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "2",
+            "-subj",
+            "/CN=orchardd test CA",
+            "-keyout",
+            "ca.key",
+            "-out",
+            "ca.crt",
+        ]);
+        run(&[
+            "req",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-subj",
+            "/CN=localhost",
+            "-keyout",
+            "server.key",
+            "-out",
+            "server.csr",
+        ]);
+        std::fs::write(
+            tls.join("san.ext"),
+            "subjectAltName=DNS:localhost,IP:127.0.0.1\n",
+        )
+        .unwrap();
+        run(&[
+            "x509",
+            "-req",
+            "-in",
+            "server.csr",
+            "-CA",
+            "ca.crt",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-days",
+            "2",
+            "-extfile",
+            "san.ext",
+            "-out",
+            "server.crt",
+        ]);
+        let passwd = tls.join("passwd");
+        let ok = Command::new(require_binary("mosquitto_passwd", "mosquitto"))
+            .args(["-b", "-c"])
+            .arg(&passwd)
+            .args([user, password])
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "mosquitto_passwd failed");
+        let conf = format!(
+            "allow_anonymous false\npassword_file {p}\ncafile {t}/ca.crt\ncertfile {t}/server.crt\nkeyfile {t}/server.key\n",
+            p = passwd.display(),
+            t = tls.display()
+        );
+        (Self::start_with(dir, &conf), tls.join("ca.crt"))
+    }
+
+    fn start_with(dir: &Path, listener_conf: &str) -> Mosquitto {
         let dir = dir.join("mosquitto");
         std::fs::create_dir_all(&dir).unwrap();
         let port = free_port();
@@ -348,7 +442,7 @@ impl Mosquitto {
         std::fs::write(
             &conf,
             format!(
-                "listener {port} 127.0.0.1\nallow_anonymous true\npersistence true\nuser root\n\
+                "listener {port} 127.0.0.1\n{listener_conf}persistence true\nuser root\n\
                  persistence_location {}/\nmax_queued_messages 1000000\nmax_inflight_messages 1000\n\
                  log_dest file {}/mosquitto.log\n",
                 dir.display(),
