@@ -92,9 +92,12 @@ pub async fn run(settings: Settings) -> Result<(), DaemonError> {
 
     let ingest_result = ingest.await;
     // Ingest returns after the writer has committed everything it received.
-    let _ = tokio::task::spawn_blocking(move || writer.join()).await;
+    let writer_result = tokio::task::spawn_blocking(move || writer.join()).await;
     shutdown.cancel();
     let _ = http.await;
+    if !matches!(writer_result, Ok(Ok(()))) {
+        return Err(DaemonError::Task("the store writer panicked".into()));
+    }
     match ingest_result {
         Ok(Ok(())) => {
             tracing::info!("orchardd stopped cleanly");

@@ -129,7 +129,8 @@ impl Subscription {
                 batch = committed.recv() => match batch {
                     Some(tokens) => acks.extend(tokens),
                     // The writer has drained the queue: everything received is committed.
-                    None => break,
+                    None if queue.is_none() => break,
+                    None => return Err("the store writer stopped; nothing more can be committed".into()),
                 },
                 event = eventloop.poll() => match event {
                     Ok(Event::Incoming(Packet::ConnAck(c))) => {
