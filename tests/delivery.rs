@@ -152,8 +152,9 @@ async fn sigterm_mid_burst_exits_0_and_everything_acknowledged_is_stored() {
     let overlap: Vec<_> = stored.intersection(&pending).collect();
     assert!(
         overlap.is_empty(),
-        "{} committed messages were not acknowledged",
-        overlap.len()
+        "{} committed messages were not acknowledged\n{}",
+        overlap.len(),
+        daemon.log_text()
     );
     let all: HashSet<_> = stored.union(&pending).cloned().collect();
     assert_eq!(all, expected(base));

@@ -8,9 +8,7 @@ use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::Duration;
 
-use rumqttc::{
-    AsyncClient, Event, EventLoop, MqttOptions, Outgoing, Packet, Publish, QoS, Transport,
-};
+use rumqttc::{AsyncClient, Event, EventLoop, MqttOptions, Packet, Publish, QoS, Transport};
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
@@ -182,7 +180,12 @@ impl Subscription {
         Ok(())
     }
 
-    /// Sends the acknowledgements still queued, then a clean DISCONNECT (bounded in time).
+    /// Sends the acknowledgements still queued, then a clean DISCONNECT, then reads until the
+    /// broker closes the connection (bounded in time).
+    ///
+    /// The last step matters: closing a socket that still has unread data (the broker keeps
+    /// sending publishes until it sees DISCONNECT) makes the kernel send a reset, and a reset
+    /// can make the broker discard our final acknowledgements before it has read them.
     async fn disconnect(&self, client: &AsyncClient, eventloop: &mut EventLoop, acks: &mut Acks) {
         let finish = async {
             while !acks.is_empty() {
@@ -191,20 +194,21 @@ impl Subscription {
                     return;
                 }
             }
-            let _ = client.try_disconnect();
-            loop {
-                match eventloop.poll().await {
-                    Ok(Event::Outgoing(Outgoing::Disconnect)) | Err(_) => return,
-                    Ok(_) => {}
+            // The client's channel may be full of acknowledgements: make room by polling
+            // rather than dropping the DISCONNECT.
+            while client.try_disconnect().is_err() {
+                if eventloop.poll().await.is_err() {
+                    return;
                 }
             }
+            while eventloop.poll().await.is_ok() {}
         };
         if tokio::time::timeout(Duration::from_secs(10), finish)
             .await
             .is_err()
         {
             tracing::warn!(
-                "mqtt: the broker did not take the last acknowledgements in 10 s; it will redeliver those messages"
+                "mqtt: the broker did not close the connection within 10 s of DISCONNECT; it redelivers what it did not take"
             );
         }
         self.metrics.mqtt_connected.set(0);
