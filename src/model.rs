@@ -93,6 +93,8 @@ pub enum Unit {
     Volt,
     #[serde(rename = "dBm")]
     DecibelMilliwatt,
+    #[serde(rename = "dB")]
+    Decibel,
     #[serde(rename = "°Brix")]
     Brix,
 }
@@ -109,6 +111,7 @@ impl Unit {
             Unit::WattPerSquareMetre => "W/m²",
             Unit::Volt => "V",
             Unit::DecibelMilliwatt => "dBm",
+            Unit::Decibel => "dB",
             Unit::Brix => "°Brix",
         }
     }
@@ -167,6 +170,7 @@ kinds! {
     FruitDiameter = "fruit_diameter", Millimetre, 0, 150;
     BatteryV = "battery_v", Volt, 0, 15;
     RssiDbm = "rssi_dbm", DecibelMilliwatt, -150, 20;
+    SnrDb = "snr_db", Decibel, -40, 40;
     Irrigation = "irrigation", Millimetre, 0, 200;
     Tss = "tss", Brix, 0, 30;
     TitratableAcidity = "titratable_acidity", Percent, 0, 5;

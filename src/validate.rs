@@ -24,6 +24,12 @@ pub enum Reason {
     TimestampInFuture,
     TimestampTooOld,
     InvalidIdentifier,
+    /// A LoRaWAN uplink that the network server did not decode (no payload codec).
+    UndecodedUplink,
+    /// A SenML string, boolean or data value where a measurement was expected.
+    NonNumeric,
+    /// More messages from one device than `ingest.device_rate_limit` allows.
+    RateLimited,
 }
 
 impl Reason {
@@ -38,6 +44,9 @@ impl Reason {
         Reason::TimestampInFuture,
         Reason::TimestampTooOld,
         Reason::InvalidIdentifier,
+        Reason::UndecodedUplink,
+        Reason::NonNumeric,
+        Reason::RateLimited,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -52,6 +61,9 @@ impl Reason {
             Reason::TimestampInFuture => "timestamp_in_future",
             Reason::TimestampTooOld => "timestamp_too_old",
             Reason::InvalidIdentifier => "invalid_identifier",
+            Reason::UndecodedUplink => "undecoded_uplink",
+            Reason::NonNumeric => "non_numeric",
+            Reason::RateLimited => "rate_limited",
         }
     }
 
@@ -276,6 +288,10 @@ pub fn convert(kind: Kind, value: f64, unit: &str) -> Result<f64, Rejection> {
         },
         Unit::DecibelMilliwatt => match u {
             "dBm" => value,
+            _ => return Err(mismatch()),
+        },
+        Unit::Decibel => match u {
+            "dB" => value,
             _ => return Err(mismatch()),
         },
         Unit::Brix => match u {

@@ -3,6 +3,7 @@
 //! [`mqtt`] owns the broker connection and the acknowledgements; [`Decoder`] turns one
 //! message into an envelope: topic to identity, size check, payload format, validation.
 
+pub mod fields;
 pub mod mqtt;
 pub mod native;
 pub mod topic;
@@ -12,8 +13,21 @@ use bytes::Bytes;
 use crate::config::Settings;
 use crate::model::TimestampMs;
 use crate::store::writer::Envelope;
-use crate::validate::{self, Limits, Reason, Rejection};
+use crate::validate::{self, Limits, RawReading, Reason, Rejection};
 use topic::TopicPattern;
+
+/// What a payload held for one device: readings to check, and the entries that could not
+/// even be read. Every decoder produces these.
+#[derive(Debug, Default, PartialEq)]
+pub struct Decoded {
+    /// The device the payload itself names (a LoRaWAN DevEUI in lowercase hex, a SenML device
+    /// id), to be looked up in the device registry. `None` when the topic gives the identity.
+    pub device: Option<String>,
+    /// The message-wide time, when the payload has one.
+    pub ts: Option<TimestampMs>,
+    pub readings: Vec<RawReading>,
+    pub problems: Vec<Rejection>,
+}
 
 /// Everything needed to judge a message; cheap to share between tasks.
 #[derive(Debug, Clone)]

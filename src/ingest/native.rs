@@ -7,16 +7,9 @@
 
 use serde_json::{Map, Value};
 
+use super::Decoded;
 use crate::model::{TimestampMs, truncate};
 use crate::validate::{RawReading, RawValue, Reason, Rejection};
-
-/// What a payload held: readings to check, and the entries that could not even be read.
-#[derive(Debug, Default, PartialEq)]
-pub struct Decoded {
-    pub ts: Option<TimestampMs>,
-    pub readings: Vec<RawReading>,
-    pub problems: Vec<Rejection>,
-}
 
 /// Keys of the flat form that describe the device rather than measure something.
 const METADATA_KEYS: &[&str] = &["firmware", "fw", "model", "serial"];
