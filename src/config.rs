@@ -16,7 +16,7 @@ use crate::ingest::topic::TopicPattern;
 /// The shipped, documented configuration file. Parsing it must give [`Settings::default`].
 pub const SHIPPED_TOML: &str = include_str!("../config/orchardd.toml");
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Settings {
     pub broker: BrokerSettings,
@@ -26,6 +26,115 @@ pub struct Settings {
     pub store: StoreSettings,
     pub http: HttpSettings,
     pub log: LogSettings,
+    pub sources: Vec<SourceSettings>,
+    pub registry: RegistrySettings,
+    pub health: HealthSettings,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Self {
+            broker: Default::default(),
+            mqtt: Default::default(),
+            ingest: Default::default(),
+            validate: Default::default(),
+            store: Default::default(),
+            http: Default::default(),
+            log: Default::default(),
+            sources: vec![
+                SourceSettings::new(
+                    "chirpstack",
+                    Format::Chirpstack,
+                    "application/+/device/+/event/up",
+                ),
+                SourceSettings::new("things-stack", Format::Tts, "v3/+/devices/+/up"),
+            ],
+            registry: Default::default(),
+            health: Default::default(),
+        }
+    }
+}
+
+/// The payload formats orchardd decodes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Format {
+    Native,
+    Senml,
+    Chirpstack,
+    Tts,
+}
+
+/// One more stream of messages besides the native `mqtt.topics`: a topic filter and its format.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SourceSettings {
+    /// Named in logs and in the quarantine.
+    pub name: String,
+    pub format: Format,
+    /// MQTT filter (`+`, `#`), optionally with `{orchard}`, `{block}`, `{device}` placeholders
+    /// (all three or none). Without them, the payload names the device and the registry places it.
+    pub topic: String,
+    /// Field name to kind, unit and depth, laid over the built-in table of the format.
+    #[serde(default)]
+    pub fields: std::collections::BTreeMap<String, crate::ingest::fields::FieldTarget>,
+    /// SenML only: where a record's name splits into device and field.
+    #[serde(default = "default_separator")]
+    pub separator: char,
+}
+
+fn default_separator() -> char {
+    ':'
+}
+
+impl SourceSettings {
+    fn new(name: &str, format: Format, topic: &str) -> Self {
+        Self {
+            name: name.into(),
+            format,
+            topic: topic.into(),
+            fields: Default::default(),
+            separator: default_separator(),
+        }
+    }
+}
+
+/// The device registry: which orchard and block a device EUI or id belongs to.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RegistrySettings {
+    /// TOML file of `[[device]]` entries, applied to the store at start-up. A missing file is
+    /// no error: devices can also be assigned through the API.
+    pub file: PathBuf,
+}
+
+impl Default for RegistrySettings {
+    fn default() -> Self {
+        Self {
+            file: PathBuf::from("config/devices.toml"),
+        }
+    }
+}
+
+/// Sensor-health flags on accepted readings.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct HealthSettings {
+    /// The same value this many times in a row flags a sensor as stuck.
+    pub stuck_after: u32,
+    /// How often a device normally reports, unless its registry entry says otherwise; a
+    /// reading after a silence of more than twice this is flagged `after_gap`.
+    #[serde(with = "humantime_serde")]
+    pub expected_interval: Duration,
+}
+
+impl Default for HealthSettings {
+    fn default() -> Self {
+        Self {
+            stuck_after: 12,
+            expected_interval: Duration::from_secs(15 * 60),
+        }
+    }
 }
 
 /// The embedded MQTT broker (rumqttd), for a server that is its own broker.
@@ -96,6 +205,9 @@ pub struct IngestSettings {
     pub max_payload_bytes: usize,
     /// Messages decoded and waiting for the store; when full, orchardd stops reading MQTT.
     pub queue_messages: usize,
+    /// Messages per minute one device may send; more are quarantined as `rate_limited`.
+    /// 0 turns the limit off.
+    pub device_rate_limit: u32,
 }
 
 impl Default for IngestSettings {
@@ -103,6 +215,7 @@ impl Default for IngestSettings {
         Self {
             max_payload_bytes: 256 * 1024,
             queue_messages: 4096,
+            device_rate_limit: 600,
         }
     }
 }
@@ -294,6 +407,20 @@ impl Settings {
         if self.mqtt.keep_alive < Duration::from_secs(5) {
             problem("mqtt.keep_alive", "must be at least 5s".into());
         }
+        for (i, source) in self.sources.iter().enumerate() {
+            if let Err(e) = TopicPattern::parse_filter(&source.topic) {
+                problem(&format!("sources[{i}].topic"), e.to_string());
+            }
+            if source.name.is_empty() || self.sources[..i].iter().any(|s| s.name == source.name) {
+                problem(
+                    &format!("sources[{i}].name"),
+                    "must be non-empty and unique".into(),
+                );
+            }
+        }
+        if self.health.stuck_after < 2 {
+            problem("health.stuck_after", "must be at least 2".into());
+        }
         if self.ingest.max_payload_bytes < 64 {
             problem("ingest.max_payload_bytes", "must be at least 64".into());
         }
@@ -412,6 +539,9 @@ fn type_problems(tree: &Value) -> Vec<Problem> {
         section::<StoreSettings>(tree, "store"),
         section::<HttpSettings>(tree, "http"),
         section::<LogSettings>(tree, "log"),
+        section::<Vec<SourceSettings>>(tree, "sources"),
+        section::<RegistrySettings>(tree, "registry"),
+        section::<HealthSettings>(tree, "health"),
     ]
     .into_iter()
     .flatten()

@@ -9,11 +9,13 @@ use tokio_util::sync::CancellationToken;
 
 use crate::api::{self, AppState};
 use crate::config::Settings;
-use crate::ingest::Decoder;
 use crate::ingest::mqtt::{Endpoint, Subscription, parse_url};
+use crate::ingest::{Decoder, RateLimiter};
 use crate::metrics::Metrics;
+use crate::registry::{self, Registry};
+use crate::store::devices::{self, UpdatedBy};
 use crate::store::writer::{Heartbeat, Writer};
-use crate::store::{self, ReadPool, StoreError};
+use crate::store::{self, Admin, ReadPool, StoreError};
 use crate::{broker, systemd};
 
 #[derive(Debug, thiserror::Error)]
@@ -29,6 +31,8 @@ pub enum DaemonError {
     },
     #[error("mqtt: {0}")]
     Mqtt(String),
+    #[error("registry.file {0}")]
+    Registry(#[from] registry::RegistryError),
     #[error("a pipeline task failed: {0}")]
     Task(String),
 }
@@ -38,6 +42,8 @@ pub async fn run(settings: Settings) -> Result<(), DaemonError> {
     let writer_conn = store::open_writer(&settings.store)?;
     tracing::info!(path = %settings.store.path.display(), "store open");
     let pool = ReadPool::new(&settings.store.path);
+    let registry = load_registry(&writer_conn, &settings.registry.file)?;
+    let (registry_tx, registry_rx) = watch::channel(Arc::new(registry));
 
     let endpoint = if settings.broker.embedded {
         broker::start(&settings.broker)?;
@@ -65,6 +71,7 @@ pub async fn run(settings: Settings) -> Result<(), DaemonError> {
         metrics.clone(),
         heartbeat.clone(),
         settings.store.max_batch_readings,
+        settings.health.stuck_after,
     );
     let writer = std::thread::Builder::new()
         .name("store-writer".into())
@@ -72,8 +79,11 @@ pub async fn run(settings: Settings) -> Result<(), DaemonError> {
         .map_err(|e| DaemonError::Task(e.to_string()))?;
 
     let (subscribed_tx, subscribed_rx) = watch::channel(false);
+    let decoder = Decoder::from_settings(&settings, registry_rx)
+        .map_err(|e| DaemonError::Mqtt(e.to_string()))?;
     let subscription = Subscription {
-        decoder: Decoder::from_settings(&settings).map_err(|e| DaemonError::Mqtt(e.to_string()))?,
+        decoder: decoder.clone(),
+        limiter: RateLimiter::new(settings.ingest.device_rate_limit),
         settings: settings.mqtt.clone(),
         endpoint,
         metrics: metrics.clone(),
@@ -83,8 +93,11 @@ pub async fn run(settings: Settings) -> Result<(), DaemonError> {
 
     let state = AppState {
         pool,
+        admin: Admin::open(&settings.store)?,
         metrics,
         subscribed: subscribed_rx.clone(),
+        registry: Arc::new(registry_tx),
+        decoder,
     };
     let http = tokio::spawn(api::serve(listener, state, shutdown.clone()));
     tokio::spawn(notify_ready(subscribed_rx, shutdown.clone()));
@@ -106,6 +119,31 @@ pub async fn run(settings: Settings) -> Result<(), DaemonError> {
         Ok(Err(e)) => Err(DaemonError::Mqtt(e)),
         Err(e) => Err(DaemonError::Task(e.to_string())),
     }
+}
+
+/// Applies the devices file to the store, then reads the whole registry back.
+fn load_registry(
+    conn: &rusqlite::Connection,
+    file: &std::path::Path,
+) -> Result<Registry, DaemonError> {
+    match registry::load_file(file)? {
+        None => {
+            tracing::info!(file = %file.display(), "no devices file; devices are assigned through the API")
+        }
+        Some(entries) => {
+            for entry in &entries {
+                if let Some((stored, by)) = devices::get(conn, entry.id.as_str())?
+                    && by == "api"
+                    && stored != *entry
+                {
+                    tracing::warn!(device = %entry.id, "the devices file replaces the entry last changed through the API");
+                }
+                devices::upsert(conn, entry, UpdatedBy::File)?;
+            }
+            tracing::info!(file = %file.display(), devices = entries.len(), "devices file applied");
+        }
+    }
+    Ok(Registry::new(devices::all(conn)?))
 }
 
 /// The embedded broker's address as a client reaches it.

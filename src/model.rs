@@ -240,6 +240,48 @@ pub struct Reading {
     pub value: f64,
 }
 
+/// Sensor-health flags stored with a reading: it was accepted, but staff should look.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+pub struct Flags(pub u8);
+
+impl Flags {
+    /// A jump beyond the kind's physical rate of change since the previous reading.
+    pub const SPIKE: Flags = Flags(1);
+    /// The same value as the previous `health.stuck_after - 1` readings.
+    pub const STUCK: Flags = Flags(2);
+    /// The first reading after the device was silent for over twice its expected interval.
+    pub const AFTER_GAP: Flags = Flags(4);
+
+    const NAMES: [(Flags, &'static str); 3] = [
+        (Flags::SPIKE, "spike"),
+        (Flags::STUCK, "stuck"),
+        (Flags::AFTER_GAP, "after_gap"),
+    ];
+
+    pub fn contains(self, other: Flags) -> bool {
+        self.0 & other.0 == other.0
+    }
+
+    pub fn insert(&mut self, other: Flags) {
+        self.0 |= other.0;
+    }
+
+    pub fn names(self) -> Vec<&'static str> {
+        Self::NAMES
+            .iter()
+            .filter(|(f, _)| self.contains(*f))
+            .map(|(_, n)| *n)
+            .collect()
+    }
+
+    pub fn parse(name: &str) -> Option<Flags> {
+        Self::NAMES
+            .iter()
+            .find(|(_, n)| *n == name)
+            .map(|(f, _)| *f)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

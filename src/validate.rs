@@ -83,6 +83,8 @@ impl fmt::Display for Reason {
 pub struct Rejection {
     pub reason: Reason,
     pub detail: String,
+    /// The device the payload named, when known: lets staff find and replay its messages.
+    pub device: Option<String>,
 }
 
 impl Rejection {
@@ -90,7 +92,13 @@ impl Rejection {
         Self {
             reason,
             detail: detail.into(),
+            device: None,
         }
+    }
+
+    pub fn for_device(mut self, device: Option<&str>) -> Self {
+        self.device = device.map(str::to_owned);
+        self
     }
 }
 

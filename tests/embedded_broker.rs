@@ -79,7 +79,7 @@ async fn a_thousand_readings_from_several_devices_come_back_from_the_api() {
     .unwrap();
     assert_eq!(status, 200);
     assert_eq!(csv.lines().count(), 1 + 200, "header and 200 rows");
-    assert!(csv.starts_with("orchard,block,device,kind,depth_cm,ts,value\n"));
+    assert!(csv.starts_with("orchard,block,device,kind,depth_cm,ts,value,flags\n"));
 
     // Downsampled: per-minute counts add up to the raw rows, per-minute maxima are real values.
     let counts = readings_of(&daemon, "device=probe-1&every=1m&agg=count");

@@ -1,5 +1,6 @@
 //! The HTTP API (axum): health, metrics and the `/api/v1` queries.
 
+mod devices;
 mod error;
 mod params;
 mod quarantine;
@@ -12,23 +13,31 @@ use axum::Router;
 use axum::extract::State;
 use axum::http::{StatusCode, header};
 use axum::response::IntoResponse;
-use axum::routing::get;
+use axum::routing::{get, post};
 use serde_json::json;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 pub use error::ApiError;
 
+use crate::ingest::Decoder;
 use crate::metrics::Metrics;
-use crate::store::ReadPool;
+use crate::registry::Snapshot;
+use crate::store::{Admin, ReadPool};
 
 /// What every handler can reach.
 #[derive(Clone)]
 pub struct AppState {
     pub pool: ReadPool,
+    /// For the API's own writes: device registry, replays.
+    pub admin: Admin,
     pub metrics: Arc<Metrics>,
     /// True once the MQTT subscription is in place.
     pub subscribed: watch::Receiver<bool>,
+    /// Publishes registry changes to ingest.
+    pub registry: Arc<watch::Sender<Snapshot>>,
+    /// Judges replayed messages exactly as ingest does.
+    pub decoder: Decoder,
 }
 
 pub fn router(state: AppState) -> Router {
@@ -39,6 +48,9 @@ pub fn router(state: AppState) -> Router {
         .route("/api/v1/readings", get(readings::readings))
         .route("/api/v1/latest", get(readings::latest))
         .route("/api/v1/quarantine", get(quarantine::list))
+        .route("/api/v1/quarantine/replay", post(quarantine::replay))
+        .route("/api/v1/devices", get(devices::list))
+        .route("/api/v1/devices/{id}", get(devices::get).put(devices::put))
         .fallback(|| async { ApiError::not_found("no such endpoint; see the README for the API") })
         .with_state(state)
 }

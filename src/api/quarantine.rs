@@ -69,3 +69,36 @@ fn hex(bytes: &[u8]) -> String {
     }
     s
 }
+
+/// `POST /api/v1/quarantine/replay?device=ID`: decode the device's held messages again.
+pub async fn replay(
+    State(s): State<AppState>,
+    Query(raw): Query<HashMap<String, String>>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let p = Params::new(raw, &["device"])?;
+    let Some(device) = p.ident("device")? else {
+        return Err(ApiError::bad_request("`device` is required"));
+    };
+    let device =
+        crate::registry::normalise(device.as_str()).expect("an ident stays valid lowercase");
+    if s.registry.borrow().get(device.as_str()).is_none() {
+        return Err(ApiError {
+            status: axum::http::StatusCode::CONFLICT,
+            code: "device_unassigned",
+            message: format!(
+                "device `{device}` is not in the registry yet: assign it with PUT /api/v1/devices/{device} first"
+            ),
+        });
+    }
+    let decoder = s.decoder.clone();
+    let report = s
+        .admin
+        .write(move |c| {
+            crate::store::replay::replay(c, device.as_str(), |topic, payload, received_at| {
+                decoder.envelope(topic, payload, received_at)
+            })
+        })
+        .await?;
+    tracing::info!(device = %report.device, messages = report.messages, recovered = report.readings_recovered, "quarantine replayed");
+    Ok(Json(serde_json::json!(report)))
+}

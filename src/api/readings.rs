@@ -13,6 +13,7 @@ use serde_json::json;
 use super::AppState;
 use super::error::ApiError;
 use super::params::Params;
+use crate::model::Flags;
 use crate::store::readings::{self, Agg, Filter, Row};
 
 const DEFAULT_LIMIT: usize = 10_000;
@@ -25,7 +26,8 @@ pub async fn readings(
     let p = Params::new(
         raw,
         &[
-            "orchard", "block", "device", "kind", "from", "to", "every", "agg", "limit", "format",
+            "orchard", "block", "device", "kind", "from", "to", "every", "agg", "flagged", "limit",
+            "format",
         ],
     )?;
     let filter = Filter {
@@ -36,6 +38,14 @@ pub async fn readings(
         from: p.time("from")?,
         to: p.time("to")?,
         every: every(&p)?,
+        flagged: p
+            .get("flagged")
+            .map(|f| {
+                Flags::parse(f).ok_or_else(|| {
+                    ApiError::bad_request("`flagged` must be spike, stuck or after_gap")
+                })
+            })
+            .transpose()?,
         limit: p.limit(DEFAULT_LIMIT, MAX_LIMIT)?,
     };
     if let (Some(from), Some(to)) = (filter.from, filter.to)
@@ -93,20 +103,21 @@ fn respond(rows: Vec<Row>, csv: bool) -> Response {
         let rows: Vec<_> = rows.iter().map(row_json).collect();
         return Json(json!({ "readings": rows })).into_response();
     }
-    let mut out = String::from("orchard,block,device,kind,depth_cm,ts,value\n");
+    let mut out = String::from("orchard,block,device,kind,depth_cm,ts,value,flags\n");
     for r in &rows {
         let depth = r.depth_cm.map(|d| d.to_string()).unwrap_or_default();
         // Identifiers are [A-Za-z0-9_-]: nothing in a row needs CSV quoting.
         let _ = writeln!(
             out,
-            "{},{},{},{},{},{},{}",
+            "{},{},{},{},{},{},{},{}",
             r.orchard,
             r.block,
             r.device,
             r.kind,
             depth,
             r.ts.to_rfc3339(),
-            r.value
+            r.value,
+            r.flags.names().join("|")
         );
     }
     ([(header::CONTENT_TYPE, "text/csv; charset=utf-8")], out).into_response()
@@ -123,6 +134,9 @@ fn row_json(r: &Row) -> serde_json::Value {
     });
     if let Some(d) = r.depth_cm {
         v["depth_cm"] = json!(d);
+    }
+    if r.flags != Flags::default() {
+        v["flags"] = json!(r.flags.names());
     }
     v
 }

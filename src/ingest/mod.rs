@@ -1,19 +1,27 @@
 //! Ingest: MQTT messages in, [`Envelope`]s of validated readings and rejections out.
 //!
 //! [`mqtt`] owns the broker connection and the acknowledgements; [`Decoder`] turns one
-//! message into an envelope: topic to identity, size check, payload format, validation.
+//! message into an envelope: topic to source, size check, payload format, identity (from the
+//! topic or the device registry), validation. [`RateLimiter`] keeps one device from flooding.
 
 pub mod fields;
 pub mod mqtt;
 pub mod native;
+mod rate;
 pub mod topic;
 
-use bytes::Bytes;
+use std::sync::Arc;
 
-use crate::config::Settings;
-use crate::model::TimestampMs;
+use bytes::Bytes;
+use tokio::sync::watch;
+
+use crate::config::{Format, Settings};
+use crate::model::{Ident, TimestampMs, truncate};
+use crate::registry::{DeviceEntry, Snapshot};
 use crate::store::writer::Envelope;
-use crate::validate::{self, Limits, RawReading, Reason, Rejection};
+use crate::validate::{self, Limits, Origin, RawReading, Reason, Rejection};
+use fields::FieldMap;
+pub use rate::RateLimiter;
 use topic::TopicPattern;
 
 /// What a payload held for one device: readings to check, and the entries that could not
@@ -29,63 +37,109 @@ pub struct Decoded {
     pub problems: Vec<Rejection>,
 }
 
-/// Everything needed to judge a message; cheap to share between tasks.
+/// One stream of messages: a topic pattern and how to read its payloads.
+#[derive(Debug, Clone)]
+struct Source {
+    name: Arc<str>,
+    format: Format,
+    pattern: TopicPattern,
+    fields: FieldMap,
+    separator: char,
+}
+
+/// Everything needed to judge a message; cheap to clone into the API for replays.
 #[derive(Debug, Clone)]
 pub struct Decoder {
-    patterns: Vec<TopicPattern>,
+    sources: Vec<Source>,
     limits: Limits,
     max_payload_bytes: usize,
+    registry: watch::Receiver<Snapshot>,
+    expected_interval: std::time::Duration,
 }
 
 impl Decoder {
-    pub fn from_settings(s: &Settings) -> Result<Self, topic::PatternError> {
+    pub fn from_settings(
+        s: &Settings,
+        registry: watch::Receiver<Snapshot>,
+    ) -> Result<Self, topic::PatternError> {
+        let mut sources = Vec::new();
+        for t in &s.mqtt.topics {
+            sources.push(Source {
+                name: Arc::from("native"),
+                format: Format::Native,
+                pattern: TopicPattern::parse(t)?,
+                fields: FieldMap::default(),
+                separator: ':',
+            });
+        }
+        for src in &s.sources {
+            let defaults = match src.format {
+                Format::Senml => FieldMap::senml_defaults(),
+                _ => FieldMap::lorawan_defaults(),
+            };
+            sources.push(Source {
+                name: Arc::from(src.name.as_str()),
+                format: src.format,
+                pattern: TopicPattern::parse_filter(&src.topic)?,
+                fields: defaults.with(&src.fields),
+                separator: src.separator,
+            });
+        }
         Ok(Self {
-            patterns: s
-                .mqtt
-                .topics
-                .iter()
-                .map(|t| TopicPattern::parse(t))
-                .collect::<Result<_, _>>()?,
+            sources,
             limits: Limits {
                 max_future_skew: s.validate.max_future_skew,
                 max_age: s.validate.max_age,
             },
             max_payload_bytes: s.ingest.max_payload_bytes,
+            registry,
+            expected_interval: s.health.expected_interval,
         })
     }
 
-    /// The subscription filters, one per pattern.
+    /// The subscription filters, one per source.
     pub fn filters(&self) -> Vec<String> {
-        self.patterns.iter().map(TopicPattern::filter).collect()
+        let mut filters: Vec<String> = self.sources.iter().map(|s| s.pattern.filter()).collect();
+        filters.dedup();
+        filters
     }
 
     /// Judges one message. Never fails: what cannot be stored is quarantined with a reason.
+    /// `received_at` is also the clock that timestamps are judged against.
     pub fn envelope(&self, topic: &str, payload: Bytes, received_at: TimestampMs) -> Envelope {
-        let mut readings = Vec::new();
-        let mut rejections = Vec::new();
-        match self.judge(topic, &payload, received_at) {
-            Ok((good, bad)) => {
-                readings = good;
-                rejections = bad;
-            }
-            Err(whole) => rejections.push(whole),
-        }
-        Envelope {
+        let mut env = Envelope {
+            source: None,
             topic: topic.to_owned(),
             received_at,
-            readings,
-            payload: (!rejections.is_empty()).then_some(payload),
-            rejections,
+            device: None,
+            readings: Vec::new(),
+            rejections: Vec::new(),
+            payload: None,
+            expected_interval: self.expected_interval,
+        };
+        if let Err(whole) = self.judge(topic, &payload, &mut env) {
+            env.rejections.push(whole);
         }
+        if !env.rejections.is_empty() {
+            env.payload = Some(payload);
+        }
+        env
     }
 
-    #[allow(clippy::type_complexity)]
-    fn judge(
-        &self,
-        topic: &str,
-        payload: &[u8],
-        now: TimestampMs,
-    ) -> Result<(Vec<crate::model::Reading>, Vec<Rejection>), Rejection> {
+    fn judge(&self, topic: &str, payload: &[u8], env: &mut Envelope) -> Result<(), Rejection> {
+        let Some((source, topic_origin)) = self
+            .sources
+            .iter()
+            .find_map(|s| s.pattern.identify(topic).map(|o| (s, o)))
+        else {
+            return Err(Rejection::new(
+                Reason::InvalidIdentifier,
+                format!("topic `{}` fits no configured source", truncate(topic, 120)),
+            ));
+        };
+        env.source = Some(source.name.to_string());
+        let topic_origin = topic_origin?;
+        env.device = topic_origin.as_ref().map(|o| o.device.to_string());
         if payload.len() > self.max_payload_bytes {
             return Err(Rejection::new(
                 Reason::PayloadTooLarge,
@@ -96,17 +150,102 @@ impl Decoder {
                 ),
             ));
         }
-        let origin = topic::identify(&self.patterns, topic)?;
-        let decoded = native::decode(payload)?;
-        let default_ts = decoded.ts.unwrap_or(now);
-        let mut good = Vec::with_capacity(decoded.readings.len());
-        let mut bad = decoded.problems;
-        for raw in &decoded.readings {
-            match validate::check(&origin, raw, default_ts, now, &self.limits) {
-                Ok(r) => good.push(r),
-                Err(e) => bad.push(e),
+        let groups = decode(source, payload, env.received_at)?;
+        let registry = self.registry.borrow().clone();
+        for group in groups {
+            if env.device.is_none() {
+                env.device.clone_from(&group.device);
+            }
+            match identity(topic_origin.as_ref(), group.device.as_deref(), &registry) {
+                Ok((origin, entry)) => self.check_group(group, &origin, entry, env),
+                Err(e) => {
+                    let device = group.device.clone();
+                    env.rejections.push(e.for_device(device.as_deref()));
+                    env.rejections.extend(
+                        group
+                            .problems
+                            .into_iter()
+                            .map(|p| p.for_device(device.as_deref())),
+                    );
+                }
             }
         }
-        Ok((good, bad))
+        Ok(())
+    }
+
+    fn check_group(
+        &self,
+        group: Decoded,
+        origin: &Origin,
+        entry: Option<&DeviceEntry>,
+        env: &mut Envelope,
+    ) {
+        let device = Some(origin.device.as_str());
+        if let Some(interval) = entry.and_then(|e| e.expected_interval) {
+            env.expected_interval = interval;
+        }
+        let default_ts = group.ts.unwrap_or(env.received_at);
+        let default_depth = entry.and_then(DeviceEntry::default_depth);
+        env.rejections
+            .extend(group.problems.into_iter().map(|p| p.for_device(device)));
+        for mut raw in group.readings {
+            raw.depth_cm = raw.depth_cm.or(default_depth);
+            match validate::check(origin, &raw, default_ts, env.received_at, &self.limits) {
+                Ok(r) => env.readings.push(r),
+                Err(e) => env.rejections.push(e.for_device(device)),
+            }
+        }
+    }
+}
+
+fn decode(source: &Source, payload: &[u8], _now: TimestampMs) -> Result<Vec<Decoded>, Rejection> {
+    match source.format {
+        Format::Native => native::decode(payload).map(|d| vec![d]),
+        other => Err(Rejection::new(
+            Reason::MalformedPayload,
+            format!("the {other:?} format is not supported yet"),
+        )),
+    }
+}
+
+/// Where a group of readings belongs: the topic says so, or the registry knows the device.
+fn identity<'r>(
+    topic_origin: Option<&Origin>,
+    device: Option<&str>,
+    registry: &'r crate::registry::Registry,
+) -> Result<(Origin, Option<&'r DeviceEntry>), Rejection> {
+    if let Some(origin) = topic_origin {
+        return Ok((origin.clone(), registry.get(origin.device.as_str())));
+    }
+    let Some(id) = device else {
+        return Err(Rejection::new(
+            Reason::InvalidIdentifier,
+            "the topic gives no orchard, block and device, and the payload names no device",
+        ));
+    };
+    let Some(device) = crate::registry::normalise(id) else {
+        return Err(Rejection::new(
+            Reason::InvalidIdentifier,
+            format!(
+                "device id `{}` is not [A-Za-z0-9_-]{{1,64}}",
+                truncate(id, 80)
+            ),
+        ));
+    };
+    match registry.get(device.as_str()) {
+        Some(entry) => Ok((
+            Origin {
+                orchard: entry.orchard.clone(),
+                block: entry.block.clone(),
+                device: Ident::clone(&entry.id),
+            },
+            Some(entry),
+        )),
+        None => Err(Rejection::new(
+            Reason::UnknownDevice,
+            format!(
+                "device `{device}` is in no registry entry; assign it with PUT /api/v1/devices/{device}, then replay its messages"
+            ),
+        )),
     }
 }

@@ -68,6 +68,7 @@ pub struct Subscription {
     pub settings: MqttSettings,
     pub endpoint: Endpoint,
     pub decoder: Decoder,
+    pub limiter: super::RateLimiter,
     pub metrics: Arc<Metrics>,
 }
 
@@ -104,7 +105,7 @@ impl Subscription {
     /// Runs until `shutdown`, then lets the writer finish, sends the last acknowledgements
     /// and disconnects. `subscribed` turns true at the first SUBACK.
     pub async fn run(
-        self,
+        mut self,
         queue: mpsc::Sender<(Envelope, AckToken)>,
         mut committed: mpsc::UnboundedReceiver<Vec<AckToken>>,
         subscribed: watch::Sender<bool>,
@@ -148,7 +149,8 @@ impl Subscription {
                     Ok(Event::Incoming(Packet::Publish(p))) => {
                         let Some(q) = &queue else { continue };
                         self.metrics.messages_received.inc();
-                        let envelope = self.decoder.envelope(&p.topic, p.payload.clone(), TimestampMs::now());
+                        let mut envelope = self.decoder.envelope(&p.topic, p.payload.clone(), TimestampMs::now());
+                        self.limiter.apply(&mut envelope, &p.payload, std::time::Instant::now());
                         let token = acks.token(&p);
                         tokio::select! {
                             sent = q.send((envelope, token)) => if sent.is_err() { break },

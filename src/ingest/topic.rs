@@ -6,12 +6,18 @@ use crate::validate::{Origin, Reason, Rejection};
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Level {
     Literal(String),
+    /// `+`: any one level.
+    Any,
+    /// `#`: the rest of the topic, at the end only.
+    Rest,
     Orchard,
     Block,
     Device,
 }
 
-/// A topic with `{orchard}`, `{block}` and `{device}` placeholders, each one level.
+/// An MQTT topic filter whose levels may also be `{orchard}`, `{block}` and `{device}`
+/// placeholders: all three, when the topic carries a reading's identity, or none, when the
+/// payload names the device (LoRaWAN, SenML) and the device registry places it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TopicPattern {
     levels: Vec<Level>,
@@ -25,32 +31,58 @@ pub struct PatternError {
 }
 
 impl TopicPattern {
+    /// A pattern that must carry the identity: `{orchard}`, `{block}` and `{device}` once each.
     pub fn parse(pattern: &str) -> Result<Self, PatternError> {
+        let p = Self::parse_filter(pattern)?;
+        if !p.carries_identity() {
+            return Err(PatternError {
+                pattern: pattern.to_owned(),
+                problem: "needs {orchard}, {block} and {device} exactly once each",
+            });
+        }
+        Ok(p)
+    }
+
+    /// A pattern with all three placeholders or none.
+    pub fn parse_filter(pattern: &str) -> Result<Self, PatternError> {
         let err = |problem| PatternError {
             pattern: pattern.to_owned(),
             problem,
         };
         let mut levels = Vec::new();
         for level in pattern.split('/') {
+            if levels.last() == Some(&Level::Rest) {
+                return Err(err("`#` must be the last level"));
+            }
             levels.push(match level {
                 "{orchard}" => Level::Orchard,
                 "{block}" => Level::Block,
                 "{device}" => Level::Device,
+                "+" => Level::Any,
+                "#" => Level::Rest,
                 l if l.contains(['+', '#', '{', '}']) => {
-                    return Err(err("a level is either a placeholder or plain text; wildcards come from placeholders"));
+                    return Err(err(
+                        "a level is a placeholder, `+`, `#` or plain text, not a mix",
+                    ));
                 }
                 "" => return Err(err("empty topic level")),
                 l => Level::Literal(l.to_owned()),
             });
         }
-        for placeholder in [Level::Orchard, Level::Block, Level::Device] {
-            if levels.iter().filter(|l| **l == placeholder).count() != 1 {
-                return Err(err(
-                    "needs {orchard}, {block} and {device} exactly once each",
-                ));
-            }
+        let counts: Vec<usize> = [Level::Orchard, Level::Block, Level::Device]
+            .iter()
+            .map(|p| levels.iter().filter(|l| *l == p).count())
+            .collect();
+        if counts != [0, 0, 0] && counts != [1, 1, 1] {
+            return Err(err(
+                "use {orchard}, {block} and {device} once each, or none of them",
+            ));
         }
         Ok(Self { levels })
+    }
+
+    fn carries_identity(&self) -> bool {
+        self.levels.contains(&Level::Device)
     }
 
     /// The MQTT subscription filter: placeholders become `+`.
@@ -59,27 +91,34 @@ impl TopicPattern {
             .iter()
             .map(|l| match l {
                 Level::Literal(s) => s.as_str(),
+                Level::Rest => "#",
                 _ => "+",
             })
             .collect::<Vec<_>>()
             .join("/")
     }
 
-    /// `None` when the topic is not of this pattern; otherwise its identity or why it has none.
-    pub fn identify(&self, topic: &str) -> Option<Result<Origin, Rejection>> {
+    /// `None` when the topic is not of this pattern. Otherwise the identity the topic gives
+    /// (`Ok(None)` for a pattern without placeholders), or why its names are unusable.
+    pub fn identify(&self, topic: &str) -> Option<Result<Option<Origin>, Rejection>> {
         let parts: Vec<&str> = topic.split('/').collect();
-        if parts.len() != self.levels.len() {
+        let rest = self.levels.last() == Some(&Level::Rest);
+        let fixed = self.levels.len() - usize::from(rest);
+        if parts.len() < fixed || (!rest && parts.len() != fixed) {
             return None;
         }
         let (mut orchard, mut block, mut device) = ("", "", "");
         for (level, part) in self.levels.iter().zip(&parts) {
             match level {
                 Level::Literal(l) if l != part => return None,
-                Level::Literal(_) => {}
+                Level::Literal(_) | Level::Any | Level::Rest => {}
                 Level::Orchard => orchard = part,
                 Level::Block => block = part,
                 Level::Device => device = part,
             }
+        }
+        if !self.carries_identity() {
+            return Some(Ok(None));
         }
         let ident = |what: &str, s: &str| {
             Ident::parse(s).map_err(|_| {
@@ -93,29 +132,13 @@ impl TopicPattern {
             })
         };
         Some((|| {
-            Ok(Origin {
+            Ok(Some(Origin {
                 orchard: ident("orchard", orchard)?,
                 block: ident("block", block)?,
                 device: ident("device", device)?,
-            })
+            }))
         })())
     }
-}
-
-/// The identity of `topic` under the first pattern it fits.
-pub fn identify(patterns: &[TopicPattern], topic: &str) -> Result<Origin, Rejection> {
-    patterns
-        .iter()
-        .find_map(|p| p.identify(topic))
-        .unwrap_or_else(|| {
-            Err(Rejection::new(
-                Reason::InvalidIdentifier,
-                format!(
-                    "topic `{}` fits none of the configured patterns",
-                    truncate(topic, 120)
-                ),
-            ))
-        })
 }
 
 #[cfg(test)]
@@ -128,6 +151,7 @@ mod tests {
         assert_eq!(p.filter(), "orchards/+/+/+/telemetry");
         let o = p
             .identify("orchards/fengjie/B3/probe-7/telemetry")
+            .unwrap()
             .unwrap()
             .unwrap();
         assert_eq!(
@@ -143,9 +167,28 @@ mod tests {
     }
 
     #[test]
+    fn lorawan_filters_match_without_giving_identity() {
+        let p = TopicPattern::parse_filter("application/+/device/+/event/up").unwrap();
+        assert_eq!(p.filter(), "application/+/device/+/event/up");
+        assert_eq!(
+            p.identify("application/7/device/0004a30b001c0530/event/up"),
+            Some(Ok(None))
+        );
+        assert_eq!(
+            p.identify("application/7/device/0004a30b001c0530/event/join"),
+            None
+        );
+        let senml = TopicPattern::parse_filter("senml/#").unwrap();
+        assert_eq!(senml.identify("senml/a/b/c"), Some(Ok(None)));
+        assert!(TopicPattern::parse_filter("a/#/b").is_err());
+        assert!(TopicPattern::parse_filter("a/{orchard}/+").is_err());
+        assert!(TopicPattern::parse("application/+/device/+/event/up").is_err());
+    }
+
+    #[test]
     fn patterns_need_each_placeholder_once() {
         assert!(TopicPattern::parse("a/{orchard}/{block}").is_err());
-        assert!(TopicPattern::parse("a/+/{orchard}/{block}/{device}").is_err());
+        assert!(TopicPattern::parse("a/x+/{orchard}/{block}/{device}").is_err());
         assert!(TopicPattern::parse("{orchard}/{orchard}/{block}/{device}").is_err());
     }
 }

@@ -3,8 +3,10 @@
 //! One writer thread owns the only writing connection ([`writer`]); HTTP handlers read through
 //! a small pool of read-only connections ([`ReadPool`]), which WAL lets run beside the writer.
 
+pub mod devices;
 pub mod quarantine;
 pub mod readings;
+pub mod replay;
 pub mod schema;
 pub mod writer;
 
@@ -51,6 +53,38 @@ pub fn open_writer(settings: &StoreSettings) -> Result<Connection, StoreError> {
     conn.pragma_update(None, "cache_size", -8192)?;
     schema::migrate(&mut conn)?;
     Ok(conn)
+}
+
+/// A second writing connection for the API's rare writes (device registry, replays), so they
+/// need not queue behind ingest; SQLite serialises it with the writer thread.
+#[derive(Clone)]
+pub struct Admin {
+    conn: Arc<Mutex<Connection>>,
+}
+
+impl Admin {
+    pub fn open(settings: &StoreSettings) -> Result<Self, StoreError> {
+        let conn = Connection::open(&settings.path)?;
+        conn.busy_timeout(std::time::Duration::from_secs(10))?;
+        Ok(Self {
+            conn: Arc::new(Mutex::new(conn)),
+        })
+    }
+
+    /// Runs `f` with the admin connection on the blocking thread pool.
+    pub async fn write<T, F>(&self, f: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut Connection) -> Result<T, StoreError> + Send + 'static,
+    {
+        let conn = self.conn.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut conn = conn.lock().unwrap_or_else(|e| e.into_inner());
+            f(&mut conn)
+        })
+        .await
+        .map_err(|e| StoreError::Task(e.to_string()))?
+    }
 }
 
 /// Read-only connections for queries, handed out one per request.

@@ -5,7 +5,7 @@ use rusqlite::{Connection, params_from_iter};
 use serde::Serialize;
 
 use super::StoreError;
-use crate::model::{Ident, Kind, TimestampMs};
+use crate::model::{Flags, Ident, Kind, TimestampMs};
 
 /// How readings in one `every` window are combined.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -56,6 +56,8 @@ pub struct Filter {
     pub to: Option<TimestampMs>,
     /// Window length in ms and how to combine a window, for downsampled answers.
     pub every: Option<(i64, Agg)>,
+    /// Only readings carrying this sensor-health flag.
+    pub flagged: Option<Flags>,
     pub limit: usize,
 }
 
@@ -70,6 +72,9 @@ pub struct Row {
     pub depth_cm: Option<i64>,
     pub ts: TimestampMs,
     pub value: f64,
+    /// Sensor-health flags; always empty in downsampled answers.
+    #[serde(skip)]
+    pub flags: Flags,
 }
 
 struct Where {
@@ -119,9 +124,13 @@ pub fn query(conn: &Connection, f: &Filter) -> Result<Vec<Row>, StoreError> {
     let mut w = series_where(&f.orchard, &f.block, &f.device, f.kind);
     w.add("r.ts >= ?", f.from.map(|t| SqlValue::Integer(t.0)));
     w.add("r.ts < ?", f.to.map(|t| SqlValue::Integer(t.0)));
+    w.add(
+        "(r.flags & ?) != 0",
+        f.flagged.map(|fl| SqlValue::Integer(fl.0.into())),
+    );
     let sql = match f.every {
         None => format!(
-            "SELECT s.orchard, s.block, s.device, s.kind, s.depth_cm, r.ts, r.value \
+            "SELECT s.orchard, s.block, s.device, s.kind, s.depth_cm, r.ts, r.value, r.flags \
              FROM series s JOIN readings r ON r.series = s.id WHERE {} \
              ORDER BY r.ts, s.orchard, s.block, s.device, s.kind, s.depth_cm LIMIT ?",
             w.sql()
@@ -130,7 +139,7 @@ pub fn query(conn: &Connection, f: &Filter) -> Result<Vec<Row>, StoreError> {
             w.params.insert(0, SqlValue::Integer(every));
             format!(
                 "SELECT s.orchard, s.block, s.device, s.kind, s.depth_cm, \
-                 r.ts - (r.ts % ?) AS bucket, {}, max(r.ts) \
+                 r.ts - (r.ts % ?) AS bucket, {}, 0, max(r.ts) \
                  FROM series s JOIN readings r ON r.series = s.id WHERE {} \
                  GROUP BY s.id, bucket \
                  ORDER BY bucket, s.orchard, s.block, s.device, s.kind, s.depth_cm LIMIT ?",
@@ -151,7 +160,7 @@ pub fn latest(
 ) -> Result<Vec<Row>, StoreError> {
     let w = series_where(orchard, block, &None, None);
     let sql = format!(
-        "SELECT s.orchard, s.block, s.device, s.kind, s.depth_cm, r.ts, r.value \
+        "SELECT s.orchard, s.block, s.device, s.kind, s.depth_cm, r.ts, r.value, r.flags \
          FROM series s JOIN readings r ON r.series = s.id \
          AND r.ts = (SELECT max(ts) FROM readings WHERE series = s.id) \
          WHERE {} ORDER BY s.orchard, s.block, s.device, s.kind, s.depth_cm",
@@ -172,6 +181,7 @@ fn rows(conn: &Connection, sql: &str, params: Vec<SqlValue>) -> Result<Vec<Row>,
                 depth_cm: r.get(4)?,
                 ts: TimestampMs(r.get(5)?),
                 value: r.get(6)?,
+                flags: Flags(r.get(7)?),
             })
         })?
         .collect::<Result<Vec<_>, _>>()?;

@@ -40,6 +40,26 @@ const MIGRATIONS: &[&str] = &[
     );
     CREATE INDEX quarantine_by_reason ON quarantine (reason, received_at);
     "#,
+    // 2: device registry, sensor-health flags, quarantine entries that know their source and
+    // device so that staff can replay them once the device is assigned.
+    r#"
+    CREATE TABLE devices (
+        id                   TEXT PRIMARY KEY,
+        orchard              TEXT NOT NULL,
+        block                TEXT NOT NULL,
+        position             TEXT,
+        depths_cm            TEXT NOT NULL DEFAULT '[]',
+        installed            TEXT,
+        expected_interval_ms INTEGER,
+        updated_at           INTEGER NOT NULL,
+        updated_by           TEXT NOT NULL
+    );
+    ALTER TABLE readings ADD COLUMN flags INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE quarantine ADD COLUMN source TEXT;
+    ALTER TABLE quarantine ADD COLUMN device TEXT;
+    ALTER TABLE quarantine ADD COLUMN replayed_at INTEGER;
+    CREATE INDEX quarantine_by_device ON quarantine (device, reason) WHERE device IS NOT NULL;
+    "#,
 ];
 
 /// The schema version this build of orchardd writes.

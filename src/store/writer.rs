@@ -15,8 +15,9 @@ use rusqlite::{Connection, Transaction, params};
 use tokio::sync::mpsc;
 
 use super::StoreError;
+use crate::health::Health;
 use crate::metrics::Metrics;
-use crate::model::{Reading, SeriesKey, TimestampMs};
+use crate::model::{Flags, Reading, SeriesKey, TimestampMs};
 use crate::validate::Rejection;
 
 /// Payload bytes kept for a rejected message whose size was the problem.
@@ -25,12 +26,18 @@ const KEPT_OF_OVERSIZED: usize = 1024;
 /// One MQTT message after decoding and validation: what to store, what to quarantine.
 #[derive(Debug)]
 pub struct Envelope {
+    /// The configured source the topic matched, when one did.
+    pub source: Option<String>,
     pub topic: String,
     pub received_at: TimestampMs,
+    /// The device the message is from, when the topic or payload says.
+    pub device: Option<String>,
     pub readings: Vec<Reading>,
     pub rejections: Vec<Rejection>,
     /// The raw payload, kept only when something in it was rejected.
     pub payload: Option<Bytes>,
+    /// How often the device normally reports, for the `after_gap` health flag.
+    pub expected_interval: Duration,
 }
 
 /// Progress the watchdog can see: when the writer started its current commit, or 0 when idle.
@@ -57,7 +64,8 @@ pub struct BatchOutcome {
 
 pub struct Writer {
     conn: Connection,
-    series_ids: HashMap<SeriesKey, i64>,
+    series_ids: SeriesIds,
+    health: Health,
     metrics: Arc<Metrics>,
     heartbeat: Arc<Heartbeat>,
     max_batch_readings: usize,
@@ -69,10 +77,12 @@ impl Writer {
         metrics: Arc<Metrics>,
         heartbeat: Arc<Heartbeat>,
         max_batch_readings: usize,
+        stuck_after: u32,
     ) -> Self {
         Self {
             conn,
-            series_ids: HashMap::new(),
+            series_ids: SeriesIds::default(),
+            health: Health::new(stuck_after),
             metrics,
             heartbeat,
             max_batch_readings,
@@ -113,7 +123,9 @@ impl Writer {
             match self.commit(envelopes) {
                 Ok(_) => return,
                 Err(e) => {
-                    self.series_ids.clear();
+                    // Forget what the failed transaction may have taught: re-learn from the store.
+                    self.series_ids = SeriesIds::default();
+                    self.health = Health::new(self.health.stuck_after());
                     tracing::error!(error = %e, retry_in = ?delay, "store commit failed; nothing is acknowledged until it succeeds");
                     std::thread::sleep(delay);
                     delay = (delay * 2).min(Duration::from_secs(10));
@@ -154,27 +166,65 @@ impl Writer {
     fn commit_inner(&mut self, envelopes: &[Envelope]) -> Result<BatchOutcome, StoreError> {
         let tx = self.conn.transaction()?;
         let mut outcome = BatchOutcome::default();
-        {
-            let mut insert = tx.prepare_cached(
-                "INSERT OR IGNORE INTO readings (series, ts, value) VALUES (?1, ?2, ?3)",
-            )?;
-            for env in envelopes {
-                for r in &env.readings {
-                    let series = series_id(&tx, &mut self.series_ids, r)?;
-                    if insert.execute(params![series, r.ts.0, r.value])? == 1 {
-                        outcome.accepted += 1;
-                    } else {
-                        outcome.duplicates += 1;
-                    }
+        for env in envelopes {
+            for r in &env.readings {
+                let series = self.series_ids.get(&tx, r)?;
+                if !self.health.knows(series) {
+                    self.health
+                        .seed(series, &newest(&tx, series, self.health.stuck_after())?);
                 }
-                if !env.rejections.is_empty() {
-                    quarantine(&tx, env)?;
-                    outcome.quarantined += env.rejections.len() as u64;
+                let flags =
+                    self.health
+                        .judge(series, r.series.kind, r.ts, r.value, env.expected_interval);
+                if insert_reading(&tx, series, r, flags)? {
+                    outcome.accepted += 1;
+                } else {
+                    outcome.duplicates += 1;
                 }
+            }
+            if !env.rejections.is_empty() {
+                quarantine(&tx, env)?;
+                outcome.quarantined += env.rejections.len() as u64;
             }
         }
         tx.commit()?;
         Ok(outcome)
+    }
+}
+
+/// Inserts one reading; false when the store already had it (a redelivery).
+pub(crate) fn insert_reading(
+    tx: &Transaction<'_>,
+    series: i64,
+    r: &Reading,
+    flags: Flags,
+) -> Result<bool, StoreError> {
+    let inserted = tx
+        .prepare_cached(
+            "INSERT OR IGNORE INTO readings (series, ts, value, flags) VALUES (?1, ?2, ?3, ?4)",
+        )?
+        .execute(params![series, r.ts.0, r.value, flags.0])?;
+    Ok(inserted == 1)
+}
+
+/// The newest `n` readings of a series, newest first, to seed its health state.
+fn newest(tx: &Transaction<'_>, series: i64, n: u32) -> Result<Vec<(i64, f64)>, StoreError> {
+    let mut stmt = tx.prepare_cached(
+        "SELECT ts, value FROM readings WHERE series = ?1 ORDER BY ts DESC LIMIT ?2",
+    )?;
+    let rows = stmt
+        .query_map(params![series, n], |r| Ok((r.get(0)?, r.get(1)?)))?
+        .collect::<Result<_, _>>()?;
+    Ok(rows)
+}
+
+/// Series ids by identity, remembered so that most readings need no lookup.
+#[derive(Default)]
+pub(crate) struct SeriesIds(HashMap<SeriesKey, i64>);
+
+impl SeriesIds {
+    pub(crate) fn get(&mut self, tx: &Transaction<'_>, r: &Reading) -> Result<i64, StoreError> {
+        series_id(tx, &mut self.0, r)
     }
 }
 
@@ -226,12 +276,15 @@ fn series_id(
     Ok(id)
 }
 
-fn quarantine(tx: &Transaction<'_>, env: &Envelope) -> Result<(), StoreError> {
+pub(crate) fn quarantine(tx: &Transaction<'_>, env: &Envelope) -> Result<(), StoreError> {
     let payload = env.payload.as_deref().unwrap_or_default();
-    let oversized = env
-        .rejections
-        .iter()
-        .any(|r| r.reason == crate::validate::Reason::PayloadTooLarge);
+    // Keep a sample, not all of it, of what is too large or a flood.
+    let oversized = env.rejections.iter().any(|r| {
+        matches!(
+            r.reason,
+            crate::validate::Reason::PayloadTooLarge | crate::validate::Reason::RateLimited
+        )
+    });
     let kept = if oversized {
         &payload[..payload.len().min(KEPT_OF_OVERSIZED)]
     } else {
@@ -241,7 +294,8 @@ fn quarantine(tx: &Transaction<'_>, env: &Envelope) -> Result<(), StoreError> {
         .execute(params![kept, kept.len() < payload.len()])?;
     let payload_id = tx.last_insert_rowid();
     let mut insert = tx.prepare_cached(
-        "INSERT INTO quarantine (received_at, topic, reason, detail, payload_id) VALUES (?1, ?2, ?3, ?4, ?5)",
+        "INSERT INTO quarantine (received_at, topic, reason, detail, payload_id, source, device) \
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
     )?;
     for r in &env.rejections {
         insert.execute(params![
@@ -249,7 +303,9 @@ fn quarantine(tx: &Transaction<'_>, env: &Envelope) -> Result<(), StoreError> {
             env.topic,
             r.reason.as_str(),
             r.detail,
-            payload_id
+            payload_id,
+            env.source,
+            r.device,
         ])?;
     }
     Ok(())

@@ -145,7 +145,8 @@ impl DaemonConfig {
             mqtt_url: format!("mqtt://127.0.0.1:{mqtt_port}"),
             client_id: format!("orchardd-test-{mqtt_port}"),
             mqtt_extra: String::new(),
-            extra: String::new(),
+            // The delivery scenarios burst 1000 messages per device: no flood limit there.
+            extra: "[ingest]\ndevice_rate_limit = 0\n".into(),
         }
     }
 
@@ -178,11 +179,14 @@ synchronous = "normal"
 listen = "{http}"
 [log]
 level = "info"
+[registry]
+file = "{devices}"
 {extra}
 "#,
             url = self.mqtt_url,
             client_id = self.client_id,
             mqtt_extra = self.mqtt_extra,
+            devices = dir.join("devices.toml").display(),
             store = store.display(),
             extra = self.extra,
         );

@@ -1,0 +1,126 @@
+//! `GET /api/v1/devices[?unassigned=true]`, `GET` and `PUT /api/v1/devices/{id}`.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use axum::Json;
+use axum::body::Bytes;
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use super::AppState;
+use super::error::ApiError;
+use super::params::Params;
+use crate::model::{Ident, truncate};
+use crate::registry::{self, DeviceEntry};
+use crate::store::devices::{self, UpdatedBy};
+
+pub async fn list(
+    State(s): State<AppState>,
+    Query(raw): Query<HashMap<String, String>>,
+) -> Result<Json<Value>, ApiError> {
+    let p = Params::new(raw, &["unassigned"])?;
+    match p.get("unassigned") {
+        None | Some("false") => {
+            let all = s.pool.read(|c| devices::all(c)).await?;
+            Ok(Json(json!({ "devices": all })))
+        }
+        Some("true") => {
+            let unassigned = s.pool.read(|c| devices::unassigned(c)).await?;
+            Ok(Json(json!({ "unassigned": unassigned })))
+        }
+        Some(_) => Err(ApiError::bad_request("`unassigned` must be true or false")),
+    }
+}
+
+pub async fn get(
+    State(s): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let id = device_id(&id)?;
+    let found = s
+        .pool
+        .read(move |c| devices::get(c, id.as_str()))
+        .await?
+        .ok_or_else(|| ApiError::not_found("no such device in the registry"))?;
+    Ok(Json(json!(found.0)))
+}
+
+/// The body of a PUT: the entry without its id, which the path gives.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Assignment {
+    id: Option<String>,
+    orchard: Ident,
+    block: Ident,
+    #[serde(default)]
+    position: Option<String>,
+    #[serde(default)]
+    depths_cm: Vec<u16>,
+    #[serde(default)]
+    installed: Option<String>,
+    #[serde(default, with = "humantime_serde")]
+    expected_interval: Option<std::time::Duration>,
+}
+
+pub async fn put(
+    State(s): State<AppState>,
+    Path(id): Path<String>,
+    body: Bytes,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    let id = device_id(&id)?;
+    let a: Assignment = serde_json::from_slice(&body).map_err(|e| {
+        ApiError::bad_request(format!(
+            "the body must be a JSON device entry {{orchard, block, position?, depths_cm?, installed?, expected_interval?}}: {e}"
+        ))
+    })?;
+    if a.id
+        .as_deref()
+        .is_some_and(|b| registry::normalise(b).as_ref() != Some(&id))
+    {
+        return Err(ApiError::bad_request(
+            "the `id` in the body differs from the one in the path",
+        ));
+    }
+    let entry = DeviceEntry {
+        id,
+        orchard: a.orchard,
+        block: a.block,
+        position: a.position,
+        depths_cm: a.depths_cm,
+        installed: a.installed,
+        expected_interval: a.expected_interval,
+    }
+    .checked()
+    .map_err(|e| ApiError::bad_request(e.to_string()))?;
+
+    let stored = entry.clone();
+    let existed = s
+        .admin
+        .write(move |c| {
+            let existed = devices::get(c, stored.id.as_str())?.is_some();
+            devices::upsert(c, &stored, UpdatedBy::Api)?;
+            Ok(existed)
+        })
+        .await?;
+    s.registry
+        .send_modify(|snapshot| *snapshot = Arc::new(snapshot.with(entry.clone())));
+    tracing::info!(device = %entry.id, orchard = %entry.orchard, block = %entry.block, "device assigned through the API");
+    let status = if existed {
+        StatusCode::OK
+    } else {
+        StatusCode::CREATED
+    };
+    Ok((status, Json(json!(entry))))
+}
+
+fn device_id(raw: &str) -> Result<Ident, ApiError> {
+    registry::normalise(raw).ok_or_else(|| {
+        ApiError::bad_request(format!(
+            "device id `{}` is not [A-Za-z0-9_-]{{1,64}}",
+            truncate(raw, 80)
+        ))
+    })
+}

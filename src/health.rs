@@ -1,0 +1,198 @@
+//! Sensor health: flags on accepted readings that feed sensor-fault alerts.
+//!
+//! A spike (a jump faster than the kind can physically change), a stuck sensor (the same
+//! value again and again) and a reading after a silence are stored, not rejected: the reading
+//! may be true, and the flag tells staff to look. State is per series, owned by the writer.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use crate::model::{Flags, Kind, TimestampMs};
+
+/// How fast a kind can really change: a fixed step plus a rate per hour.
+fn max_change(kind: Kind) -> Option<(f64, f64)> {
+    Some(match kind {
+        Kind::AirTemperature => (3.0, 12.0),
+        Kind::SoilTemperature => (2.0, 5.0),
+        Kind::RelativeHumidity => (15.0, 60.0),
+        // Irrigation and heavy rain raise soil moisture fast; drying is slow.
+        Kind::SoilMoisture => (8.0, 40.0),
+        Kind::SoilEc => (0.5, 2.0),
+        Kind::SoilPh => (0.5, 1.0),
+        Kind::BatteryV => (0.3, 0.5),
+        _ => return None,
+    })
+}
+
+/// Kinds for which an unchanging value means a fault; rain, sunshine at night or a battery
+/// are constant for hours when all is well.
+fn can_be_stuck(kind: Kind) -> bool {
+    matches!(
+        kind,
+        Kind::AirTemperature
+            | Kind::SoilTemperature
+            | Kind::RelativeHumidity
+            | Kind::SoilMoisture
+            | Kind::SoilEc
+            | Kind::SoilPh
+    )
+}
+
+/// What is known of one series' recent past.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Last {
+    pub ts: TimestampMs,
+    pub value: f64,
+    /// How many readings in a row ended with this value.
+    pub repeats: u32,
+}
+
+#[derive(Debug)]
+pub struct Health {
+    stuck_after: u32,
+    last: HashMap<i64, Last>,
+}
+
+impl Health {
+    pub fn new(stuck_after: u32) -> Self {
+        Self {
+            stuck_after,
+            last: HashMap::new(),
+        }
+    }
+
+    pub fn stuck_after(&self) -> u32 {
+        self.stuck_after
+    }
+
+    pub fn knows(&self, series: i64) -> bool {
+        self.last.contains_key(&series)
+    }
+
+    /// Seeds a series' state from the store (its newest readings, newest first).
+    pub fn seed(&mut self, series: i64, newest_first: &[(i64, f64)]) {
+        if let Some((ts, value)) = newest_first.first() {
+            let repeats = newest_first.iter().take_while(|(_, v)| v == value).count() as u32;
+            self.last.insert(
+                series,
+                Last {
+                    ts: TimestampMs(*ts),
+                    value: *value,
+                    repeats,
+                },
+            );
+        }
+    }
+
+    /// Flags for a new reading of `series`, and remembers it. A reading older than the newest
+    /// one known (late or redelivered) is not judged: its neighbours in time are not at hand.
+    pub fn judge(
+        &mut self,
+        series: i64,
+        kind: Kind,
+        ts: TimestampMs,
+        value: f64,
+        expected_interval: Duration,
+    ) -> Flags {
+        let mut flags = Flags::default();
+        let Some(last) = self.last.get_mut(&series) else {
+            self.last.insert(
+                series,
+                Last {
+                    ts,
+                    value,
+                    repeats: 1,
+                },
+            );
+            return flags;
+        };
+        if ts <= last.ts {
+            return flags;
+        }
+        let gap_ms = (ts.0 - last.ts.0) as f64;
+        if gap_ms > 2.0 * expected_interval.as_millis() as f64 {
+            flags.insert(Flags::AFTER_GAP);
+        }
+        if let Some((step, per_hour)) = max_change(kind)
+            && (value - last.value).abs() > step + per_hour * gap_ms / 3_600_000.0
+        {
+            flags.insert(Flags::SPIKE);
+        }
+        last.repeats = if value == last.value {
+            last.repeats + 1
+        } else {
+            1
+        };
+        if can_be_stuck(kind) && last.repeats >= self.stuck_after {
+            flags.insert(Flags::STUCK);
+        }
+        last.ts = ts;
+        last.value = value;
+        flags
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MIN: i64 = 60_000;
+    const EXPECTED: Duration = Duration::from_secs(600);
+
+    fn series(h: &mut Health, kind: Kind, values: &[(i64, f64)]) -> Vec<Flags> {
+        values
+            .iter()
+            .map(|(minute, v)| h.judge(1, kind, TimestampMs(minute * MIN), *v, EXPECTED))
+            .collect()
+    }
+
+    #[test]
+    fn a_jump_of_air_temperature_in_ten_minutes_is_a_spike_a_slow_rise_is_not() {
+        let mut h = Health::new(12);
+        let flags = series(
+            &mut h,
+            Kind::AirTemperature,
+            &[(0, 18.0), (10, 19.5), (20, 31.0), (30, 31.5)],
+        );
+        assert_eq!(flags[1], Flags::default());
+        assert!(flags[2].contains(Flags::SPIKE), "+11.5 °C in 10 min");
+        assert!(!flags[3].contains(Flags::SPIKE));
+    }
+
+    #[test]
+    fn the_same_soil_moisture_twelve_times_is_stuck_but_no_rain_is_not() {
+        let mut h = Health::new(12);
+        let same: Vec<_> = (0..13).map(|i| (i * 10, 23.4)).collect();
+        let flags = series(&mut h, Kind::SoilMoisture, &same);
+        assert!(flags[..11].iter().all(|f| !f.contains(Flags::STUCK)));
+        assert!(flags[11].contains(Flags::STUCK) && flags[12].contains(Flags::STUCK));
+        let mut h = Health::new(12);
+        let dry: Vec<_> = (0..20).map(|i| (i * 10, 0.0)).collect();
+        assert!(
+            series(&mut h, Kind::Rainfall, &dry)
+                .iter()
+                .all(|f| *f == Flags::default())
+        );
+    }
+
+    #[test]
+    fn a_reading_after_a_long_silence_is_flagged_and_late_ones_are_left_alone() {
+        let mut h = Health::new(12);
+        let flags = series(
+            &mut h,
+            Kind::SoilTemperature,
+            &[(0, 15.0), (10, 15.1), (60, 15.3), (5, 15.0)],
+        );
+        assert!(!flags[1].contains(Flags::AFTER_GAP));
+        assert!(flags[2].contains(Flags::AFTER_GAP), "50 min > 2 x 10 min");
+        assert_eq!(flags[3], Flags::default(), "late reading");
+    }
+
+    #[test]
+    fn seeding_from_the_store_continues_a_stuck_run() {
+        let mut h = Health::new(3);
+        h.seed(1, &[(20 * MIN, 7.0), (10 * MIN, 7.0), (0, 6.0)]);
+        let f = h.judge(1, Kind::SoilPh, TimestampMs(30 * MIN), 7.0, EXPECTED);
+        assert!(f.contains(Flags::STUCK));
+    }
+}
