@@ -98,6 +98,7 @@ pub async fn run(settings: Settings) -> Result<(), DaemonError> {
         subscribed: subscribed_rx.clone(),
         registry: Arc::new(registry_tx),
         decoder,
+        expected_interval: settings.health.expected_interval,
     };
     let http = tokio::spawn(api::serve(listener, state, shutdown.clone()));
     tokio::spawn(notify_ready(subscribed_rx, shutdown.clone()));

@@ -260,7 +260,8 @@ pub fn convert(kind: Kind, value: f64, unit: &str) -> Result<f64, Rejection> {
         },
         Unit::Percent => match u {
             "%" | "%RH" | "%VWC" | "percent" => value,
-            "m3/m3" | "m³/m³" | "/" | "ratio" if kind != Kind::RelativeHumidity => value * 100.0,
+            "m3/m3" | "m³/m³" if kind == Kind::SoilMoisture => value * 100.0,
+            "/" | "ratio" => value * 100.0,
             _ => return Err(mismatch()),
         },
         Unit::DeciSiemensPerMetre => match u {
@@ -276,6 +277,7 @@ pub fn convert(kind: Kind, value: f64, unit: &str) -> Result<f64, Rejection> {
         Unit::Millimetre => match u {
             "mm" => value,
             "cm" => value * 10.0,
+            "m" => value * 1000.0,
             "in" | "inch" | "inches" => value * 25.4,
             _ => return Err(mismatch()),
         },

@@ -141,9 +141,11 @@ fn staff_assign_devices_through_the_api_with_clear_errors() {
     let daemon = Daemon::start(dir.path(), &DaemonConfig::embedded());
     daemon.wait_ready();
 
-    // The devices file was applied, with its id in lowercase.
+    // The devices file was applied, with its id in lowercase; it has sent nothing yet.
     let listed = daemon.get_ok("/api/v1/devices");
     assert_eq!(listed["devices"][0]["id"], "a84041000181c0de");
+    assert_eq!(listed["devices"][0]["silent"], true);
+    assert_eq!(listed["devices"][0]["last_seen"], Value::Null);
     assert_eq!(
         daemon.get_ok("/api/v1/devices/A84041000181C0DE")["block"],
         "B3"

@@ -13,7 +13,7 @@ use serde_json::{Value, json};
 use super::AppState;
 use super::error::ApiError;
 use super::params::Params;
-use crate::model::{Ident, truncate};
+use crate::model::{Ident, TimestampMs, truncate};
 use crate::registry::{self, DeviceEntry};
 use crate::store::devices::{self, UpdatedBy};
 
@@ -24,11 +24,27 @@ pub async fn list(
     let p = Params::new(raw, &["unassigned"])?;
     match p.get("unassigned") {
         None | Some("false") => {
-            let all = s.pool.read(|c| devices::all(c)).await?;
-            Ok(Json(json!({ "devices": all })))
+            let (all, seen) = s
+                .pool
+                .read(|c| Ok((devices::all(c)?, devices::last_seen(c)?)))
+                .await?;
+            let now = TimestampMs::now();
+            let listed: Vec<Value> = all
+                .into_iter()
+                .map(|e| {
+                    let interval = e.expected_interval.unwrap_or(s.expected_interval);
+                    let last = seen.get(e.id.as_str()).copied();
+                    let silent = last.is_none_or(|t| now.0 - t.0 > 2 * interval.as_millis() as i64);
+                    let mut v = json!(e);
+                    v["last_seen"] = json!(last.map(TimestampMs::to_rfc3339));
+                    v["silent"] = json!(silent);
+                    v
+                })
+                .collect();
+            Ok(Json(json!({ "devices": listed })))
         }
         Some("true") => {
-            let unassigned = s.pool.read(|c| devices::unassigned(c)).await?;
+            let unassigned = s.pool.read(devices::unassigned).await?;
             Ok(Json(json!({ "unassigned": unassigned })))
         }
         Some(_) => Err(ApiError::bad_request("`unassigned` must be true or false")),

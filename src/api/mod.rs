@@ -38,6 +38,8 @@ pub struct AppState {
     pub registry: Arc<watch::Sender<Snapshot>>,
     /// Judges replayed messages exactly as ingest does.
     pub decoder: Decoder,
+    /// `health.expected_interval`: a device silent for twice this is listed as silent.
+    pub expected_interval: std::time::Duration,
 }
 
 pub fn router(state: AppState) -> Router {

@@ -4,11 +4,15 @@
 //! message into an envelope: topic to source, size check, payload format, identity (from the
 //! topic or the device registry), validation. [`RateLimiter`] keeps one device from flooding.
 
+pub mod chirpstack;
 pub mod fields;
+pub mod lorawan;
 pub mod mqtt;
 pub mod native;
 mod rate;
+pub mod senml;
 pub mod topic;
+pub mod tts;
 
 use std::sync::Arc;
 
@@ -198,13 +202,18 @@ impl Decoder {
     }
 }
 
-fn decode(source: &Source, payload: &[u8], _now: TimestampMs) -> Result<Vec<Decoded>, Rejection> {
+/// One decoder per format; each yields a group of raw readings per device it names.
+fn decode(source: &Source, payload: &[u8], now: TimestampMs) -> Result<Vec<Decoded>, Rejection> {
     match source.format {
         Format::Native => native::decode(payload).map(|d| vec![d]),
-        other => Err(Rejection::new(
-            Reason::MalformedPayload,
-            format!("the {other:?} format is not supported yet"),
-        )),
+        Format::Senml => {
+            let opts = senml::SenmlOptions {
+                separator: source.separator,
+            };
+            senml::decode(payload, &opts, &source.fields, now)
+        }
+        Format::Chirpstack => chirpstack::decode(payload, &source.fields),
+        Format::Tts => tts::decode(payload, &source.fields),
     }
 }
 

@@ -89,6 +89,27 @@ fn row_to_entry(r: &rusqlite::Row<'_>) -> rusqlite::Result<(DeviceEntry, String)
     ))
 }
 
+/// The newest reading's time of every device that has readings.
+pub fn last_seen(
+    conn: &Connection,
+) -> Result<std::collections::HashMap<String, TimestampMs>, StoreError> {
+    let mut stmt = conn.prepare(
+        "SELECT s.device, max((SELECT max(ts) FROM readings WHERE series = s.id)) \
+         FROM series s GROUP BY s.device",
+    )?;
+    let rows = stmt
+        .query_map([], |r| {
+            Ok((r.get::<_, String>(0)?, r.get::<_, Option<i64>>(1)?))
+        })?
+        .filter_map(|r| match r {
+            Ok((device, Some(ts))) => Some(Ok((device, TimestampMs(ts)))),
+            Ok((_, None)) => None,
+            Err(e) => Some(Err(e)),
+        })
+        .collect::<Result<_, _>>()?;
+    Ok(rows)
+}
+
 /// A device that sent messages but is in no registry entry.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Unassigned {

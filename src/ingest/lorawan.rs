@@ -1,0 +1,249 @@
+//! What ChirpStack and The Things Stack uplinks have in common: a payload object decoded by
+//! the network server's codec, whose fields map to kinds through a [`FieldMap`], and the radio
+//! metadata of the gateways that heard the uplink.
+//!
+//! Both servers write protobuf JSON, which leaves out fields whose value is zero: a gateway
+//! entry with an `rssi` but no `snr` heard the uplink at an SNR of 0 dB.
+
+use serde_json::{Map, Value};
+
+use super::Decoded;
+use super::fields::FieldMap;
+use crate::model::{Kind, TimestampMs, truncate};
+use crate::validate::{RawReading, RawValue, Reason, Rejection};
+
+/// How much of an undecoded payload goes into a quarantine detail.
+const RAW_PAYLOAD_CHARS: usize = 200;
+
+/// The signal of one gateway that heard an uplink.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Gateway {
+    pub rssi: f64,
+    pub snr: f64,
+}
+
+impl Gateway {
+    /// Reads a gateway entry: the first of `rssi_keys` that holds a number, and `snr`.
+    /// `None` when the entry carries no signal strength at all.
+    pub fn from_entry(entry: &Value, rssi_keys: &[&str]) -> Option<Self> {
+        let rssi = rssi_keys
+            .iter()
+            .find_map(|k| entry.get(*k).and_then(Value::as_f64))?;
+        let snr = entry.get("snr").and_then(Value::as_f64).unwrap_or(0.0);
+        Some(Self { rssi, snr })
+    }
+}
+
+/// The gateway with the strongest signal: highest RSSI, then highest SNR.
+pub fn best_gateway(gateways: impl IntoIterator<Item = Gateway>) -> Option<Gateway> {
+    gateways.into_iter().max_by(|a, b| {
+        a.rssi
+            .total_cmp(&b.rssi)
+            .then_with(|| a.snr.total_cmp(&b.snr))
+    })
+}
+
+/// Adds the best gateway's RSSI and SNR as `rssi_dbm` and `snr_db` readings.
+pub fn push_radio(best: Option<Gateway>, out: &mut Decoded) {
+    let Some(gw) = best else { return };
+    for (kind, value, unit) in [(Kind::RssiDbm, gw.rssi, "dBm"), (Kind::SnrDb, gw.snr, "dB")] {
+        out.readings.push(RawReading {
+            kind: kind.name().to_owned(),
+            value: RawValue::Number(value),
+            unit: Some(unit.to_owned()),
+            ts: None,
+            depth_cm: None,
+        });
+    }
+}
+
+/// Turns a decoded payload object into readings, one per leaf field; nested objects are
+/// flattened with `.` between keys (`{"soil":{"temp":21}}` is field `soil.temp`).
+/// A field the table does not know becomes its `unknown_kind` rejection.
+pub fn read_object(object: &Map<String, Value>, fields: &FieldMap, out: &mut Decoded) {
+    read_nested("", object, fields, out);
+}
+
+fn read_nested(prefix: &str, object: &Map<String, Value>, fields: &FieldMap, out: &mut Decoded) {
+    for (key, value) in object {
+        let name = if prefix.is_empty() {
+            key.clone()
+        } else {
+            format!("{prefix}.{key}")
+        };
+        match value {
+            Value::Object(inner) => read_nested(&name, inner, fields, out),
+            leaf => match fields.reading(&name, raw_value(leaf), None, None) {
+                Ok(r) => out.readings.push(r),
+                Err(e) => out.problems.push(e),
+            },
+        }
+    }
+}
+
+/// A DevEUI in the canonical form of the device registry: 16 hex digits, lowercase.
+pub fn dev_eui(s: &str) -> Option<String> {
+    (s.len() == 16 && s.bytes().all(|b| b.is_ascii_hexdigit())).then(|| s.to_ascii_lowercase())
+}
+
+/// Reads an RFC 3339 time field; `None` when it is absent.
+pub fn rfc3339(v: Option<&Value>, field: &str) -> Result<Option<TimestampMs>, Rejection> {
+    match v {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(s)) => TimestampMs::parse(s).map(Some).ok_or_else(|| {
+            malformed(format!(
+                "`{field}` \"{}\" is not an RFC 3339 time",
+                truncate(s, 40)
+            ))
+        }),
+        Some(other) => Err(malformed(format!(
+            "`{field}` is {}, expected an RFC 3339 time",
+            type_name(other)
+        ))),
+    }
+}
+
+/// The rejection of an uplink that reached us without a decoded payload.
+pub fn undecoded(server: &str, device: &str, raw_field: &str, raw: Option<&Value>) -> Rejection {
+    let raw = match raw {
+        Some(Value::String(s)) if !s.is_empty() => {
+            format!(
+                "raw `{raw_field}` (base64): {}",
+                truncate(s, RAW_PAYLOAD_CHARS)
+            )
+        }
+        _ => format!("the uplink has no `{raw_field}` either"),
+    };
+    Rejection::new(
+        Reason::UndecodedUplink,
+        format!(
+            "{server} sent an uplink from device {device} without a decoded payload: \
+             configure a payload codec (formatter) for this device in {server}; {raw}"
+        ),
+    )
+}
+
+pub fn raw_value(v: &Value) -> RawValue {
+    match v {
+        Value::Number(n) => n
+            .as_f64()
+            .map(RawValue::Number)
+            .unwrap_or(RawValue::Other("a number out of range")),
+        Value::String(s) => RawValue::Text(s.clone()),
+        other => RawValue::Other(type_name(other)),
+    }
+}
+
+pub fn type_name(v: &Value) -> &'static str {
+    match v {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "a list",
+        Value::Object(_) => "an object",
+    }
+}
+
+pub fn malformed(detail: impl Into<String>) -> Rejection {
+    Rejection::new(Reason::MalformedPayload, detail)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn nested_fields_are_flattened_with_dots() {
+        let obj = json!({"soil": {"soil_moisture": 21.5, "ph": {"soil_ph": "6.4"}}, "Node_type": "LSE01"});
+        let mut out = Decoded::default();
+        read_object(
+            obj.as_object().unwrap(),
+            &FieldMap::lorawan_defaults(),
+            &mut out,
+        );
+        // `soil.soil_moisture` is no table entry: nesting never guesses a field's meaning.
+        assert!(out.readings.is_empty());
+        let named: Vec<_> = out.problems.iter().map(|p| p.detail.clone()).collect();
+        assert_eq!(out.problems.len(), 3, "{named:?}");
+        assert!(named.iter().any(|d| d.contains("`soil.ph.soil_ph`")));
+        assert!(out.problems.iter().all(|p| p.reason == Reason::UnknownKind));
+    }
+
+    #[test]
+    fn the_strongest_gateway_wins_and_snr_breaks_ties() {
+        let gws = [
+            Gateway {
+                rssi: -110.0,
+                snr: 9.0,
+            },
+            Gateway {
+                rssi: -71.0,
+                snr: 2.5,
+            },
+            Gateway {
+                rssi: -71.0,
+                snr: 7.0,
+            },
+        ];
+        assert_eq!(
+            best_gateway(gws),
+            Some(Gateway {
+                rssi: -71.0,
+                snr: 7.0
+            })
+        );
+        assert_eq!(best_gateway([]), None);
+    }
+
+    #[test]
+    fn a_missing_snr_is_protobufs_zero_and_a_missing_rssi_skips_the_gateway() {
+        let gw = Gateway::from_entry(&json!({"rssi": -80}), &["rssi"]);
+        assert_eq!(
+            gw,
+            Some(Gateway {
+                rssi: -80.0,
+                snr: 0.0
+            })
+        );
+        let gw = Gateway::from_entry(
+            &json!({"channel_rssi": -81, "snr": 3}),
+            &["rssi", "channel_rssi"],
+        );
+        assert_eq!(
+            gw,
+            Some(Gateway {
+                rssi: -81.0,
+                snr: 3.0
+            })
+        );
+        assert_eq!(Gateway::from_entry(&json!({"snr": 3}), &["rssi"]), None);
+    }
+
+    #[test]
+    fn dev_euis_are_16_hex_digits_in_lowercase() {
+        assert_eq!(
+            dev_eui("0004A30B001C0530").as_deref(),
+            Some("0004a30b001c0530")
+        );
+        for bad in [
+            "",
+            "0004A30B001C053",
+            "0004A30B001C05300",
+            "0004A30B001C053G",
+            "AgICAgICAgI=",
+        ] {
+            assert_eq!(dev_eui(bad), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn undecoded_details_carry_the_raw_payload_truncated() {
+        let long = "A".repeat(500);
+        let e = undecoded("ChirpStack", "0101010101010101", "data", Some(&json!(long)));
+        assert_eq!(e.reason, Reason::UndecodedUplink);
+        assert!(e.detail.contains("0101010101010101"));
+        assert!(e.detail.len() < 500, "{}", e.detail);
+    }
+}
