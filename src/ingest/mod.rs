@@ -258,3 +258,95 @@ fn identity<'r>(
         )),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn decoder() -> Decoder {
+        let mut settings = Settings::default();
+        settings.sources.push(crate::config::SourceSettings {
+            name: "senml".into(),
+            format: Format::Senml,
+            topic: "senml/#".into(),
+            fields: Default::default(),
+            separator: ':',
+        });
+        let registry = crate::registry::Registry::new([crate::registry::DeviceEntry {
+            id: "0101010101010101".parse().unwrap(),
+            orchard: "o".parse().unwrap(),
+            block: "b".parse().unwrap(),
+            position: None,
+            depths_cm: vec![],
+            installed: None,
+            expected_interval: None,
+        }]);
+        let (_tx, rx) = watch::channel(Arc::new(registry));
+        Decoder::from_settings(&settings, rx).unwrap()
+    }
+
+    const TOPICS: &[&str] = &[
+        "orchards/o/b/d/telemetry",
+        "orchards/o/b/d/status",
+        "application/1/device/0101010101010101/event/up",
+        "v3/app@t/devices/d/up",
+        "senml/gw",
+        "elsewhere/entirely",
+    ];
+
+    proptest! {
+        /// Whatever arrives on whatever topic ends as readings or as quarantine entries with a
+        /// reason, and the raw payload is kept whenever anything was rejected.
+        #[test]
+        fn no_message_vanishes(topic in prop::sample::select(TOPICS), payload in prop::collection::vec(any::<u8>(), 0..300)) {
+            let env = decoder().envelope(topic, Bytes::from(payload.clone()), TimestampMs::now());
+            prop_assert!(!env.readings.is_empty() || !env.rejections.is_empty());
+            prop_assert!(env.rejections.iter().all(|r| !r.detail.is_empty()));
+            if !env.rejections.is_empty() {
+                prop_assert_eq!(env.payload.as_deref(), Some(&payload[..]));
+            }
+        }
+
+        #[test]
+        fn no_json_message_vanishes(topic in prop::sample::select(TOPICS), json in json_value()) {
+            let payload = json.to_string();
+            let env = decoder().envelope(topic, Bytes::from(payload), TimestampMs::now());
+            prop_assert!(!env.readings.is_empty() || !env.rejections.is_empty());
+        }
+    }
+
+    fn json_value() -> impl Strategy<Value = serde_json::Value> {
+        use serde_json::{Value, json};
+        let leaf = prop_oneof![
+            Just(Value::Null),
+            any::<bool>().prop_map(Value::Bool),
+            (-1e6f64..1e6).prop_map(|f| json!(f)),
+            "[a-z_]{0,12}".prop_map(Value::String),
+        ];
+        leaf.prop_recursive(4, 48, 6, |inner| {
+            prop_oneof![
+                prop::collection::vec(inner.clone(), 0..6).prop_map(Value::Array),
+                prop::collection::btree_map(
+                    prop::sample::select(vec![
+                        "ts",
+                        "readings",
+                        "kind",
+                        "value",
+                        "unit",
+                        "soil_moisture",
+                        "object",
+                        "deviceInfo",
+                        "n",
+                        "v",
+                        "bn"
+                    ])
+                    .prop_map(str::to_owned),
+                    inner,
+                    0..6
+                )
+                .prop_map(|m| Value::Object(m.into_iter().collect())),
+            ]
+        })
+    }
+}
