@@ -8,7 +8,8 @@ use serde_json::{Map, Value};
 
 use super::Decoded;
 use super::fields::FieldMap;
-use super::lorawan::{self, Gateway, malformed, type_name};
+use super::json::{malformed, type_name};
+use super::lorawan::{self, Gateway};
 use crate::model::truncate;
 use crate::validate::Rejection;
 
@@ -44,20 +45,15 @@ pub fn decode(payload: &[u8], fields: &FieldMap) -> Result<Vec<Decoded>, Rejecti
             )));
         }
     };
-    let mut out = Decoded {
-        device: Some(device),
+    lorawan::uplink(
+        "ChirpStack",
+        "object",
+        device,
         ts,
-        ..Decoded::default()
-    };
-    lorawan::read_object(object, fields, &mut out);
-    lorawan::push_radio(best_gateway(&event), &mut out);
-    if out.readings.is_empty() && out.problems.is_empty() {
-        return Err(malformed(format!(
-            "ChirpStack uplink from device {}: the decoded `object` is empty and no gateway reported a signal",
-            out.device.as_deref().unwrap_or_default()
-        )));
-    }
-    Ok(vec![out])
+        object,
+        best_gateway(&event),
+        fields,
+    )
 }
 
 fn device(event: &Map<String, Value>) -> Result<String, Rejection> {

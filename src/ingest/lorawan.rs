@@ -9,6 +9,7 @@ use serde_json::{Map, Value};
 
 use super::Decoded;
 use super::fields::FieldMap;
+use super::json::{malformed, raw_value, type_name};
 use crate::model::{Kind, TimestampMs, truncate};
 use crate::validate::{RawReading, RawValue, Reason, Rejection};
 
@@ -60,6 +61,33 @@ pub fn push_radio(best: Option<Gateway>, out: &mut Decoded) {
 /// Turns a decoded payload object into readings, one per leaf field; nested objects are
 /// flattened with `.` between keys (`{"soil":{"temp":21}}` is field `soil.temp`).
 /// A field the table does not know becomes its `unknown_kind` rejection.
+/// The one `Decoded` of an uplink: the decoded object's readings and the best gateway's
+/// signal. `object_name` names the object in the error for an uplink that carries neither.
+pub fn uplink(
+    server: &str,
+    object_name: &str,
+    device: String,
+    ts: Option<TimestampMs>,
+    object: &Map<String, Value>,
+    gateway: Option<Gateway>,
+    fields: &FieldMap,
+) -> Result<Vec<Decoded>, Rejection> {
+    let mut out = Decoded {
+        device: Some(device),
+        ts,
+        ..Decoded::default()
+    };
+    read_object(object, fields, &mut out);
+    push_radio(gateway, &mut out);
+    if out.readings.is_empty() && out.problems.is_empty() {
+        return Err(malformed(format!(
+            "{server} uplink from device {}: `{object_name}` is empty and no gateway reported a signal",
+            out.device.as_deref().unwrap_or_default()
+        )));
+    }
+    Ok(vec![out])
+}
+
 pub fn read_object(object: &Map<String, Value>, fields: &FieldMap, out: &mut Decoded) {
     read_nested("", object, fields, out);
 }
@@ -121,32 +149,6 @@ pub fn undecoded(server: &str, device: &str, raw_field: &str, raw: Option<&Value
              configure a payload codec (formatter) for this device in {server}; {raw}"
         ),
     )
-}
-
-pub fn raw_value(v: &Value) -> RawValue {
-    match v {
-        Value::Number(n) => n
-            .as_f64()
-            .map(RawValue::Number)
-            .unwrap_or(RawValue::Other("a number out of range")),
-        Value::String(s) => RawValue::Text(s.clone()),
-        other => RawValue::Other(type_name(other)),
-    }
-}
-
-pub fn type_name(v: &Value) -> &'static str {
-    match v {
-        Value::Null => "null",
-        Value::Bool(_) => "a boolean",
-        Value::Number(_) => "a number",
-        Value::String(_) => "a string",
-        Value::Array(_) => "a list",
-        Value::Object(_) => "an object",
-    }
-}
-
-pub fn malformed(detail: impl Into<String>) -> Rejection {
-    Rejection::new(Reason::MalformedPayload, detail)
 }
 
 #[cfg(test)]

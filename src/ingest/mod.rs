@@ -6,6 +6,7 @@
 
 pub mod chirpstack;
 pub mod fields;
+pub mod json;
 pub mod lorawan;
 pub mod mqtt;
 pub mod native;

@@ -8,8 +8,9 @@
 use serde_json::{Map, Value};
 
 use super::Decoded;
+use super::json::{malformed, raw_value, type_name};
 use crate::model::{TimestampMs, truncate};
-use crate::validate::{RawReading, RawValue, Reason, Rejection};
+use crate::validate::{RawReading, Rejection};
 
 /// Keys of the flat form that describe the device rather than measure something.
 const METADATA_KEYS: &[&str] = &["firmware", "fw", "model", "serial"];
@@ -142,17 +143,6 @@ fn read_fields(kind: Option<String>, fields: &Map<String, Value>) -> Result<RawR
     })
 }
 
-fn raw_value(v: &Value) -> RawValue {
-    match v {
-        Value::Number(n) => n
-            .as_f64()
-            .map(RawValue::Number)
-            .unwrap_or(RawValue::Other("a number out of range")),
-        Value::String(s) => RawValue::Text(s.clone()),
-        other => RawValue::Other(type_name(other)),
-    }
-}
-
 fn parse_ts(v: &Value) -> Result<TimestampMs, String> {
     match v {
         Value::Number(n) => n
@@ -172,24 +162,10 @@ fn parse_ts(v: &Value) -> Result<TimestampMs, String> {
     }
 }
 
-fn type_name(v: &Value) -> &'static str {
-    match v {
-        Value::Null => "null",
-        Value::Bool(_) => "a boolean",
-        Value::Number(_) => "a number",
-        Value::String(_) => "a string",
-        Value::Array(_) => "a list",
-        Value::Object(_) => "an object",
-    }
-}
-
-fn malformed(detail: impl Into<String>) -> Rejection {
-    Rejection::new(Reason::MalformedPayload, detail)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::validate::Reason;
 
     #[test]
     fn map_form_with_message_timestamp() {

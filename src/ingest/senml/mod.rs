@@ -10,6 +10,7 @@ use serde_json::{Map, Value};
 
 use super::Decoded;
 use super::fields::FieldMap;
+use super::json::{malformed, type_name};
 use crate::model::{TimestampMs, truncate};
 use crate::validate::{RawReading, RawValue, Reason, Rejection};
 
@@ -397,21 +398,6 @@ impl Groups {
 /// A field, with `null` read as absent.
 fn get<'a>(record: &'a Map<String, Value>, label: &str) -> Option<&'a Value> {
     record.get(label).filter(|v| !v.is_null())
-}
-
-fn type_name(v: &Value) -> &'static str {
-    match v {
-        Value::Null => "null",
-        Value::Bool(_) => "a boolean",
-        Value::Number(_) => "a number",
-        Value::String(_) => "a string",
-        Value::Array(_) => "a list",
-        Value::Object(_) => "an object",
-    }
-}
-
-fn malformed(detail: impl Into<String>) -> Rejection {
-    Rejection::new(Reason::MalformedPayload, detail)
 }
 
 #[cfg(test)]
