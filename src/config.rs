@@ -29,6 +29,8 @@ pub struct Settings {
     pub sources: Vec<SourceSettings>,
     pub registry: RegistrySettings,
     pub health: HealthSettings,
+    pub influx: InfluxSettings,
+    pub query: QuerySettings,
 }
 
 impl Default for Settings {
@@ -51,6 +53,8 @@ impl Default for Settings {
             ],
             registry: Default::default(),
             health: Default::default(),
+            influx: Default::default(),
+            query: Default::default(),
         }
     }
 }
@@ -114,6 +118,91 @@ impl Default for RegistrySettings {
             file: PathBuf::from("config/devices.toml"),
         }
     }
+}
+
+/// Which InfluxDB HTTP API to speak.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum InfluxApi {
+    /// InfluxDB 1.x: `/write` and `/query`, database and retention policy.
+    V1,
+    /// InfluxDB 2.x, 3.x, Cloud, or anything that takes `/api/v2/write`: org, bucket, token.
+    V2,
+}
+
+/// Forwarding to InfluxDB, and reading back from it when `query.backend = "influx"`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct InfluxSettings {
+    /// Forward every accepted reading to InfluxDB.
+    pub enabled: bool,
+    pub api: InfluxApi,
+    /// Base URL, `http://` or `https://`.
+    pub url: String,
+    /// v2: organisation, bucket and API token.
+    pub org: String,
+    pub bucket: String,
+    pub token: Option<String>,
+    /// v1: database and retention policy (empty: the database's default).
+    pub database: String,
+    pub retention_policy: String,
+    pub username: Option<String>,
+    pub password: Option<String>,
+    /// v2 with InfluxQL queries (`query.backend = "influx"`): the database a DBRP mapping
+    /// gives the bucket; defaults to the bucket's name.
+    pub query_database: Option<String>,
+    /// Points per write request.
+    pub batch_size: usize,
+    /// Longest a committed reading waits before a partial batch is sent.
+    #[serde(with = "humantime_serde")]
+    pub flush_interval: Duration,
+    /// Per request.
+    #[serde(with = "humantime_serde")]
+    pub timeout: Duration,
+    /// Upper bound of the retry back-off; retries go on for ever.
+    #[serde(with = "humantime_serde")]
+    pub max_retry_delay: Duration,
+    pub gzip: bool,
+}
+
+impl Default for InfluxSettings {
+    fn default() -> Self {
+        Self {
+            enabled: false,
+            api: InfluxApi::V2,
+            url: "http://127.0.0.1:8086".into(),
+            org: "orchard".into(),
+            bucket: "orchardd".into(),
+            token: None,
+            database: "orchardd".into(),
+            retention_policy: String::new(),
+            username: None,
+            password: None,
+            query_database: None,
+            batch_size: 5000,
+            flush_interval: Duration::from_secs(1),
+            timeout: Duration::from_secs(10),
+            max_retry_delay: Duration::from_secs(60),
+            gzip: true,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum QueryBackend {
+    /// The embedded SQLite store.
+    #[default]
+    Embedded,
+    /// InfluxDB through InfluxQL on `/query` (1.x, 2.x with a DBRP mapping, 3.x).
+    Influx,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[serde(default, deny_unknown_fields)]
+pub struct QuerySettings {
+    /// Where `GET /api/v1/readings` and `/latest` answer from.
+    pub backend: QueryBackend,
 }
 
 /// Sensor-health flags on accepted readings.
@@ -418,6 +507,27 @@ impl Settings {
                 );
             }
         }
+        if (self.influx.enabled || self.query.backend == QueryBackend::Influx)
+            && !(self.influx.url.starts_with("http://") || self.influx.url.starts_with("https://"))
+        {
+            problem(
+                "influx.url",
+                format!("`{}` must start with http:// or https://", self.influx.url),
+            );
+        }
+        if self.influx.batch_size == 0 {
+            problem("influx.batch_size", "must be at least 1".into());
+        }
+        if self.query.backend == QueryBackend::Influx && !self.influx.enabled {
+            problem(
+                "query.backend",
+                "\"influx\" needs influx.enabled = true: InfluxDB only has what orchardd forwards"
+                    .into(),
+            );
+        }
+        if self.influx.enabled && self.influx.api == InfluxApi::V2 && self.influx.token.is_none() {
+            problem("influx.token", "the v2 API needs a token".into());
+        }
         if self.health.stuck_after < 2 {
             problem("health.stuck_after", "must be at least 2".into());
         }
@@ -542,6 +652,8 @@ fn type_problems(tree: &Value) -> Vec<Problem> {
         section::<Vec<SourceSettings>>(tree, "sources"),
         section::<RegistrySettings>(tree, "registry"),
         section::<HealthSettings>(tree, "health"),
+        section::<InfluxSettings>(tree, "influx"),
+        section::<QuerySettings>(tree, "query"),
     ]
     .into_iter()
     .flatten()

@@ -11,6 +11,7 @@ pub mod cli;
 pub mod config;
 pub mod daemon;
 pub mod health;
+pub mod influx;
 pub mod ingest;
 pub mod metrics;
 pub mod model;
