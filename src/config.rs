@@ -346,6 +346,13 @@ pub struct StoreSettings {
     pub synchronous: Synchronous,
     /// Most readings committed in one transaction. Batches form by themselves under load.
     pub max_batch_readings: usize,
+    /// Raw readings older than this are deleted (0s: kept for ever); never one that has not
+    /// been forwarded to InfluxDB yet.
+    #[serde(with = "humantime_serde")]
+    pub raw_retention: Duration,
+    /// How often retention runs.
+    #[serde(with = "humantime_serde")]
+    pub retention_interval: Duration,
 }
 
 impl Default for StoreSettings {
@@ -354,6 +361,8 @@ impl Default for StoreSettings {
             path: PathBuf::from("data/orchardd.db"),
             synchronous: Synchronous::Full,
             max_batch_readings: 20_000,
+            raw_retention: Duration::ZERO,
+            retention_interval: Duration::from_secs(3600),
         }
     }
 }

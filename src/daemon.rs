@@ -9,6 +9,8 @@ use tokio_util::sync::CancellationToken;
 
 use crate::api::{self, AppState};
 use crate::config::Settings;
+use crate::influx::forward::Forwarder;
+use crate::influx::write::InfluxWriter;
 use crate::ingest::mqtt::{Endpoint, Subscription, parse_url};
 use crate::ingest::{Decoder, RateLimiter};
 use crate::metrics::Metrics;
@@ -31,6 +33,8 @@ pub enum DaemonError {
     },
     #[error("mqtt: {0}")]
     Mqtt(String),
+    #[error("{0}")]
+    Influx(String),
     #[error("registry.file {0}")]
     Registry(#[from] registry::RegistryError),
     #[error("a pipeline task failed: {0}")]
@@ -72,7 +76,8 @@ pub async fn run(settings: Settings) -> Result<(), DaemonError> {
         heartbeat.clone(),
         settings.store.max_batch_readings,
         settings.health.stuck_after,
-    );
+    )
+    .with_outbox(settings.influx.enabled);
     let writer = std::thread::Builder::new()
         .name("store-writer".into())
         .spawn(move || writer.run(queue_rx, committed_tx))
@@ -91,14 +96,36 @@ pub async fn run(settings: Settings) -> Result<(), DaemonError> {
     let ingest =
         tokio::spawn(subscription.run(queue_tx, committed_rx, subscribed_tx, shutdown.clone()));
 
+    let admin = Admin::open(&settings.store)?;
+    let forwarder = if settings.influx.enabled {
+        let forwarder = Forwarder {
+            writer: InfluxWriter::new(&settings.influx).map_err(DaemonError::Influx)?,
+            settings: settings.influx.clone(),
+            pool: pool.clone(),
+            admin: admin.clone(),
+            metrics: metrics.clone(),
+        };
+        tracing::info!(url = %settings.influx.url, api = ?settings.influx.api, "forwarding to InfluxDB");
+        Some(tokio::spawn(forwarder.run(shutdown.clone())))
+    } else {
+        None
+    };
+    if !settings.store.raw_retention.is_zero() {
+        tokio::spawn(retention(
+            admin.clone(),
+            settings.store.clone(),
+            shutdown.clone(),
+        ));
+    }
     let state = AppState {
         pool,
-        admin: Admin::open(&settings.store)?,
+        admin,
         metrics,
         subscribed: subscribed_rx.clone(),
         registry: Arc::new(registry_tx),
         decoder,
         expected_interval: settings.health.expected_interval,
+        forwarding: settings.influx.enabled,
     };
     let http = tokio::spawn(api::serve(listener, state, shutdown.clone()));
     tokio::spawn(notify_ready(subscribed_rx, shutdown.clone()));
@@ -109,6 +136,9 @@ pub async fn run(settings: Settings) -> Result<(), DaemonError> {
     let writer_result = tokio::task::spawn_blocking(move || writer.join()).await;
     shutdown.cancel();
     let _ = http.await;
+    if let Some(f) = forwarder {
+        let _ = f.await;
+    }
     if !matches!(writer_result, Ok(Ok(()))) {
         return Err(DaemonError::Task("the store writer panicked".into()));
     }
@@ -119,6 +149,28 @@ pub async fn run(settings: Settings) -> Result<(), DaemonError> {
         }
         Ok(Err(e)) => Err(DaemonError::Mqtt(e)),
         Err(e) => Err(DaemonError::Task(e.to_string())),
+    }
+}
+
+/// Deletes raw readings past `store.raw_retention`, every `store.retention_interval`.
+async fn retention(admin: Admin, store: crate::config::StoreSettings, shutdown: CancellationToken) {
+    let mut tick = tokio::time::interval(store.retention_interval);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = shutdown.cancelled() => return,
+        }
+        let cutoff = crate::model::TimestampMs(
+            crate::model::TimestampMs::now().0 - store.raw_retention.as_millis() as i64,
+        );
+        match admin
+            .write(move |c| store::retention::apply(c, cutoff))
+            .await
+        {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(deleted = n, "retention: old raw readings deleted"),
+            Err(e) => tracing::error!(error = %e, "retention failed"),
+        }
     }
 }
 

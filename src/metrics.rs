@@ -38,6 +38,12 @@ pub struct Metrics {
     pub reading_age_at_commit_seconds: Histogram,
     pub mqtt_connected: Gauge,
     pub mqtt_reconnects: Counter,
+    pub forward_backlog_readings: Gauge,
+    pub forward_backlog_seconds: Gauge,
+    pub forward_batches: Counter,
+    pub forward_points: Counter,
+    pub forward_retries: Counter,
+    pub forward_dead_lettered: Counter,
 }
 
 impl Default for Metrics {
@@ -54,6 +60,12 @@ impl Default for Metrics {
             reading_age_at_commit_seconds: Histogram::new(exponential_buckets(0.0005, 1.2, 70)),
             mqtt_connected: Gauge::default(),
             mqtt_reconnects: Counter::default(),
+            forward_backlog_readings: Gauge::default(),
+            forward_backlog_seconds: Gauge::default(),
+            forward_batches: Counter::default(),
+            forward_points: Counter::default(),
+            forward_retries: Counter::default(),
+            forward_dead_lettered: Counter::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -100,6 +112,36 @@ impl Default for Metrics {
             "mqtt_reconnects",
             "Connection attempts to the broker after the first",
             m.mqtt_reconnects.clone(),
+        );
+        registry.register(
+            "forward_backlog_readings",
+            "Readings committed but not yet accepted by InfluxDB",
+            m.forward_backlog_readings.clone(),
+        );
+        registry.register(
+            "forward_backlog_seconds",
+            "Age of the oldest reading waiting for InfluxDB",
+            m.forward_backlog_seconds.clone(),
+        );
+        registry.register(
+            "forward_batches",
+            "Batches InfluxDB accepted",
+            m.forward_batches.clone(),
+        );
+        registry.register(
+            "forward_points",
+            "Points InfluxDB accepted",
+            m.forward_points.clone(),
+        );
+        registry.register(
+            "forward_retries",
+            "Failed InfluxDB writes that will be retried",
+            m.forward_retries.clone(),
+        );
+        registry.register(
+            "forward_dead_lettered",
+            "Points InfluxDB refused as bad data, kept in forward_dead_letters",
+            m.forward_dead_lettered.clone(),
         );
         for reason in Reason::ALL {
             let _ = m.rejected.get_or_create(&label(*reason));

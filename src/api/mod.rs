@@ -40,6 +40,8 @@ pub struct AppState {
     pub decoder: Decoder,
     /// `health.expected_interval`: a device silent for twice this is listed as silent.
     pub expected_interval: std::time::Duration,
+    /// Readings recovered by a replay also go to the InfluxDB forwarder.
+    pub forwarding: bool,
 }
 
 pub fn router(state: AppState) -> Router {

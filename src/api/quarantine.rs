@@ -91,12 +91,16 @@ pub async fn replay(
         });
     }
     let decoder = s.decoder.clone();
+    let forwarding = s.forwarding;
     let report = s
         .admin
         .write(move |c| {
-            crate::store::replay::replay(c, device.as_str(), |topic, payload, received_at| {
-                decoder.envelope(topic, payload, received_at)
-            })
+            crate::store::replay::replay(
+                c,
+                device.as_str(),
+                forwarding,
+                |topic, payload, received_at| decoder.envelope(topic, payload, received_at),
+            )
         })
         .await?;
     tracing::info!(device = %report.device, messages = report.messages, recovered = report.readings_recovered, "quarantine replayed");

@@ -4,9 +4,11 @@
 //! a small pool of read-only connections ([`ReadPool`]), which WAL lets run beside the writer.
 
 pub mod devices;
+pub mod outbox;
 pub mod quarantine;
 pub mod readings;
 pub mod replay;
+pub mod retention;
 pub mod schema;
 pub mod writer;
 

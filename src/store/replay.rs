@@ -33,6 +33,7 @@ pub struct ReplayReport {
 pub fn replay(
     conn: &mut Connection,
     device: &str,
+    forwarding: bool,
     decode: impl Fn(&str, Bytes, TimestampMs) -> Envelope,
 ) -> Result<ReplayReport, StoreError> {
     let tx = conn.transaction()?;
@@ -58,6 +59,9 @@ pub fn replay(
             let series = ids.get(&tx, r)?;
             if insert_reading(&tx, series, r, Flags::default())? {
                 report.readings_recovered += 1;
+                if forwarding {
+                    super::outbox::add(&tx, series, r.ts, TimestampMs::now())?;
+                }
             } else {
                 report.duplicates += 1;
             }

@@ -60,6 +60,30 @@ const MIGRATIONS: &[&str] = &[
     ALTER TABLE quarantine ADD COLUMN replayed_at INTEGER;
     CREATE INDEX quarantine_by_device ON quarantine (device, reason) WHERE device IS NOT NULL;
     "#,
+    // 3: the forwarder's outbox (readings committed but not yet accepted by InfluxDB, in commit
+    // order), its progress, and the batches InfluxDB refused as bad data.
+    r#"
+    CREATE TABLE outbox (
+        seq          INTEGER PRIMARY KEY,
+        series       INTEGER NOT NULL,
+        ts           INTEGER NOT NULL,
+        committed_at INTEGER NOT NULL
+    );
+    CREATE TABLE forward_progress (
+        target     TEXT PRIMARY KEY,
+        last_seq   INTEGER NOT NULL,
+        forwarded  INTEGER NOT NULL,
+        updated_at INTEGER NOT NULL
+    );
+    CREATE TABLE forward_dead_letters (
+        id         INTEGER PRIMARY KEY,
+        created_at INTEGER NOT NULL,
+        status     INTEGER NOT NULL,
+        message    TEXT NOT NULL,
+        points     INTEGER NOT NULL,
+        lines      TEXT NOT NULL
+    );
+    "#,
 ];
 
 /// The schema version this build of orchardd writes.

@@ -66,6 +66,8 @@ pub struct Writer {
     conn: Connection,
     series_ids: SeriesIds,
     health: Health,
+    /// Record each new reading in the forwarder's outbox.
+    outbox: bool,
     metrics: Arc<Metrics>,
     heartbeat: Arc<Heartbeat>,
     max_batch_readings: usize,
@@ -83,10 +85,17 @@ impl Writer {
             conn,
             series_ids: SeriesIds::default(),
             health: Health::new(stuck_after),
+            outbox: false,
             metrics,
             heartbeat,
             max_batch_readings,
         }
+    }
+
+    /// Also record every new reading for the InfluxDB forwarder.
+    pub fn with_outbox(mut self, on: bool) -> Self {
+        self.outbox = on;
+        self
     }
 
     /// Runs until the queue is closed and drained. Each committed batch's tokens go to `done`,
@@ -178,6 +187,9 @@ impl Writer {
                         .judge(series, r.series.kind, r.ts, r.value, env.expected_interval);
                 if insert_reading(&tx, series, r, flags)? {
                     outcome.accepted += 1;
+                    if self.outbox {
+                        super::outbox::add(&tx, series, r.ts, env.received_at)?;
+                    }
                 } else {
                     outcome.duplicates += 1;
                 }
