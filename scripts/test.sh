@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Runs every test of orchardd. The tests start real servers of their own (Mosquitto,
-# systemd-analyze for the unit file, openssl for test certificates); this script installs them with apt-get when missing.
+# Runs every test of orchardd. The tests start real servers of their own (Mosquitto, InfluxDB 1.x,
+# VictoriaMetrics; systemd-analyze for the unit file, openssl for test certificates); this script
+# installs them with apt-get when missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -8,6 +9,8 @@ missing=()
 [ -x /usr/sbin/mosquitto ] || command -v mosquitto >/dev/null 2>&1 || missing+=(mosquitto)
 command -v systemd-analyze >/dev/null 2>&1 || missing+=(systemd)
 command -v openssl >/dev/null 2>&1 || missing+=(openssl)
+[ -x /usr/bin/influxd ] || missing+=(influxdb)
+[ -x /usr/bin/victoria-metrics ] || missing+=(victoria-metrics)
 if [ ${#missing[@]} -gt 0 ]; then
   echo "test.sh: installing what the tests need: ${missing[*]}"
   sudo=""

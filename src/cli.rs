@@ -107,6 +107,10 @@ pub struct BenchArgs {
     /// acknowledgements, which orchardd gives only after commit (0: no limit).
     #[arg(long, default_value_t = 1000)]
     pub mosquitto_max_inflight: u32,
+    /// orchardd configuration to measure (TOML). The bench replaces its store path, ports
+    /// and broker with its own; without it, the built-in defaults.
+    #[arg(long)]
+    pub config: Option<PathBuf>,
     /// Also write the report as Markdown to this file.
     #[arg(long)]
     pub output: Option<PathBuf>,

@@ -8,8 +8,10 @@ use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
 use crate::api::{self, AppState};
+use crate::config::QueryBackend;
 use crate::config::Settings;
 use crate::influx::forward::Forwarder;
+use crate::influx::query::InfluxQuery;
 use crate::influx::write::InfluxWriter;
 use crate::ingest::mqtt::{Endpoint, Subscription, parse_url};
 use crate::ingest::{Decoder, RateLimiter};
@@ -126,6 +128,13 @@ pub async fn run(settings: Settings) -> Result<(), DaemonError> {
         decoder,
         expected_interval: settings.health.expected_interval,
         forwarding: settings.influx.enabled,
+        influx: match settings.query.backend {
+            QueryBackend::Embedded => None,
+            QueryBackend::Influx => Some(Arc::new(
+                InfluxQuery::new(&settings.influx)
+                    .map_err(|e| DaemonError::Influx(e.to_string()))?,
+            )),
+        },
     };
     let http = tokio::spawn(api::serve(listener, state, shutdown.clone()));
     tokio::spawn(notify_ready(subscribed_rx, shutdown.clone()));

@@ -5,6 +5,7 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use serde_json::json;
 
+use crate::influx::query::InfluxError;
 use crate::store::StoreError;
 
 #[derive(Debug)]
@@ -39,6 +40,22 @@ impl From<StoreError> for ApiError {
             status: StatusCode::SERVICE_UNAVAILABLE,
             code: "store_unavailable",
             message: e.to_string(),
+        }
+    }
+}
+
+impl From<InfluxError> for ApiError {
+    fn from(e: InfluxError) -> Self {
+        match e {
+            InfluxError::Unsupported(message) => ApiError::bad_request(message),
+            other => {
+                tracing::error!(error = %other, "InfluxDB query failed");
+                Self {
+                    status: StatusCode::SERVICE_UNAVAILABLE,
+                    code: "influx_unavailable",
+                    message: other.to_string(),
+                }
+            }
         }
     }
 }

@@ -20,6 +20,7 @@ use tokio_util::sync::CancellationToken;
 
 pub use error::ApiError;
 
+use crate::influx::query::InfluxQuery;
 use crate::ingest::Decoder;
 use crate::metrics::Metrics;
 use crate::registry::Snapshot;
@@ -42,6 +43,8 @@ pub struct AppState {
     pub expected_interval: std::time::Duration,
     /// Readings recovered by a replay also go to the InfluxDB forwarder.
     pub forwarding: bool,
+    /// `query.backend = "influx"`: readings and latest answer from InfluxDB.
+    pub influx: Option<Arc<InfluxQuery>>,
 }
 
 pub fn router(state: AppState) -> Router {

@@ -54,7 +54,10 @@ pub async fn readings(
         return Err(ApiError::bad_request("`from` must be before `to`"));
     }
     let csv = p.csv()?;
-    let rows = s.pool.read(move |c| readings::query(c, &filter)).await?;
+    let rows = match &s.influx {
+        Some(influx) => influx.readings(&filter).await?,
+        None => s.pool.read(move |c| readings::query(c, &filter)).await?,
+    };
     Ok(respond(rows, csv))
 }
 
@@ -65,10 +68,14 @@ pub async fn latest(
     let p = Params::new(raw, &["orchard", "block", "format"])?;
     let (orchard, block) = (p.ident("orchard")?, p.ident("block")?);
     let csv = p.csv()?;
-    let rows = s
-        .pool
-        .read(move |c| readings::latest(c, &orchard, &block))
-        .await?;
+    let rows = match &s.influx {
+        Some(influx) => influx.latest(&orchard, &block).await?,
+        None => {
+            s.pool
+                .read(move |c| readings::latest(c, &orchard, &block))
+                .await?
+        }
+    };
     Ok(respond(rows, csv))
 }
 

@@ -68,8 +68,7 @@ impl Forwarder {
             .pool
             .read(move |c| outbox::next(c, from, limit))
             .await?;
-        let (count, oldest) = self.pool.read(outbox::backlog).await?;
-        self.report_backlog(count, oldest);
+        let oldest = self.report_backlog().await?;
         let Some(&(last_seq, _)) = rows.last() else {
             return Ok(false);
         };
@@ -132,6 +131,8 @@ impl Forwarder {
                     attempt += 1;
                     self.metrics.forward_retries.inc();
                     let delay = retry_delay(&e, attempt, self.settings.max_retry_delay);
+                    // While InfluxDB is away the backlog grows: keep /metrics telling.
+                    self.report_backlog().await?;
                     tracing::warn!(error = %e, attempt, retry_in = ?delay, backlog_points = rows.len(), "forwarder: InfluxDB write failed; the batch stays in the outbox");
                     tokio::select! {
                         _ = tokio::time::sleep(delay) => {}
@@ -142,10 +143,13 @@ impl Forwarder {
         }
     }
 
-    fn report_backlog(&self, count: u64, oldest: Option<TimestampMs>) {
+    /// Publishes the backlog in `/metrics`; returns when its oldest reading was committed.
+    async fn report_backlog(&self) -> Result<Option<TimestampMs>, StoreError> {
+        let (count, oldest) = self.pool.read(outbox::backlog).await?;
         self.metrics.forward_backlog_readings.set(count as i64);
         let behind = oldest.map_or(0, |t| (TimestampMs::now().0 - t.0).max(0) / 1000);
         self.metrics.forward_backlog_seconds.set(behind);
+        Ok(oldest)
     }
 }
 
@@ -206,6 +210,9 @@ mod tests {
         );
         assert!(retry_delay(&unavailable(None), 1, max) < Duration::from_secs(1));
         let late = retry_delay(&unavailable(None), 20, max);
-        assert!(late <= max && late >= max.mul_f64(0.8), "capped, with jitter: {late:?}");
+        assert!(
+            late <= max && late >= max.mul_f64(0.8),
+            "capped, with jitter: {late:?}"
+        );
     }
 }

@@ -1,9 +1,12 @@
 //! InfluxDB line protocol for orchardd's schema: measurement = kind, tags `orchard`, `block`,
 //! `device` (+ `depth_cm`), field `value`, millisecond timestamps.
 //!
-//! Identifiers are already `[A-Za-z0-9_-]` when they get here, but the escaping is complete
-//! anyway (commas, spaces, equals signs, quotes, backslashes, newlines, non-ASCII), because
-//! later record types (alert texts, lot ids) carry free text and one writer serves them all.
+//! Identifiers are already `[A-Za-z0-9_-]` when they get here, but the escaping covers free
+//! text too (commas, spaces, equals signs, quotes, newlines, non-ASCII), because later record
+//! types (alert texts, lot ids) carry it. A backslash in a name is literal in line protocol
+//! (InfluxDB 1.x keeps `\\` as two backslashes), so it is left alone; one right before a
+//! comma, space, equals sign or the end of a name cannot be written unambiguously at all and is
+//! replaced by `/`.
 
 use std::fmt::Write;
 
@@ -35,13 +38,22 @@ pub fn string_field(out: &mut String, s: &str) {
 }
 
 fn escape(out: &mut String, s: &str, special: &[char]) {
-    for c in s.chars() {
-        if c == '\\' || special.contains(&c) {
+    let mut chars = s.chars().peekable();
+    while let Some(c) = chars.next() {
+        let c = match c {
+            // Line protocol cannot carry these in names; an escaped space keeps the line whole.
+            '\n' | '\r' | '\t' => ' ',
+            c => c,
+        };
+        if special.contains(&c) {
             out.push('\\');
             out.push(c);
-        } else if c == '\n' || c == '\r' || c == '\t' {
-            // Line protocol cannot carry these in names; a space keeps the line intact.
-            out.push_str("\\ ");
+        } else if c == '\\'
+            && chars
+                .peek()
+                .is_none_or(|n| special.contains(n) || n.is_whitespace())
+        {
+            out.push('/');
         } else {
             out.push(c);
         }
@@ -132,7 +144,7 @@ mod tests {
         point(
             &mut out,
             "a, b",
-            &[("k=1", "v, w=x\\"), ("empty", ""), ("橙", "奉节 脐橙")],
+            &[("k=1", "v, w=x\\y\\"), ("empty", ""), ("橙", "奉节 脐橙")],
             &[
                 ("note", FieldValue::Str("say \"hi\" \\ bye\nnow")),
                 ("n", FieldValue::Integer(-3)),
@@ -141,7 +153,7 @@ mod tests {
         );
         assert_eq!(
             out,
-            "a\\,\\ b,k\\=1=v\\,\\ w\\=x\\\\,橙=奉节\\ 脐橙 note=\"say \\\"hi\\\" \\\\ bye\\nnow\",n=-3i 5\n"
+            "a\\,\\ b,k\\=1=v\\,\\ w\\=x\\y/,橙=奉节\\ 脐橙 note=\"say \\\"hi\\\" \\\\ bye\\nnow\",n=-3i 5\n"
         );
     }
 }

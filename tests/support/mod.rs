@@ -1,6 +1,7 @@
 //! Servers the integration tests start for themselves: orchardd as a real process, Mosquitto,
 //! and an MQTT publisher. Each test owns its ports and temp directory; every wait is bounded.
 #![allow(dead_code)]
+pub mod influx;
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
