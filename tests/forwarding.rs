@@ -258,3 +258,118 @@ async fn hostile_names_and_values_survive_the_trip_through_influxdb() {
         "{err:?}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_query_api_answers_the_same_from_the_embedded_store_and_from_influxdb() {
+    let dir = tempfile::tempdir().unwrap();
+    let influxd = Influxd::start(dir.path());
+    let (a_dir, b_dir) = (dir.path().join("a"), dir.path().join("b"));
+    std::fs::create_dir_all(&a_dir).unwrap();
+    std::fs::create_dir_all(&b_dir).unwrap();
+    // A ingests and forwards, answering from its store; B answers the same API from InfluxDB.
+    let a_cfg = DaemonConfig {
+        extra: v1_to(&influxd.url()),
+        ..DaemonConfig::embedded()
+    };
+    let a = Daemon::start(&a_dir, &a_cfg);
+    let b = Daemon::start(
+        &b_dir,
+        &DaemonConfig {
+            extra: v1_to(&influxd.url()) + "[query]\nbackend = \"influx\"\n",
+            ..DaemonConfig::embedded()
+        },
+    );
+    a.wait_ready();
+    b.wait_ready();
+    let publisher = Publisher::connect(a_cfg.broker_port(), "gw").await;
+    let base = (now_ms() - 5 * 3_600_000) / 3_600_000 * 3_600_000;
+    publish_burst(&publisher, base, 300).await;
+    let probe = json!({"ts": base + 5_000, "readings": [
+        {"kind": "soil_moisture", "value": 31.5, "depth_cm": 30},
+        {"kind": "soil_moisture", "value": 28.25, "depth_cm": 60}]});
+    publisher
+        .publish("orchards/fengjie/B1/probe-2/telemetry", probe.to_string())
+        .await;
+    wait_for(Duration::from_secs(60), "everything forwarded", || {
+        (influx_count(&influxd) == 3_002).then_some(())
+    });
+
+    let from = base + 60_000;
+    let to = base + 240_000;
+    for query in [
+        "limit=100000".to_string(),
+        "orchard=fengjie&block=B1&kind=air_temperature".into(),
+        "device=station-2&limit=25".into(),
+        format!("kind=soil_moisture&from={from}&to={to}"),
+        "kind=soil_moisture&device=probe-2".into(),
+        "kind=air_temperature&every=1m&agg=mean".into(),
+        "kind=relative_humidity&every=2m&agg=max&block=B2".into(),
+        "kind=soil_moisture&every=1h&agg=count".into(),
+        "kind=air_temperature&every=1m&agg=last&device=station-1".into(),
+        "kind=rainfall&every=1m&agg=sum&format=csv".into(),
+    ] {
+        let path = format!("/api/v1/readings?{query}");
+        let (from_store, from_influx) = (
+            support::http_get(a.http, &path).unwrap(),
+            support::http_get(b.http, &path).unwrap(),
+        );
+        assert_eq!(from_store.0, 200, "{path}: {}", from_store.1);
+        assert!(
+            from_store.1.len() > 100,
+            "{path} has rows: {}",
+            from_store.1
+        );
+        same(&path, &from_store, &from_influx);
+    }
+    for path in ["/api/v1/latest", "/api/v1/latest?block=B1&format=csv"] {
+        same(
+            path,
+            &support::http_get(a.http, path).unwrap(),
+            &support::http_get(b.http, path).unwrap(),
+        );
+    }
+    let (status, body) = b.get("/api/v1/readings?flagged=spike");
+    assert_eq!(status, 400, "{body}");
+}
+
+/// Equal answers, or a failure that shows where they part, not two whole bodies.
+/// Health flags are the embedded store's own (they are not forwarded), so they are left out
+/// of the comparison.
+fn same(path: &str, a: &(u16, String), b: &(u16, String)) {
+    let without_flags = |body: &str| match serde_json::from_str::<serde_json::Value>(body) {
+        Ok(mut v) => {
+            if let Some(rows) = v["readings"].as_array_mut() {
+                rows.iter_mut().for_each(|r| {
+                    r.as_object_mut().unwrap().remove("flags");
+                });
+            }
+            v.to_string()
+        }
+        // CSV: the flags column is the last one.
+        Err(_) => body
+            .lines()
+            .map(|l| l.rsplit_once(',').map_or(l, |(rest, _)| rest))
+            .collect::<Vec<_>>()
+            .join("\n"),
+    };
+    let (a, b) = (&(a.0, without_flags(&a.1)), &(b.0, without_flags(&b.1)));
+    if a == b {
+        return;
+    }
+    let at =
+        a.1.bytes()
+            .zip(b.1.bytes())
+            .take_while(|(x, y)| x == y)
+            .count();
+    let start = at.saturating_sub(200);
+    let end = |s: &str| (at + 200).min(s.len());
+    panic!(
+        "{path}: the answers differ at byte {at} (statuses {} and {}, lengths {} and {})\nembedded: …{}…\ninflux:   …{}…",
+        a.0,
+        b.0,
+        a.1.len(),
+        b.1.len(),
+        &a.1[start..end(&a.1)],
+        &b.1[start..end(&b.1)]
+    );
+}
