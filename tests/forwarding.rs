@@ -373,3 +373,57 @@ fn same(path: &str, a: &(u16, String), b: &(u16, String)) {
         &b.1[start..end(&b.1)]
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retention_never_deletes_a_reading_influxdb_has_not_taken_yet() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut influxd = Influxd::start(dir.path());
+    influxd.stop();
+    let cfg = DaemonConfig {
+        extra: v1_to(&influxd.url()),
+        ..DaemonConfig::embedded()
+    };
+    let retention = vec![
+        (
+            "ORCHARDD__STORE__RAW_RETENTION".to_string(),
+            "1h".to_string(),
+        ),
+        (
+            "ORCHARDD__STORE__RETENTION_INTERVAL".to_string(),
+            "300ms".to_string(),
+        ),
+    ];
+    let daemon = Daemon::start_with_env(dir.path(), &cfg, retention);
+    daemon.wait_ready();
+    let publisher = Publisher::connect(cfg.broker_port(), "gw").await;
+    let now = now_ms();
+    for (ts, value) in [
+        (now - 3 * 3_600_000, 21.0),
+        (now - 2 * 3_600_000, 22.0),
+        (now - 600_000, 23.0),
+    ] {
+        let payload = json!({"ts": ts, "readings": {"soil_moisture": value}});
+        publisher
+            .publish("orchards/fengjie/B1/probe-1/telemetry", payload.to_string())
+            .await;
+    }
+    wait_for(Duration::from_secs(20), "three readings stored", || {
+        (daemon.stored_readings().len() == 3).then_some(())
+    });
+    // Several retention runs while InfluxDB is down: the old readings wait for it.
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(
+        daemon.stored_readings().len(),
+        3,
+        "nothing unforwarded is deleted"
+    );
+
+    influxd.restart();
+    wait_for(
+        Duration::from_secs(30),
+        "the old readings deleted once forwarded",
+        || (daemon.stored_readings().len() == 1).then_some(()),
+    );
+    assert_eq!(daemon.stored_readings()[0].2, 23.0, "the recent one stays");
+    assert_eq!(influx_count(&influxd), 3, "and InfluxDB has all three");
+}
