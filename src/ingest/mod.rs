@@ -318,36 +318,21 @@ mod tests {
     }
 
     fn json_value() -> impl Strategy<Value = serde_json::Value> {
-        use serde_json::{Value, json};
-        let leaf = prop_oneof![
-            Just(Value::Null),
-            any::<bool>().prop_map(Value::Bool),
-            (-1e6f64..1e6).prop_map(|f| json!(f)),
-            "[a-z_]{0,12}".prop_map(Value::String),
+        let keys = [
+            "ts",
+            "readings",
+            "kind",
+            "value",
+            "unit",
+            "soil_moisture",
+            "object",
+            "deviceInfo",
+            "n",
+            "v",
+            "bn",
         ];
-        leaf.prop_recursive(4, 48, 6, |inner| {
-            prop_oneof![
-                prop::collection::vec(inner.clone(), 0..6).prop_map(Value::Array),
-                prop::collection::btree_map(
-                    prop::sample::select(vec![
-                        "ts",
-                        "readings",
-                        "kind",
-                        "value",
-                        "unit",
-                        "soil_moisture",
-                        "object",
-                        "deviceInfo",
-                        "n",
-                        "v",
-                        "bn"
-                    ])
-                    .prop_map(str::to_owned),
-                    inner,
-                    0..6
-                )
-                .prop_map(|m| Value::Object(m.into_iter().collect())),
-            ]
-        })
+        json::strategies::json_with_keys(
+            prop::sample::select(keys.to_vec()).prop_map(str::to_owned),
+        )
     }
 }

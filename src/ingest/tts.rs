@@ -104,6 +104,7 @@ fn best_gateway(uplink: &Map<String, Value>) -> Option<Gateway> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::ingest::json::strategies::{json_value, leaves};
     use crate::model::TimestampMs;
     use crate::validate::{RawReading, RawValue, Reason};
     use proptest::prelude::*;
@@ -241,30 +242,6 @@ mod tests {
     }
 
     // --- properties ---
-
-    fn leaves(v: &Value) -> usize {
-        match v {
-            Value::Object(m) => m.values().map(leaves).sum(),
-            _ => 1,
-        }
-    }
-
-    fn json_value() -> impl Strategy<Value = Value> {
-        let leaf = prop_oneof![
-            Just(Value::Null),
-            any::<bool>().prop_map(Value::Bool),
-            any::<i64>().prop_map(Value::from),
-            (-1e6f64..1e6).prop_map(Value::from),
-            "[ -~]{0,12}".prop_map(Value::String),
-        ];
-        leaf.prop_recursive(4, 32, 6, |inner| {
-            prop_oneof![
-                prop::collection::vec(inner.clone(), 0..4).prop_map(Value::Array),
-                prop::collection::btree_map("[a-z_]{1,10}", inner, 0..5)
-                    .prop_map(|m| Value::Object(m.into_iter().collect())),
-            ]
-        })
-    }
 
     fn uplink() -> impl Strategy<Value = Value> {
         let field = prop_oneof![

@@ -1,6 +1,7 @@
 //! SenML decoder tests: the examples of RFC 8428 section 5, adapted to orchard fields, and
 //! property tests that no input is lost or panics.
 use super::*;
+use crate::ingest::json::strategies::json_with_keys;
 use crate::model::Kind;
 use crate::validate::convert;
 use proptest::prelude::*;
@@ -304,21 +305,7 @@ const LABELS: &[&str] = &[
 ];
 
 fn json_value() -> impl Strategy<Value = Value> {
-    let leaf = prop_oneof![
-        Just(Value::Null),
-        any::<bool>().prop_map(Value::Bool),
-        any::<i64>().prop_map(Value::from),
-        (-1e12f64..1e12).prop_map(Value::from),
-        "[ -~]{0,12}".prop_map(Value::String),
-    ];
-    leaf.prop_recursive(4, 32, 6, |inner| {
-        let labels = prop::sample::select(LABELS).prop_map(str::to_owned);
-        prop_oneof![
-            prop::collection::vec(inner.clone(), 0..6).prop_map(Value::Array),
-            prop::collection::btree_map(labels, inner, 0..5)
-                .prop_map(|m| Value::Object(m.into_iter().collect())),
-        ]
-    })
+    json_with_keys(prop::sample::select(LABELS).prop_map(str::to_owned))
 }
 
 /// Records with random base fields, names, units, times and kinds of value.
