@@ -303,7 +303,7 @@ impl Default for IngestSettings {
     fn default() -> Self {
         Self {
             max_payload_bytes: 256 * 1024,
-            queue_messages: 4096,
+            queue_messages: 1024,
             device_rate_limit: 600,
         }
     }

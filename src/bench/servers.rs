@@ -95,6 +95,9 @@ impl Daemon {
         settings.store.synchronous = sync;
         settings.http.listen = http;
         settings.mqtt.client_id = "orchardd-bench".into();
+        // Each simulated device sends hundreds of messages a second here: a flood by design,
+        // which the per-device rate limit would (rightly) quarantine.
+        settings.ingest.device_rate_limit = 0;
         let mqtt_port = match mosquitto {
             Some(m) => {
                 settings.broker.embedded = false;

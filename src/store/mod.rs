@@ -52,7 +52,7 @@ pub fn open_writer(settings: &StoreSettings) -> Result<Connection, StoreError> {
         Synchronous::Normal => "NORMAL",
     };
     conn.pragma_update(None, "synchronous", sync)?;
-    conn.pragma_update(None, "cache_size", -8192)?;
+    conn.pragma_update(None, "cache_size", -4096)?;
     schema::migrate(&mut conn)?;
     Ok(conn)
 }
