@@ -4,6 +4,7 @@
 //! ([`probe`]) tell throughput, publish-to-commit latency, batch sizes, memory and where the
 //! CPU went ([`report`]).
 
+mod forward;
 mod probe;
 mod report;
 mod servers;
@@ -46,6 +47,9 @@ fn run_blocking(args: &BenchArgs, runtime: &Handle) -> Result<(), String> {
     let exe = std::env::current_exe().map_err(|e| format!("bench: cannot find orchardd: {e}"))?;
     let base = base_settings(args.config.as_deref())?;
     let load = Load::plan(args);
+    if !args.forward.is_empty() {
+        return run_forwarding(args, &exe, &base, &load, runtime);
+    }
     let mut outcomes = Vec::new();
     for &broker in &args.broker {
         for &sync in &args.synchronous {
@@ -64,6 +68,37 @@ fn run_blocking(args: &BenchArgs, runtime: &Handle) -> Result<(), String> {
         }
     }
     let report = report::render(args, &load, &outcomes);
+    print!("{report}");
+    if let Some(path) = &args.output {
+        std::fs::write(path, &report)
+            .map_err(|e| format!("bench: cannot write {}: {e}", path.display()))?;
+    }
+    Ok(())
+}
+
+/// Forwarding throughput into each target, as a Markdown table.
+fn run_forwarding(
+    args: &BenchArgs,
+    exe: &Path,
+    base: &Settings,
+    load: &Load,
+    runtime: &Handle,
+) -> Result<(), String> {
+    let mut outcomes = Vec::new();
+    for &target in &args.forward {
+        eprintln!(
+            "bench: forwarding {} readings to {}…",
+            load.readings(),
+            forward::name(target)
+        );
+        let outcome = forward::measure(exe, base, load, target, runtime)?;
+        eprintln!(
+            "bench: {} points/s",
+            report::grouped(outcome.points_per_second())
+        );
+        outcomes.push(outcome);
+    }
+    let report = forward::render(load, &outcomes);
     print!("{report}");
     if let Some(path) = &args.output {
         std::fs::write(path, &report)
@@ -419,6 +454,7 @@ mod tests {
             mosquitto_max_inflight: 1000,
             config: None,
             output: None,
+            forward: Vec::new(),
         };
         let load = Load::plan(&args);
         assert_eq!(load.devices(), 20);

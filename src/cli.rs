@@ -81,6 +81,15 @@ pub enum BenchBroker {
     Mosquitto,
 }
 
+/// A server the forwarding benchmark writes to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ForwardTarget {
+    /// InfluxDB 1.x (`influxd`), through the v1 `/write` API.
+    Influxdb1,
+    /// VictoriaMetrics, through the v2 `/api/v2/write` API (the influxdb2 crate).
+    VictoriaMetrics,
+}
+
 #[derive(Debug, Args)]
 pub struct BenchArgs {
     /// Which brokers to measure through (repeat or comma-separate).
@@ -114,6 +123,10 @@ pub struct BenchArgs {
     /// Also write the report as Markdown to this file.
     #[arg(long)]
     pub output: Option<PathBuf>,
+    /// Measure forwarding instead of ingest: how fast a backlog of `--messages` x 10 readings
+    /// drains into these servers (comma-separate).
+    #[arg(long, value_enum, value_delimiter = ',')]
+    pub forward: Vec<ForwardTarget>,
 }
 
 fn synchronous(s: &str) -> Result<Synchronous, String> {

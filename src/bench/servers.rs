@@ -233,6 +233,100 @@ impl Mosquitto {
     }
 }
 
+/// An InfluxDB 1.x or VictoriaMetrics server for the forwarding benchmark, started on a port
+/// chosen before orchardd, so that orchardd can build a backlog against it first.
+pub struct TimeSeriesServer {
+    pub process: Process,
+}
+
+impl TimeSeriesServer {
+    pub fn start_influxd(dir: &Path, port: u16) -> Result<Self, String> {
+        let binary = find_binary("influxd").ok_or(
+            "bench: `influxd` is not installed; install it with: apt-get install -y influxdb",
+        )?;
+        let dir = dir.join("influxd");
+        std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+        let conf = dir.join("influxd.conf");
+        let d = dir.display();
+        write_file(
+            &conf,
+            &format!(
+                "reporting-disabled = true\nbind-address = \"127.0.0.1:{rpc}\"\n\
+                 [meta]\ndir = \"{d}/meta\"\n[data]\ndir = \"{d}/data\"\nwal-dir = \"{d}/wal\"\n\
+                 [http]\nbind-address = \"127.0.0.1:{port}\"\nlog-enabled = false\n\
+                 [monitor]\nstore-enabled = false\n",
+                rpc = free_port()?
+            ),
+        )?;
+        let server = Self::spawn(
+            Command::new(binary).arg("-config").arg(&conf),
+            "influxd",
+            port,
+        )?;
+        let created = http_post(
+            SocketAddr::from(([127, 0, 0, 1], port)),
+            "/query?q=CREATE%20DATABASE%20orchardd",
+        )
+        .map_err(|e| format!("bench: influxd: {e}"))?;
+        if created != 200 {
+            return Err(format!(
+                "bench: influxd: CREATE DATABASE answered {created}"
+            ));
+        }
+        Ok(server)
+    }
+
+    pub fn start_victoria_metrics(dir: &Path, port: u16) -> Result<Self, String> {
+        let binary = find_binary("victoria-metrics").ok_or(
+            "bench: `victoria-metrics` is not installed; install it with: apt-get install -y victoria-metrics",
+        )?;
+        let data = dir.join("victoria-metrics");
+        let mut cmd = Command::new(binary);
+        cmd.arg(format!("-httpListenAddr=127.0.0.1:{port}"))
+            .arg(format!("-storageDataPath={}", data.display()))
+            .arg("-retentionPeriod=100y")
+            .arg("-loggerLevel=ERROR");
+        Self::spawn(&mut cmd, "victoria-metrics", port)
+    }
+
+    fn spawn(cmd: &mut Command, name: &'static str, port: u16) -> Result<Self, String> {
+        let child = cmd
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .map_err(|e| format!("bench: cannot start {name}: {e}"))?;
+        let mut process = Process { child, name };
+        let addr = SocketAddr::from(([127, 0, 0, 1], port));
+        let start = Instant::now();
+        while !matches!(http_get(addr, "/ping"), Ok((204 | 200 | 404, _))) {
+            process.check_alive()?;
+            if start.elapsed() > READY_LIMIT {
+                return Err(format!("bench: {name} did not answer on {addr}"));
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Ok(Self { process })
+    }
+}
+
+/// A POST with no body; its status.
+fn http_post(addr: SocketAddr, path: &str) -> std::io::Result<u16> {
+    let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
+    stream.set_read_timeout(Some(Duration::from_secs(10)))?;
+    write!(
+        stream,
+        "POST {path} HTTP/1.1\r\nHost: bench\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+    )?;
+    let mut head = String::new();
+    stream.read_to_string(&mut head)?;
+    Ok(head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0))
+}
+
 /// The broker settings the README asks of production (persistence, queues long enough to hold
 /// a burst while orchardd restarts), with the in-flight window under test.
 pub fn mosquitto_config(port: impl Display, dir: impl Display, max_inflight: u32) -> String {
@@ -254,7 +348,7 @@ pub fn mosquitto_version() -> Option<String> {
     Some(version.trim().to_owned())
 }
 
-fn find_binary(name: &str) -> Option<PathBuf> {
+pub(super) fn find_binary(name: &str) -> Option<PathBuf> {
     ["/usr/sbin", "/usr/bin", "/usr/local/sbin", "/usr/local/bin"]
         .iter()
         .map(|dir| Path::new(dir).join(name))
@@ -290,7 +384,7 @@ impl Drop for TempDir {
 }
 
 /// A loopback port nobody listens on right now.
-fn free_port() -> Result<u16, String> {
+pub(super) fn free_port() -> Result<u16, String> {
     TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .map(|a| a.port())
