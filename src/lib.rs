@@ -4,6 +4,7 @@
 //! subscribes, decodes and [`validate`]s; the [`store`] commits and only then acknowledges;
 //! the [`api`] answers queries. [`daemon`] wires them together, [`config`] types the settings.
 
+pub mod aggregate;
 pub mod api;
 pub mod bench;
 pub mod broker;
