@@ -28,32 +28,17 @@ pub fn decode(payload: &[u8], fields: &FieldMap) -> Result<Vec<Decoded>, Rejecti
         e.detail = format!("ChirpStack uplink from device {device}: {}", e.detail);
         e
     })?;
-    let object = match event.get("object") {
-        None | Some(Value::Null) => {
-            return Err(lorawan::undecoded(
-                "ChirpStack",
-                &device,
-                "data",
-                event.get("data"),
-            ));
-        }
-        Some(Value::Object(o)) => o,
-        Some(other) => {
-            return Err(malformed(format!(
-                "ChirpStack uplink from device {device}: `object` is {}, expected the codec's decoded object",
-                type_name(other)
-            )));
-        }
-    };
-    lorawan::uplink(
-        "ChirpStack",
-        "object",
+    lorawan::Uplink {
+        server: "ChirpStack",
+        gateway: best_gateway(&event),
         device,
         ts,
-        object,
-        best_gateway(&event),
-        fields,
-    )
+        object_path: "object",
+        object: event.get("object"),
+        raw_path: "data",
+        raw: event.get("data"),
+    }
+    .decode(fields)
 }
 
 fn device(event: &Map<String, Value>) -> Result<String, Rejection> {

@@ -60,34 +60,64 @@ pub fn push_radio(best: Option<Gateway>, out: &mut Decoded) {
 
 /// Turns a decoded payload object into readings, one per leaf field; nested objects are
 /// flattened with `.` between keys (`{"soil":{"temp":21}}` is field `soil.temp`).
-/// A field the table does not know becomes its `unknown_kind` rejection.
-/// The one `Decoded` of an uplink: the decoded object's readings and the best gateway's
-/// signal. `object_name` names the object in the error for an uplink that carries neither.
-pub fn uplink(
-    server: &str,
-    object_name: &str,
-    device: String,
-    ts: Option<TimestampMs>,
-    object: &Map<String, Value>,
-    gateway: Option<Gateway>,
-    fields: &FieldMap,
-) -> Result<Vec<Decoded>, Rejection> {
-    let mut out = Decoded {
-        device: Some(device),
-        ts,
-        ..Decoded::default()
-    };
-    read_object(object, fields, &mut out);
-    push_radio(gateway, &mut out);
-    if out.readings.is_empty() && out.problems.is_empty() {
-        return Err(malformed(format!(
-            "{server} uplink from device {}: `{object_name}` is empty and no gateway reported a signal",
-            out.device.as_deref().unwrap_or_default()
-        )));
-    }
-    Ok(vec![out])
+/// What the two network servers' uplinks have in common, found in their own field names.
+pub struct Uplink<'a> {
+    pub server: &'static str,
+    pub device: String,
+    pub ts: Option<TimestampMs>,
+    /// Where the codec's decoded object is (`object`, `uplink_message.decoded_payload`).
+    pub object_path: &'static str,
+    pub object: Option<&'a Value>,
+    /// Where the raw frame payload is, kept in the rejection of an undecoded uplink.
+    pub raw_path: &'static str,
+    pub raw: Option<&'a Value>,
+    pub gateway: Option<Gateway>,
 }
 
+impl Uplink<'_> {
+    /// The one `Decoded` of an uplink: the decoded object's readings and the best gateway's
+    /// signal; an uplink without a decoded object is `undecoded_uplink`.
+    pub fn decode(self, fields: &FieldMap) -> Result<Vec<Decoded>, Rejection> {
+        let object = match self.object {
+            None | Some(Value::Null) => {
+                return Err(undecoded(
+                    self.server,
+                    &self.device,
+                    self.raw_path,
+                    self.raw,
+                ));
+            }
+            Some(Value::Object(o)) => o,
+            Some(other) => {
+                return Err(malformed(format!(
+                    "{} uplink from device {}: `{}` is {}, expected the codec's decoded object",
+                    self.server,
+                    self.device,
+                    self.object_path,
+                    type_name(other)
+                )));
+            }
+        };
+        let mut out = Decoded {
+            device: Some(self.device),
+            ts: self.ts,
+            ..Decoded::default()
+        };
+        read_object(object, fields, &mut out);
+        push_radio(self.gateway, &mut out);
+        if out.readings.is_empty() && out.problems.is_empty() {
+            return Err(malformed(format!(
+                "{} uplink from device {}: `{}` is empty and no gateway reported a signal",
+                self.server,
+                out.device.as_deref().unwrap_or_default(),
+                self.object_path
+            )));
+        }
+        Ok(vec![out])
+    }
+}
+
+/// A field the table does not know becomes its `unknown_kind` rejection.
 pub fn read_object(object: &Map<String, Value>, fields: &FieldMap, out: &mut Decoded) {
     read_nested("", object, fields, out);
 }

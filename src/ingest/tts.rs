@@ -37,32 +37,17 @@ pub fn decode(payload: &[u8], fields: &FieldMap) -> Result<Vec<Decoded>, Rejecti
         e.detail = format!("The Things Stack uplink from device {device}: {}", e.detail);
         e
     })?;
-    let decoded = match uplink.get("decoded_payload") {
-        None | Some(Value::Null) => {
-            return Err(lorawan::undecoded(
-                "The Things Stack",
-                &device,
-                "uplink_message.frm_payload",
-                uplink.get("frm_payload"),
-            ));
-        }
-        Some(Value::Object(o)) => o,
-        Some(other) => {
-            return Err(malformed(format!(
-                "The Things Stack uplink from device {device}: `uplink_message.decoded_payload` is {}, expected an object",
-                type_name(other)
-            )));
-        }
-    };
-    lorawan::uplink(
-        "The Things Stack",
-        "decoded_payload",
+    lorawan::Uplink {
+        server: "The Things Stack",
+        gateway: best_gateway(uplink),
         device,
         ts,
-        decoded,
-        best_gateway(uplink),
-        fields,
-    )
+        object_path: "uplink_message.decoded_payload",
+        object: uplink.get("decoded_payload"),
+        raw_path: "uplink_message.frm_payload",
+        raw: uplink.get("frm_payload"),
+    }
+    .decode(fields)
 }
 
 fn device(message: &Map<String, Value>) -> Result<String, Rejection> {
