@@ -31,6 +31,7 @@ pub struct Settings {
     pub health: HealthSettings,
     pub influx: InfluxSettings,
     pub query: QuerySettings,
+    pub aggregate: AggregateSettings,
 }
 
 impl Default for Settings {
@@ -55,6 +56,7 @@ impl Default for Settings {
             health: Default::default(),
             influx: Default::default(),
             query: Default::default(),
+            aggregate: Default::default(),
         }
     }
 }
@@ -203,6 +205,43 @@ pub enum QueryBackend {
 pub struct QuerySettings {
     /// Where `GET /api/v1/readings` and `/latest` answer from.
     pub backend: QueryBackend,
+}
+
+/// Rollups and daily indices.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AggregateSettings {
+    /// The orchard's offset from UTC, `+08:00` for China: daily rollups run from local midnight
+    /// to local midnight, so a frost night is not split at UTC midnight.
+    pub utc_offset: String,
+}
+
+impl Default for AggregateSettings {
+    fn default() -> Self {
+        Self {
+            utc_offset: "+00:00".into(),
+        }
+    }
+}
+
+impl AggregateSettings {
+    /// The offset in milliseconds; `Err` says what is wrong with the text.
+    pub fn utc_offset_ms(&self) -> Result<i64, String> {
+        let s = self.utc_offset.trim();
+        let (sign, rest) = match s.split_at_checked(1) {
+            Some(("+", rest)) => (1, rest),
+            Some(("-", rest)) => (-1, rest),
+            _ => return Err(format!("`{s}` must look like +08:00 or -03:30")),
+        };
+        let parsed = rest
+            .split_once(':')
+            .and_then(|(h, m)| Some((h.parse::<i64>().ok()?, m.parse::<i64>().ok()?)))
+            .filter(|(h, m)| *h <= 14 && *m < 60 && rest.len() == 5);
+        match parsed {
+            Some((h, m)) => Ok(sign * (h * 60 + m) * 60_000),
+            None => Err(format!("`{s}` must look like +08:00 or -03:30")),
+        }
+    }
 }
 
 /// Sensor-health flags on accepted readings.
@@ -537,6 +576,9 @@ impl Settings {
         if self.influx.enabled && self.influx.api == InfluxApi::V2 && self.influx.token.is_none() {
             problem("influx.token", "the v2 API needs a token".into());
         }
+        if let Err(e) = self.aggregate.utc_offset_ms() {
+            problem("aggregate.utc_offset", e);
+        }
         if self.health.stuck_after < 2 {
             problem("health.stuck_after", "must be at least 2".into());
         }
@@ -663,6 +705,7 @@ fn type_problems(tree: &Value) -> Vec<Problem> {
         section::<HealthSettings>(tree, "health"),
         section::<InfluxSettings>(tree, "influx"),
         section::<QuerySettings>(tree, "query"),
+        section::<AggregateSettings>(tree, "aggregate"),
     ]
     .into_iter()
     .flatten()

@@ -79,7 +79,8 @@ pub async fn run(settings: Settings) -> Result<(), DaemonError> {
         settings.store.max_batch_readings,
         settings.health.stuck_after,
     )
-    .with_outbox(settings.influx.enabled);
+    .with_outbox(settings.influx.enabled)
+    .with_utc_offset(utc_offset_ms(&settings));
     let writer = std::thread::Builder::new()
         .name("store-writer".into())
         .spawn(move || writer.run(queue_rx, committed_tx))
@@ -128,6 +129,7 @@ pub async fn run(settings: Settings) -> Result<(), DaemonError> {
         decoder,
         expected_interval: settings.health.expected_interval,
         forwarding: settings.influx.enabled,
+        utc_offset_ms: utc_offset_ms(&settings),
         influx: match settings.query.backend {
             QueryBackend::Embedded => None,
             QueryBackend::Influx => Some(Arc::new(
@@ -159,6 +161,11 @@ pub async fn run(settings: Settings) -> Result<(), DaemonError> {
         Ok(Err(e)) => Err(DaemonError::Mqtt(e)),
         Err(e) => Err(DaemonError::Task(e.to_string())),
     }
+}
+
+/// `aggregate.utc_offset`, which `Settings::load` has already checked.
+fn utc_offset_ms(settings: &Settings) -> i64 {
+    settings.aggregate.utc_offset_ms().unwrap_or(0)
 }
 
 /// Deletes raw readings past `store.raw_retention`, every `store.retention_interval`.

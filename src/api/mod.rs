@@ -43,6 +43,8 @@ pub struct AppState {
     pub expected_interval: std::time::Duration,
     /// Readings recovered by a replay also go to the InfluxDB forwarder.
     pub forwarding: bool,
+    /// Daily rollups follow local days at this offset from UTC.
+    pub utc_offset_ms: i64,
     /// `query.backend = "influx"`: readings and latest answer from InfluxDB.
     pub influx: Option<Arc<InfluxQuery>>,
 }
@@ -54,6 +56,7 @@ pub fn router(state: AppState) -> Router {
         .route("/metrics", get(metrics))
         .route("/api/v1/readings", get(readings::readings))
         .route("/api/v1/latest", get(readings::latest))
+        .route("/api/v1/rollups", get(readings::rollups))
         .route("/api/v1/quarantine", get(quarantine::list))
         .route("/api/v1/quarantine/replay", post(quarantine::replay))
         .route("/api/v1/devices", get(devices::list))

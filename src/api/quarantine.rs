@@ -92,6 +92,7 @@ pub async fn replay(
     }
     let decoder = s.decoder.clone();
     let forwarding = s.forwarding;
+    let offset = s.utc_offset_ms;
     let report = s
         .admin
         .write(move |c| {
@@ -99,6 +100,7 @@ pub async fn replay(
                 c,
                 device.as_str(),
                 forwarding,
+                offset,
                 |topic, payload, received_at| decoder.envelope(topic, payload, received_at),
             )
         })

@@ -15,6 +15,7 @@ use super::error::ApiError;
 use super::params::Params;
 use crate::model::Flags;
 use crate::store::readings::{self, Agg, Filter, Row};
+use crate::store::rollups::{self, Period};
 
 const DEFAULT_LIMIT: usize = 10_000;
 const MAX_LIMIT: usize = 1_000_000;
@@ -161,4 +162,37 @@ fn row_json(r: &Row) -> serde_json::Value {
         v["flags"] = json!(r.flags.names());
     }
     v
+}
+
+/// `GET /api/v1/rollups?period=1h|1d`: the stored hourly or daily summaries.
+pub async fn rollups(
+    State(s): State<AppState>,
+    Query(raw): Query<HashMap<String, String>>,
+) -> Result<Response, ApiError> {
+    let p = Params::new(
+        raw,
+        &[
+            "period", "orchard", "block", "device", "kind", "from", "to", "limit",
+        ],
+    )?;
+    let period = match p.get("period") {
+        None => Period::Hour,
+        Some(v) => {
+            Period::parse(v).ok_or_else(|| ApiError::bad_request("`period` must be 1h or 1d"))?
+        }
+    };
+    let filter = rollups::Filter {
+        orchard: p.ident("orchard")?,
+        block: p.ident("block")?,
+        device: p.ident("device")?,
+        kind: p.kind()?,
+        from: p.time("from")?,
+        to: p.time("to")?,
+        limit: p.limit(DEFAULT_LIMIT, MAX_LIMIT)?,
+    };
+    let rows = s
+        .pool
+        .read(move |c| rollups::list(c, period, &filter))
+        .await?;
+    Ok(Json(json!({ "rollups": rows })).into_response())
 }

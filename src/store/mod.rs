@@ -9,6 +9,7 @@ pub mod quarantine;
 pub mod readings;
 pub mod replay;
 pub mod retention;
+pub mod rollups;
 pub mod schema;
 pub mod writer;
 

@@ -34,6 +34,7 @@ pub fn replay(
     conn: &mut Connection,
     device: &str,
     forwarding: bool,
+    utc_offset_ms: i64,
     decode: impl Fn(&str, Bytes, TimestampMs) -> Envelope,
 ) -> Result<ReplayReport, StoreError> {
     let tx = conn.transaction()?;
@@ -52,6 +53,7 @@ pub fn replay(
         ..ReplayReport::default()
     };
     let mut ids = SeriesIds::default();
+    let mut rollups = super::rollups::Fold::default();
     for (topic, received_at, payload) in held {
         report.messages += 1;
         let mut env = decode(&topic, Bytes::from(payload), TimestampMs(received_at));
@@ -59,6 +61,7 @@ pub fn replay(
             let series = ids.get(&tx, r)?;
             if insert_reading(&tx, series, r, Flags::default())? {
                 report.readings_recovered += 1;
+                rollups.add(series, r.ts, r.value, utc_offset_ms);
                 if forwarding {
                     super::outbox::add(&tx, series, r.ts, TimestampMs::now())?;
                 }
@@ -75,6 +78,7 @@ pub fn replay(
             quarantine(&tx, &env)?;
         }
     }
+    rollups.write(&tx)?;
     tx.execute(
         "UPDATE quarantine SET replayed_at = ?2 \
          WHERE device = ?1 AND reason = 'unknown_device' AND replayed_at IS NULL",

@@ -84,6 +84,22 @@ const MIGRATIONS: &[&str] = &[
         lines      TEXT NOT NULL
     );
     "#,
+    // 4: hourly and daily rollups per series, kept in step with the readings.
+    r#"
+    CREATE TABLE rollups (
+        series  INTEGER NOT NULL,
+        period  TEXT NOT NULL,
+        start   INTEGER NOT NULL,
+        count   INTEGER NOT NULL,
+        min     REAL NOT NULL,
+        max     REAL NOT NULL,
+        sum     REAL NOT NULL,
+        last_ts INTEGER NOT NULL,
+        last    REAL NOT NULL,
+        PRIMARY KEY (series, period, start)
+    ) WITHOUT ROWID;
+    CREATE INDEX rollups_by_start ON rollups (period, start);
+    "#,
 ];
 
 /// The schema version this build of orchardd writes.

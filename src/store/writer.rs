@@ -15,6 +15,7 @@ use rusqlite::{Connection, Transaction, params};
 use tokio::sync::mpsc;
 
 use super::StoreError;
+use super::rollups::Fold;
 use crate::health::Health;
 use crate::metrics::Metrics;
 use crate::model::{Flags, Reading, SeriesKey, TimestampMs};
@@ -68,6 +69,8 @@ pub struct Writer {
     health: Health,
     /// Record each new reading in the forwarder's outbox.
     outbox: bool,
+    /// Local days for the daily rollups start at this offset from UTC.
+    utc_offset_ms: i64,
     metrics: Arc<Metrics>,
     heartbeat: Arc<Heartbeat>,
     max_batch_readings: usize,
@@ -86,6 +89,7 @@ impl Writer {
             series_ids: SeriesIds::default(),
             health: Health::new(stuck_after),
             outbox: false,
+            utc_offset_ms: 0,
             metrics,
             heartbeat,
             max_batch_readings,
@@ -95,6 +99,12 @@ impl Writer {
     /// Also record every new reading for the InfluxDB forwarder.
     pub fn with_outbox(mut self, on: bool) -> Self {
         self.outbox = on;
+        self
+    }
+
+    /// Daily rollups follow local days at this offset from UTC.
+    pub fn with_utc_offset(mut self, offset_ms: i64) -> Self {
+        self.utc_offset_ms = offset_ms;
         self
     }
 
@@ -175,6 +185,7 @@ impl Writer {
     fn commit_inner(&mut self, envelopes: &[Envelope]) -> Result<BatchOutcome, StoreError> {
         let tx = self.conn.transaction()?;
         let mut outcome = BatchOutcome::default();
+        let mut rollups = Fold::default();
         for env in envelopes {
             for r in &env.readings {
                 let series = self.series_ids.get(&tx, r)?;
@@ -187,6 +198,7 @@ impl Writer {
                         .judge(series, r.series.kind, r.ts, r.value, env.expected_interval);
                 if insert_reading(&tx, series, r, flags)? {
                     outcome.accepted += 1;
+                    rollups.add(series, r.ts, r.value, self.utc_offset_ms);
                     if self.outbox {
                         super::outbox::add(&tx, series, r.ts, env.received_at)?;
                     }
@@ -199,6 +211,7 @@ impl Writer {
                 outcome.quarantined += env.rejections.len() as u64;
             }
         }
+        rollups.write(&tx)?;
         tx.commit()?;
         Ok(outcome)
     }
