@@ -214,12 +214,17 @@ pub struct AggregateSettings {
     /// The orchard's offset from UTC, `+08:00` for China: daily rollups run from local midnight
     /// to local midnight, so a frost night is not split at UTC midnight.
     pub utc_offset: String,
+    /// Keep hourly and daily rollups as readings commit. They answer `/api/v1/rollups`,
+    /// `/api/v1/indices` and hourly or daily `/api/v1/readings` questions; turning them off
+    /// saves about a tenth of the ingest path's work (see BENCHMARKS.md).
+    pub rollups: bool,
 }
 
 impl Default for AggregateSettings {
     fn default() -> Self {
         Self {
             utc_offset: "+00:00".into(),
+            rollups: true,
         }
     }
 }

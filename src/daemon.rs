@@ -80,7 +80,8 @@ pub async fn run(settings: Settings) -> Result<(), DaemonError> {
         settings.health.stuck_after,
     )
     .with_outbox(settings.influx.enabled)
-    .with_utc_offset(utc_offset_ms(&settings));
+    .with_utc_offset(utc_offset_ms(&settings))
+    .with_rollups(settings.aggregate.rollups);
     let writer = std::thread::Builder::new()
         .name("store-writer".into())
         .spawn(move || writer.run(queue_rx, committed_tx))
@@ -130,6 +131,7 @@ pub async fn run(settings: Settings) -> Result<(), DaemonError> {
         expected_interval: settings.health.expected_interval,
         forwarding: settings.influx.enabled,
         utc_offset_ms: utc_offset_ms(&settings),
+        rollups: settings.aggregate.rollups,
         influx: match settings.query.backend {
             QueryBackend::Embedded => None,
             QueryBackend::Influx => Some(Arc::new(

@@ -100,4 +100,44 @@ async fn a_frost_night_stays_on_its_local_days_and_late_or_repeated_readings_cou
     let hourly_total: i64 = hours.iter().map(|h| h["count"].as_i64().unwrap()).sum();
     assert_eq!(hourly_total, 6, "hours and days count the same readings");
     assert_eq!(daemon.get("/api/v1/rollups?period=1w").0, 400);
+
+    // Daily windows of readings: from the rollups when `from` is a local midnight, from the
+    // raw readings when it is not; the same answer either way.
+    let midnight_ms = local_midnight(&days[0]).unix_timestamp() * 1000;
+    let daily = |from: i64, agg: &str| {
+        daemon.get_ok(&format!(
+            "/api/v1/readings?device=frost-probe&every=1d&agg={agg}&from={from}"
+        ))["readings"]
+            .clone()
+    };
+    for agg in ["min", "max", "mean", "sum", "count", "last"] {
+        let rolled = daily(midnight_ms, agg);
+        assert_eq!(rolled.as_array().unwrap().len(), 2, "{agg}: {rolled}");
+        assert_eq!(rolled, daily(midnight_ms - 1, agg), "{agg}");
+    }
+    let mins: Vec<f64> = daily(midnight_ms, "min")
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["value"].as_f64().unwrap())
+        .collect();
+    assert_eq!(mins, [-3.0, -2.0]);
+
+    let (status, csv) = support::http_get(
+        daemon.http,
+        "/api/v1/rollups?device=frost-probe&period=1d&format=csv",
+    )
+    .unwrap();
+    assert_eq!(status, 200);
+    let lines: Vec<&str> = csv.lines().collect();
+    assert_eq!(
+        lines[0],
+        "orchard,block,device,kind,depth_cm,period,start,count,min,max,mean,sum,last"
+    );
+    assert_eq!(lines.len(), 3, "{csv}");
+    assert!(
+        lines[1].starts_with("fengjie,B2,frost-probe,air_temperature,,1d,"),
+        "{csv}"
+    );
+    assert!(lines[1].contains(",3,-3,1,"), "count, min and max: {csv}");
 }

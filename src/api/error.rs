@@ -31,6 +31,15 @@ impl ApiError {
             message: message.into(),
         }
     }
+
+    /// Rollups and what is computed from them are off in this configuration.
+    pub fn rollups_off() -> Self {
+        Self {
+            status: StatusCode::CONFLICT,
+            code: "rollups_off",
+            message: "rollups are turned off (aggregate.rollups = false); turn them on to use this endpoint".into(),
+        }
+    }
 }
 
 impl From<StoreError> for ApiError {

@@ -45,6 +45,8 @@ pub struct AppState {
     pub forwarding: bool,
     /// Daily rollups follow local days at this offset from UTC.
     pub utc_offset_ms: i64,
+    /// `aggregate.rollups`: the rollups are kept, and can answer.
+    pub rollups: bool,
     /// `query.backend = "influx"`: readings and latest answer from InfluxDB.
     pub influx: Option<Arc<InfluxQuery>>,
 }

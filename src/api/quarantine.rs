@@ -92,7 +92,7 @@ pub async fn replay(
     }
     let decoder = s.decoder.clone();
     let forwarding = s.forwarding;
-    let offset = s.utc_offset_ms;
+    let rollups = s.rollups.then_some(s.utc_offset_ms);
     let report = s
         .admin
         .write(move |c| {
@@ -100,7 +100,7 @@ pub async fn replay(
                 c,
                 device.as_str(),
                 forwarding,
-                offset,
+                rollups,
                 |topic, payload, received_at| decoder.envelope(topic, payload, received_at),
             )
         })

@@ -48,6 +48,7 @@ pub async fn readings(
             })
             .transpose()?,
         limit: p.limit(DEFAULT_LIMIT, MAX_LIMIT)?,
+        utc_offset_ms: s.utc_offset_ms,
     };
     if let (Some(from), Some(to)) = (filter.from, filter.to)
         && from >= to
@@ -58,7 +59,12 @@ pub async fn readings(
     let downsampled = filter.every.is_some();
     let mut rows = match &s.influx {
         Some(influx) => influx.readings(&filter).await?,
-        None => s.pool.read(move |c| readings::query(c, &filter)).await?,
+        None if s.rollups => s.pool.read(move |c| readings::query(c, &filter)).await?,
+        None => {
+            s.pool
+                .read(move |c| readings::query_raw(c, &filter))
+                .await?
+        }
     };
     if downsampled {
         // Sums and means depend on the order a backend adds in; twelve significant digits
@@ -143,7 +149,7 @@ fn respond(rows: Vec<Row>, csv: bool) -> Response {
             r.flags.names().join("|")
         );
     }
-    ([(header::CONTENT_TYPE, "text/csv; charset=utf-8")], out).into_response()
+    csv_response(out)
 }
 
 fn row_json(r: &Row) -> serde_json::Value {
@@ -172,9 +178,12 @@ pub async fn rollups(
     let p = Params::new(
         raw,
         &[
-            "period", "orchard", "block", "device", "kind", "from", "to", "limit",
+            "period", "orchard", "block", "device", "kind", "from", "to", "limit", "format",
         ],
     )?;
+    if !s.rollups {
+        return Err(ApiError::rollups_off());
+    }
     let period = match p.get("period") {
         None => Period::Hour,
         Some(v) => {
@@ -190,9 +199,40 @@ pub async fn rollups(
         to: p.time("to")?,
         limit: p.limit(DEFAULT_LIMIT, MAX_LIMIT)?,
     };
+    let csv = p.csv()?;
     let rows = s
         .pool
         .read(move |c| rollups::list(c, period, &filter))
         .await?;
-    Ok(Json(json!({ "rollups": rows })).into_response())
+    if !csv {
+        return Ok(Json(json!({ "rollups": rows })).into_response());
+    }
+    let mut out = String::from(
+        "orchard,block,device,kind,depth_cm,period,start,count,min,max,mean,sum,last\n",
+    );
+    for r in &rows {
+        let depth = r.depth_cm.map(|d| d.to_string()).unwrap_or_default();
+        let _ = writeln!(
+            out,
+            "{},{},{},{},{},{},{},{},{},{},{},{},{}",
+            r.orchard,
+            r.block,
+            r.device,
+            r.kind,
+            depth,
+            r.period,
+            r.start,
+            r.count,
+            r.min,
+            r.max,
+            r.mean,
+            r.sum,
+            r.last
+        );
+    }
+    Ok(csv_response(out))
+}
+
+pub(super) fn csv_response(body: String) -> Response {
+    ([(header::CONTENT_TYPE, "text/csv; charset=utf-8")], body).into_response()
 }

@@ -163,7 +163,11 @@ fn readings_query(f: &Filter) -> String {
     conditions.push(format!("time < {}ms", f.to.map_or(MAX_TIME_MS, |t| t.0)));
     let group = match f.every {
         None => "GROUP BY *".to_owned(),
-        Some((every, _)) => format!("GROUP BY time({every}ms), * fill(none)"),
+        // Windows start at local midnight, as the embedded store's do.
+        Some((every, _)) => format!(
+            "GROUP BY time({every}ms, {}ms), * fill(none)",
+            (-f.utc_offset_ms).rem_euclid(every)
+        ),
     };
     // Each series' first `limit` points (or windows) are enough for the first `limit` overall.
     format!(
@@ -420,7 +424,7 @@ mod tests {
         assert_eq!(
             readings_query(&f),
             "SELECT last(\"value\") FROM \"soil_moisture\" WHERE \"orchard\" = 'fengjie' \
-             AND time >= 1000ms AND time < 5000ms GROUP BY time(3600000ms), * fill(none) LIMIT 10"
+             AND time >= 1000ms AND time < 5000ms GROUP BY time(3600000ms, 0ms), * fill(none) LIMIT 10"
         );
         // Without `to`, GROUP BY time() would stop at now(); the embedded store does not.
         let open = readings_query(&Filter {

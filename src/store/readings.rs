@@ -4,7 +4,7 @@ use rusqlite::types::Value as SqlValue;
 use rusqlite::{Connection, params_from_iter};
 use serde::Serialize;
 
-use super::StoreError;
+use super::{StoreError, rollups};
 use crate::model::{Flags, Ident, Kind, TimestampMs};
 
 /// How readings in one `every` window are combined.
@@ -56,6 +56,9 @@ pub struct Filter {
     pub to: Option<TimestampMs>,
     /// Window length in ms and how to combine a window, for downsampled answers.
     pub every: Option<(i64, Agg)>,
+    /// Windows are aligned to local midnight at this offset from UTC, as the rollups are,
+    /// so `every=1d` means local days.
+    pub utc_offset_ms: i64,
     /// Only readings carrying this sensor-health flag.
     pub flagged: Option<Flags>,
     pub limit: usize,
@@ -77,36 +80,36 @@ pub struct Row {
     pub flags: Flags,
 }
 
-struct Where {
+pub(super) struct Where {
     clauses: Vec<&'static str>,
-    params: Vec<SqlValue>,
+    pub(super) params: Vec<SqlValue>,
 }
 
 impl Where {
-    fn new() -> Self {
+    pub(super) fn new() -> Self {
         Self {
             clauses: vec!["1"],
             params: Vec::new(),
         }
     }
 
-    fn add(&mut self, clause: &'static str, value: Option<SqlValue>) {
+    pub(super) fn add(&mut self, clause: &'static str, value: Option<SqlValue>) {
         if let Some(v) = value {
             self.clauses.push(clause);
             self.params.push(v);
         }
     }
 
-    fn sql(&self) -> String {
+    pub(super) fn sql(&self) -> String {
         self.clauses.join(" AND ")
     }
 }
 
-fn text(id: &Option<Ident>) -> Option<SqlValue> {
+pub(super) fn text(id: &Option<Ident>) -> Option<SqlValue> {
     id.as_ref().map(|i| SqlValue::Text(i.as_str().to_owned()))
 }
 
-fn series_where(
+pub(super) fn series_where(
     orchard: &Option<Ident>,
     block: &Option<Ident>,
     device: &Option<Ident>,
@@ -120,7 +123,17 @@ fn series_where(
     w
 }
 
+/// Readings, or windows of them. Hourly and daily windows come from the rollups when the
+/// question allows (see [`rollups::answers`]); the answer is the same as from raw readings.
 pub fn query(conn: &Connection, f: &Filter) -> Result<Vec<Row>, StoreError> {
+    match rollups::answers(f) {
+        Some(period) => rollups::as_readings(conn, period, f),
+        None => query_raw(conn, f),
+    }
+}
+
+/// [`query`] from the raw readings alone.
+pub fn query_raw(conn: &Connection, f: &Filter) -> Result<Vec<Row>, StoreError> {
     let mut w = series_where(&f.orchard, &f.block, &f.device, f.kind);
     w.add("r.ts >= ?", f.from.map(|t| SqlValue::Integer(t.0)));
     w.add("r.ts < ?", f.to.map(|t| SqlValue::Integer(t.0)));
@@ -136,10 +149,11 @@ pub fn query(conn: &Connection, f: &Filter) -> Result<Vec<Row>, StoreError> {
             w.sql()
         ),
         Some((every, agg)) => {
-            w.params.insert(0, SqlValue::Integer(every));
+            // The window start: the latest local-midnight-aligned multiple of `every`.
+            let shift = f.utc_offset_ms.rem_euclid(every);
             format!(
                 "SELECT s.orchard, s.block, s.device, s.kind, s.depth_cm, \
-                 r.ts - (r.ts % ?) AS bucket, {}, 0, max(r.ts) \
+                 r.ts - (((r.ts + {shift}) % {every}) + {every}) % {every} AS bucket, {}, 0, max(r.ts) \
                  FROM series s JOIN readings r ON r.series = s.id WHERE {} \
                  GROUP BY s.id, bucket \
                  ORDER BY bucket, s.orchard, s.block, s.device, s.kind, s.depth_cm LIMIT ?",
@@ -169,7 +183,11 @@ pub fn latest(
     rows(conn, &sql, w.params)
 }
 
-fn rows(conn: &Connection, sql: &str, params: Vec<SqlValue>) -> Result<Vec<Row>, StoreError> {
+pub(super) fn rows(
+    conn: &Connection,
+    sql: &str,
+    params: Vec<SqlValue>,
+) -> Result<Vec<Row>, StoreError> {
     let mut stmt = conn.prepare(sql)?;
     let out = stmt
         .query_map(params_from_iter(params), |r| {

@@ -29,12 +29,13 @@ pub struct ReplayReport {
     pub rejected: BTreeMap<String, u64>,
 }
 
-/// `decode(topic, payload, received_at)` judges a message as ingest would have.
+/// `rollups`: fold the recovered readings into the rollups at this UTC offset (`None` when
+/// `aggregate.rollups` is off). `decode(topic, payload, received_at)` judges a message as ingest would have.
 pub fn replay(
     conn: &mut Connection,
     device: &str,
     forwarding: bool,
-    utc_offset_ms: i64,
+    rollups: Option<i64>,
     decode: impl Fn(&str, Bytes, TimestampMs) -> Envelope,
 ) -> Result<ReplayReport, StoreError> {
     let tx = conn.transaction()?;
@@ -53,7 +54,7 @@ pub fn replay(
         ..ReplayReport::default()
     };
     let mut ids = SeriesIds::default();
-    let mut rollups = super::rollups::Fold::default();
+    let mut fold = super::rollups::Fold::default();
     for (topic, received_at, payload) in held {
         report.messages += 1;
         let mut env = decode(&topic, Bytes::from(payload), TimestampMs(received_at));
@@ -61,7 +62,9 @@ pub fn replay(
             let series = ids.get(&tx, r)?;
             if insert_reading(&tx, series, r, Flags::default())? {
                 report.readings_recovered += 1;
-                rollups.add(series, r.ts, r.value, utc_offset_ms);
+                if let Some(offset) = rollups {
+                    fold.add(series, r.ts, r.value, offset);
+                }
                 if forwarding {
                     super::outbox::add(&tx, series, r.ts, TimestampMs::now())?;
                 }
@@ -78,7 +81,7 @@ pub fn replay(
             quarantine(&tx, &env)?;
         }
     }
-    rollups.write(&tx)?;
+    fold.write(&tx)?;
     tx.execute(
         "UPDATE quarantine SET replayed_at = ?2 \
          WHERE device = ?1 AND reason = 'unknown_device' AND replayed_at IS NULL",

@@ -12,6 +12,7 @@ use rusqlite::{Connection, Transaction, params, params_from_iter};
 use serde::Serialize;
 
 use super::StoreError;
+use super::readings::{self, Agg, Row, series_where};
 use crate::model::{Ident, Kind, TimestampMs};
 
 const HOUR_MS: i64 = 3_600_000;
@@ -40,13 +41,18 @@ impl Period {
         }
     }
 
-    /// The start of the window holding `ts`, with days starting at local midnight.
+    pub fn len_ms(self) -> i64 {
+        match self {
+            Period::Hour => HOUR_MS,
+            Period::Day => DAY_MS,
+        }
+    }
+
+    /// The start of the window holding `ts`, with days starting at local midnight (and hours
+    /// on local hours, which differ from UTC hours at offsets such as +05:30).
     pub fn start(self, ts: i64, utc_offset_ms: i64) -> i64 {
-        let (len, shift) = match self {
-            Period::Hour => (HOUR_MS, 0),
-            Period::Day => (DAY_MS, utc_offset_ms),
-        };
-        (ts + shift).div_euclid(len) * len - shift
+        let len = self.len_ms();
+        (ts + utc_offset_ms).div_euclid(len) * len - utc_offset_ms
     }
 }
 
@@ -163,34 +169,20 @@ pub struct Filter {
 
 /// Rollups of `period` whose window starts in `[from, to)`, ordered by start then identity.
 pub fn list(conn: &Connection, period: Period, f: &Filter) -> Result<Vec<Rollup>, StoreError> {
-    let mut clauses = vec!["r.period = ?"];
-    let mut args = vec![SqlValue::Text(period.as_str().into())];
-    let mut add = |clause: &'static str, v: Option<SqlValue>| {
-        if let Some(v) = v {
-            clauses.push(clause);
-            args.push(v);
-        }
-    };
-    let text = |i: &Option<Ident>| i.as_ref().map(|i| SqlValue::Text(i.to_string()));
-    add("s.orchard = ?", text(&f.orchard));
-    add("s.block = ?", text(&f.block));
-    add("s.device = ?", text(&f.device));
-    add(
-        "s.kind = ?",
-        f.kind.map(|k| SqlValue::Text(k.name().into())),
-    );
-    add("r.start >= ?", f.from.map(|t| SqlValue::Integer(t.0)));
-    add("r.start < ?", f.to.map(|t| SqlValue::Integer(t.0)));
-    args.push(SqlValue::Integer(f.limit as i64));
+    let mut w = series_where(&f.orchard, &f.block, &f.device, f.kind);
+    w.add("r.period = ?", Some(SqlValue::Text(period.as_str().into())));
+    w.add("r.start >= ?", f.from.map(|t| SqlValue::Integer(t.0)));
+    w.add("r.start < ?", f.to.map(|t| SqlValue::Integer(t.0)));
+    w.params.push(SqlValue::Integer(f.limit as i64));
     let sql = format!(
         "SELECT s.orchard, s.block, s.device, s.kind, s.depth_cm, r.start, r.count, r.min, r.max, r.sum, r.last \
          FROM rollups r JOIN series s ON s.id = r.series WHERE {} \
          ORDER BY r.start, s.orchard, s.block, s.device, s.kind, s.depth_cm LIMIT ?",
-        clauses.join(" AND ")
+        w.sql()
     );
     let mut stmt = conn.prepare(&sql)?;
     let rows = stmt
-        .query_map(params_from_iter(args), |r| {
+        .query_map(params_from_iter(w.params), |r| {
             let count: i64 = r.get(6)?;
             let sum: f64 = r.get(9)?;
             Ok(Rollup {
@@ -211,6 +203,48 @@ pub fn list(conn: &Connection, period: Period, f: &Filter) -> Result<Vec<Rollup>
         })?
         .collect::<Result<_, _>>()?;
     Ok(rows)
+}
+
+/// The rollup period that answers a downsampled readings question exactly, if any: `every`
+/// is one hour or one day, nothing filters single readings (`flagged`), and `from` and `to`
+/// fall on window boundaries, so no window is cut.
+pub fn answers(f: &readings::Filter) -> Option<Period> {
+    let (every, _) = f.every?;
+    let period = [Period::Hour, Period::Day]
+        .into_iter()
+        .find(|p| p.len_ms() == every)?;
+    let aligned =
+        |t: Option<TimestampMs>| t.is_none_or(|t| period.start(t.0, f.utc_offset_ms) == t.0);
+    (f.flagged.is_none() && aligned(f.from) && aligned(f.to)).then_some(period)
+}
+
+/// A downsampled readings answer read from the rollups of `period`.
+pub fn as_readings(
+    conn: &Connection,
+    period: Period,
+    f: &readings::Filter,
+) -> Result<Vec<Row>, StoreError> {
+    let agg = f.every.map_or(Agg::Mean, |(_, agg)| agg);
+    let value = match agg {
+        Agg::Mean => "r.sum / r.count",
+        Agg::Min => "r.min",
+        Agg::Max => "r.max",
+        Agg::Sum => "r.sum",
+        Agg::Count => "r.count",
+        Agg::Last => "r.last",
+    };
+    let mut w = series_where(&f.orchard, &f.block, &f.device, f.kind);
+    w.add("r.period = ?", Some(SqlValue::Text(period.as_str().into())));
+    w.add("r.start >= ?", f.from.map(|t| SqlValue::Integer(t.0)));
+    w.add("r.start < ?", f.to.map(|t| SqlValue::Integer(t.0)));
+    w.params.push(SqlValue::Integer(f.limit as i64));
+    let sql = format!(
+        "SELECT s.orchard, s.block, s.device, s.kind, s.depth_cm, r.start, {value}, 0 \
+         FROM rollups r JOIN series s ON s.id = r.series WHERE {} \
+         ORDER BY r.start, s.orchard, s.block, s.device, s.kind, s.depth_cm LIMIT ?",
+        w.sql()
+    );
+    readings::rows(conn, &sql, w.params)
 }
 
 #[cfg(test)]
@@ -234,5 +268,136 @@ mod tests {
             Period::Hour.start(after, offset),
             TimestampMs::parse("2026-01-11T00:00:00+08:00").unwrap().0
         );
+    }
+}
+
+#[cfg(test)]
+mod answers_from_rollups {
+    //! Whatever order readings arrive in, late or repeated, the rollups give the same windows
+    //! as the raw readings do.
+
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use proptest::prelude::*;
+
+    use super::*;
+    use crate::config::StoreSettings;
+    use crate::metrics::Metrics;
+    use crate::model::{Reading, SeriesKey};
+    use crate::store::open_writer;
+    use crate::store::writer::{Envelope, Heartbeat, Writer};
+
+    const START: i64 = 1_767_225_600_000; // 2026-01-01T00:00:00Z
+
+    fn envelope(readings: Vec<Reading>) -> Envelope {
+        Envelope {
+            source: None,
+            topic: "t".into(),
+            received_at: TimestampMs(START),
+            device: None,
+            readings,
+            rejections: Vec::new(),
+            payload: None,
+            expected_interval: Duration::from_secs(600),
+        }
+    }
+
+    fn reading(device: u8, kind: Kind, ts: i64, value: f64) -> Reading {
+        Reading {
+            series: SeriesKey {
+                orchard: "o1".parse().unwrap(),
+                block: "B1".parse().unwrap(),
+                device: format!("d{device}").parse().unwrap(),
+                kind,
+                depth_cm: None,
+            },
+            ts: TimestampMs(ts),
+            value,
+        }
+    }
+
+    fn batches() -> impl Strategy<Value = Vec<Vec<(u8, bool, i64, f64)>>> {
+        // Three days of minutes, two devices, two kinds; small batches so that later ones
+        // repeat and backfill earlier ones.
+        let one = (0u8..2, any::<bool>(), 0i64..3 * 1440, -5.0f64..40.0);
+        prop::collection::vec(prop::collection::vec(one, 1..40), 1..12)
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(24))]
+        #[test]
+        fn every_hour_and_day_window_matches_the_raw_readings(
+            batches in batches(),
+            offset_quarters in -48i64..=56,
+            from_day in 0i64..2,
+        ) {
+            let offset = offset_quarters * 900_000;
+            let dir = tempfile::tempdir().unwrap();
+            let settings = StoreSettings { path: dir.path().join("o.db"), ..StoreSettings::default() };
+            let conn = open_writer(&settings).unwrap();
+            let mut writer = Writer::new(
+                conn,
+                Arc::new(Metrics::default()),
+                Arc::new(Heartbeat::default()),
+                10_000,
+                5,
+            )
+            .with_utc_offset(offset);
+            for batch in &batches {
+                let readings = batch
+                    .iter()
+                    .map(|&(d, air, minute, v)| {
+                        let kind = if air { Kind::AirTemperature } else { Kind::Rainfall };
+                        reading(d, kind, START + minute * 60_000, v)
+                    })
+                    .collect();
+                writer.commit(&[envelope(readings)]).unwrap();
+            }
+            let read = rusqlite::Connection::open(&settings.path).unwrap();
+            for period in [Period::Hour, Period::Day] {
+                for agg in [Agg::Mean, Agg::Min, Agg::Max, Agg::Sum, Agg::Count, Agg::Last] {
+                    let from = period.start(START + from_day * DAY_MS, offset);
+                    let f = readings::Filter {
+                        from: Some(TimestampMs(from)),
+                        every: Some((period.len_ms(), agg)),
+                        utc_offset_ms: offset,
+                        limit: 100_000,
+                        ..readings::Filter::default()
+                    };
+                    prop_assert_eq!(answers(&f), Some(period));
+                    let raw = readings::query_raw(&read, &f).unwrap();
+                    let rolled = as_readings(&read, period, &f).unwrap();
+                    prop_assert_eq!(raw.len(), rolled.len());
+                    for (a, b) in raw.iter().zip(&rolled) {
+                        prop_assert_eq!((&a.device, &a.kind, a.ts), (&b.device, &b.kind, b.ts));
+                        prop_assert!((a.value - b.value).abs() <= 1e-9 * a.value.abs().max(1.0),
+                            "{:?} {:?}: raw {} rollup {}", period, agg, a.value, b.value);
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn a_cut_window_or_a_flag_filter_is_answered_from_raw_readings() {
+        let f = |from: i64, every: i64| readings::Filter {
+            from: Some(TimestampMs(from)),
+            every: Some((every, Agg::Sum)),
+            utc_offset_ms: 8 * HOUR_MS,
+            ..readings::Filter::default()
+        };
+        let local_midnight = START - 8 * HOUR_MS;
+        assert_eq!(answers(&f(local_midnight, DAY_MS)), Some(Period::Day));
+        assert_eq!(answers(&f(START + 60_000, HOUR_MS)), None);
+        // UTC midnight is 08:00 at +08:00: an hour boundary, not a day's.
+        assert_eq!(answers(&f(START, HOUR_MS)), Some(Period::Hour));
+        assert_eq!(answers(&f(START, DAY_MS)), None);
+        assert_eq!(answers(&f(START, 15 * 60_000)), None);
+        let flagged = readings::Filter {
+            flagged: Some(crate::model::Flags::STUCK),
+            ..f(START, HOUR_MS)
+        };
+        assert_eq!(answers(&flagged), None);
     }
 }

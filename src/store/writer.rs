@@ -69,6 +69,8 @@ pub struct Writer {
     health: Health,
     /// Record each new reading in the forwarder's outbox.
     outbox: bool,
+    /// Maintain the hourly and daily rollups (`aggregate.rollups`).
+    rollups: bool,
     /// Local days for the daily rollups start at this offset from UTC.
     utc_offset_ms: i64,
     metrics: Arc<Metrics>,
@@ -89,6 +91,7 @@ impl Writer {
             series_ids: SeriesIds::default(),
             health: Health::new(stuck_after),
             outbox: false,
+            rollups: true,
             utc_offset_ms: 0,
             metrics,
             heartbeat,
@@ -105,6 +108,12 @@ impl Writer {
     /// Daily rollups follow local days at this offset from UTC.
     pub fn with_utc_offset(mut self, offset_ms: i64) -> Self {
         self.utc_offset_ms = offset_ms;
+        self
+    }
+
+    /// Maintain the rollups (the default), or not.
+    pub fn with_rollups(mut self, on: bool) -> Self {
+        self.rollups = on;
         self
     }
 
@@ -198,7 +207,9 @@ impl Writer {
                         .judge(series, r.series.kind, r.ts, r.value, env.expected_interval);
                 if insert_reading(&tx, series, r, flags)? {
                     outcome.accepted += 1;
-                    rollups.add(series, r.ts, r.value, self.utc_offset_ms);
+                    if self.rollups {
+                        rollups.add(series, r.ts, r.value, self.utc_offset_ms);
+                    }
                     if self.outbox {
                         super::outbox::add(&tx, series, r.ts, env.received_at)?;
                     }
