@@ -32,6 +32,8 @@ pub struct Settings {
     pub influx: InfluxSettings,
     pub query: QuerySettings,
     pub aggregate: AggregateSettings,
+    /// Where each block is and how it is grown, for its daily indices.
+    pub blocks: Vec<BlockSettings>,
 }
 
 impl Default for Settings {
@@ -57,6 +59,7 @@ impl Default for Settings {
             influx: Default::default(),
             query: Default::default(),
             aggregate: Default::default(),
+            blocks: Vec::new(),
         }
     }
 }
@@ -218,6 +221,24 @@ pub struct AggregateSettings {
     /// `/api/v1/indices` and hourly or daily `/api/v1/readings` questions; turning them off
     /// saves about a tenth of the ingest path's work (see BENCHMARKS.md).
     pub rollups: bool,
+    /// Base temperature for growing degree days, °C (citrus: 13).
+    pub gdd_base_c: f64,
+    /// Month and day the season starts, `MM-DD`: degree days and the water balance are summed
+    /// from here.
+    pub season_start: String,
+    /// Hours of a local day a device's readings must cover for the device to count in that
+    /// day's indices; a day no device covers this well says so instead of giving a number.
+    pub min_hours: u32,
+    /// Crop coefficient Kc for each month, January first (FAO-56 table 12, citrus with about
+    /// 70 % canopy and no ground cover: 0.65–0.70).
+    pub kc: Vec<f64>,
+    /// Total available water of the root zone, mm: field capacity minus wilting point over
+    /// the rooting depth.
+    pub root_zone_mm: f64,
+    /// The depletion irrigation should bring the root zone back to, mm (0: field capacity).
+    pub target_depletion_mm: f64,
+    /// Height of the anemometers above ground, m (FAO-56 wants wind at 2 m).
+    pub wind_height_m: f64,
 }
 
 impl Default for AggregateSettings {
@@ -225,6 +246,99 @@ impl Default for AggregateSettings {
         Self {
             utc_offset: "+00:00".into(),
             rollups: true,
+            gdd_base_c: 13.0,
+            season_start: "01-01".into(),
+            min_hours: 20,
+            kc: vec![0.7; 12],
+            root_zone_mm: 100.0,
+            target_depletion_mm: 0.0,
+            wind_height_m: 2.0,
+        }
+    }
+}
+
+/// One block's place and growing details (`[[blocks]]`); unset fields take `[aggregate]`'s.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BlockSettings {
+    pub orchard: String,
+    pub block: String,
+    /// Degrees, north positive.
+    pub latitude: f64,
+    /// Metres above sea level.
+    pub elevation_m: f64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gdd_base_c: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub season_start: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kc: Option<Vec<f64>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub root_zone_mm: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target_depletion_mm: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub wind_height_m: Option<f64>,
+}
+
+/// `MM-DD` to a month and day that exist in every year (so not 02-29).
+pub fn parse_month_day(s: &str) -> Result<(time::Month, u8), String> {
+    let bad = || format!("`{s}` must be a month and day such as 03-01 (and not 02-29)");
+    let (m, d) = s.split_once('-').ok_or_else(bad)?;
+    let (m, d) = (
+        m.parse::<u8>().map_err(|_| bad())?,
+        d.parse::<u8>().map_err(|_| bad())?,
+    );
+    let month = time::Month::try_from(m).map_err(|_| bad())?;
+    time::Date::from_calendar_date(2025, month, d).map_err(|_| bad())?;
+    Ok((month, d))
+}
+
+impl AggregateSettings {
+    /// Problems with the agronomy values, shared by `[aggregate]` and each `[[blocks]]` entry.
+    fn agronomy_problems(
+        prefix: &str,
+        season_start: Option<&str>,
+        kc: Option<&[f64]>,
+        root_zone_mm: Option<f64>,
+        target_depletion_mm: Option<f64>,
+        wind_height_m: Option<f64>,
+        problem: &mut dyn FnMut(&str, String),
+    ) {
+        if let Some(Err(e)) = season_start.map(parse_month_day) {
+            problem(&format!("{prefix}.season_start"), e);
+        }
+        if let Some(kc) = kc
+            && (kc.len() != 12 || kc.iter().any(|k| !(0.0..=2.0).contains(k)))
+        {
+            problem(
+                &format!("{prefix}.kc"),
+                "must be 12 numbers from 0 to 2, one a month from January".into(),
+            );
+        }
+        if let Some(z) = root_zone_mm
+            && !(z > 0.0 && z <= 1000.0)
+        {
+            problem(
+                &format!("{prefix}.root_zone_mm"),
+                "must be above 0 and at most 1000".into(),
+            );
+        }
+        if let Some(t) = target_depletion_mm
+            && !(t >= 0.0 && t < root_zone_mm.unwrap_or(f64::MAX))
+        {
+            problem(
+                &format!("{prefix}.target_depletion_mm"),
+                "must be at least 0 and below root_zone_mm".into(),
+            );
+        }
+        if let Some(h) = wind_height_m
+            && !(0.5..=20.0).contains(&h)
+        {
+            problem(
+                &format!("{prefix}.wind_height_m"),
+                "must be from 0.5 to 20 m".into(),
+            );
         }
     }
 }
@@ -584,6 +698,65 @@ impl Settings {
         if let Err(e) = self.aggregate.utc_offset_ms() {
             problem("aggregate.utc_offset", e);
         }
+        let a = &self.aggregate;
+        AggregateSettings::agronomy_problems(
+            "aggregate",
+            Some(&a.season_start),
+            Some(&a.kc),
+            Some(a.root_zone_mm),
+            Some(a.target_depletion_mm),
+            Some(a.wind_height_m),
+            &mut problem,
+        );
+        if !(1..=24).contains(&a.min_hours) {
+            problem("aggregate.min_hours", "must be from 1 to 24".into());
+        }
+        if !(-20.0..=40.0).contains(&a.gdd_base_c) {
+            problem("aggregate.gdd_base_c", "must be from -20 to 40 °C".into());
+        }
+        for (i, b) in self.blocks.iter().enumerate() {
+            let key = format!("blocks[{i}]");
+            for (name, v) in [("orchard", &b.orchard), ("block", &b.block)] {
+                if let Err(e) = crate::model::Ident::parse(v) {
+                    problem(&format!("{key}.{name}"), e.to_string());
+                }
+            }
+            if self.blocks[..i]
+                .iter()
+                .any(|o| o.orchard == b.orchard && o.block == b.block)
+            {
+                problem(
+                    &key,
+                    format!("block {}/{} is listed twice", b.orchard, b.block),
+                );
+            }
+            if !(-90.0..=90.0).contains(&b.latitude) {
+                problem(&format!("{key}.latitude"), "must be from -90 to 90".into());
+            }
+            if !(-500.0..=9000.0).contains(&b.elevation_m) {
+                problem(
+                    &format!("{key}.elevation_m"),
+                    "must be from -500 to 9000 m".into(),
+                );
+            }
+            if let Some(g) = b.gdd_base_c
+                && !(-20.0..=40.0).contains(&g)
+            {
+                problem(
+                    &format!("{key}.gdd_base_c"),
+                    "must be from -20 to 40 °C".into(),
+                );
+            }
+            AggregateSettings::agronomy_problems(
+                &key,
+                b.season_start.as_deref(),
+                b.kc.as_deref(),
+                Some(b.root_zone_mm.unwrap_or(a.root_zone_mm)),
+                b.target_depletion_mm,
+                b.wind_height_m,
+                &mut problem,
+            );
+        }
         if self.health.stuck_after < 2 {
             problem("health.stuck_after", "must be at least 2".into());
         }
@@ -711,6 +884,7 @@ fn type_problems(tree: &Value) -> Vec<Problem> {
         section::<InfluxSettings>(tree, "influx"),
         section::<QuerySettings>(tree, "query"),
         section::<AggregateSettings>(tree, "aggregate"),
+        section::<Vec<BlockSettings>>(tree, "blocks"),
     ]
     .into_iter()
     .flatten()

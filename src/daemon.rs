@@ -7,6 +7,7 @@ use std::sync::Arc;
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
+use crate::aggregate::indices::Agronomy;
 use crate::api::{self, AppState};
 use crate::config::QueryBackend;
 use crate::config::Settings;
@@ -132,6 +133,10 @@ pub async fn run(settings: Settings) -> Result<(), DaemonError> {
         forwarding: settings.influx.enabled,
         utc_offset_ms: utc_offset_ms(&settings),
         rollups: settings.aggregate.rollups,
+        agronomy: Arc::new(Agronomy {
+            aggregate: settings.aggregate.clone(),
+            blocks: settings.blocks.clone(),
+        }),
         influx: match settings.query.backend {
             QueryBackend::Embedded => None,
             QueryBackend::Influx => Some(Arc::new(

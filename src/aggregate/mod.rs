@@ -1,6 +1,7 @@
-//! Aggregation and agronomy: the numbers planting decisions are made from (issue 5, in progress).
-//! So far the FAO-56 reference evapotranspiration, degree days and the soil-water balance;
-//! rollups and the daily indices per block will build on them.
+//! Aggregation and agronomy: the numbers planting decisions are made from. The FAO-56
+//! reference evapotranspiration, degree days and the soil-water balance, and the daily indices
+//! per block made from them and the hourly rollups.
 
 pub mod et0;
+pub mod indices;
 pub mod water;

@@ -2,6 +2,7 @@
 
 mod devices;
 mod error;
+mod indices;
 mod params;
 mod quarantine;
 mod readings;
@@ -20,6 +21,7 @@ use tokio_util::sync::CancellationToken;
 
 pub use error::ApiError;
 
+use crate::aggregate::indices::Agronomy;
 use crate::influx::query::InfluxQuery;
 use crate::ingest::Decoder;
 use crate::metrics::Metrics;
@@ -47,6 +49,8 @@ pub struct AppState {
     pub utc_offset_ms: i64,
     /// `aggregate.rollups`: the rollups are kept, and can answer.
     pub rollups: bool,
+    /// `[aggregate]` and `[[blocks]]`: what the daily indices depend on.
+    pub agronomy: Arc<Agronomy>,
     /// `query.backend = "influx"`: readings and latest answer from InfluxDB.
     pub influx: Option<Arc<InfluxQuery>>,
 }
@@ -59,6 +63,11 @@ pub fn router(state: AppState) -> Router {
         .route("/api/v1/readings", get(readings::readings))
         .route("/api/v1/latest", get(readings::latest))
         .route("/api/v1/rollups", get(readings::rollups))
+        .route("/api/v1/indices", get(indices::indices))
+        .route(
+            "/api/v1/irrigation",
+            get(indices::list_irrigation).post(indices::add_irrigation),
+        )
         .route("/api/v1/quarantine", get(quarantine::list))
         .route("/api/v1/quarantine/replay", post(quarantine::replay))
         .route("/api/v1/devices", get(devices::list))

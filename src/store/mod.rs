@@ -4,6 +4,7 @@
 //! a small pool of read-only connections ([`ReadPool`]), which WAL lets run beside the writer.
 
 pub mod devices;
+pub mod irrigation;
 pub mod outbox;
 pub mod quarantine;
 pub mod readings;

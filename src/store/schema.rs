@@ -100,6 +100,19 @@ const MIGRATIONS: &[&str] = &[
     ) WITHOUT ROWID;
     CREATE INDEX rollups_by_start ON rollups (period, start);
     "#,
+    // 5: irrigation entered by staff for blocks without a flow meter, per local day.
+    r#"
+    CREATE TABLE irrigation_entries (
+        id         INTEGER PRIMARY KEY,
+        orchard    TEXT NOT NULL,
+        block      TEXT NOT NULL,
+        day        INTEGER NOT NULL,
+        mm         REAL NOT NULL,
+        note       TEXT,
+        entered_at INTEGER NOT NULL
+    );
+    CREATE INDEX irrigation_by_block ON irrigation_entries (orchard, block, day);
+    "#,
 ];
 
 /// The schema version this build of orchardd writes.
