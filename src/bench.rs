@@ -198,6 +198,7 @@ impl Load {
             username: None,
             password: None,
             progress: None,
+            start: None,
         }
     }
 }

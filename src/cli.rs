@@ -61,9 +61,15 @@ pub struct SimulateArgs {
     /// Time between two messages of one device ("10s", "1m"); "0s" publishes as fast as possible.
     #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
     pub interval: Duration,
-    /// Messages per device, then stop. Without it, run until interrupted.
+    /// Messages per device, then stop. Without it, run until interrupted (or, with --start,
+    /// until the simulated clock reaches the present).
     #[arg(long)]
     pub count: Option<u64>,
+    /// Simulate from this time (RFC 3339 or epoch ms) on a simulated clock: each device's
+    /// messages are --interval apart in simulated time and published as fast as the broker
+    /// takes them, so a season replays in seconds.
+    #[arg(long)]
+    pub start: Option<String>,
     #[arg(long, value_enum, default_value = "1")]
     pub qos: Qos,
     /// Parallel publishing connections.

@@ -961,4 +961,56 @@ mod tests {
             "{err}"
         );
     }
+
+    #[test]
+    fn block_entries_are_checked_one_by_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("blocks.toml");
+        std::fs::write(
+            &file,
+            r#"
+[aggregate]
+season_start = "02-29"
+min_hours = 0
+[[blocks]]
+orchard = "fengjie"
+block = "B2"
+latitude = 131.0
+elevation_m = 240.0
+kc = [0.7, 0.7]
+[[blocks]]
+orchard = "fengjie"
+block = "B2"
+latitude = 31.0
+elevation_m = 240.0
+target_depletion_mm = 150.0
+"#,
+        )
+        .unwrap();
+        let Err(ConfigError::Invalid(problems)) = Settings::load_with_env(Some(&file), env(&[]))
+        else {
+            panic!("expected problems");
+        };
+        let keys: Vec<&str> = problems.iter().map(|p| p.key.as_str()).collect();
+        assert_eq!(
+            keys,
+            [
+                "aggregate.min_hours",
+                "aggregate.season_start",
+                "blocks[0].kc",
+                "blocks[0].latitude",
+                "blocks[1]",
+                "blocks[1].target_depletion_mm"
+            ],
+            "{problems:?}"
+        );
+
+        std::fs::write(
+            &file,
+            "[[blocks]]\norchard = \"fengjie\"\nblock = \"B2\"\nlatitude = 31.0\nelevation_m = 240.0\nseason_start = \"03-01\"\n",
+        )
+        .unwrap();
+        let s = Settings::load_with_env(Some(&file), env(&[])).unwrap();
+        assert_eq!(s.blocks[0].season_start.as_deref(), Some("03-01"));
+    }
 }

@@ -5,6 +5,7 @@ use anyhow::Context;
 use clap::Parser;
 use orchardd::cli::{Cli, Command, ConfigArg, Qos};
 use orchardd::config::{ConfigError, LogFormat, Settings};
+use orchardd::model::TimestampMs;
 use tracing_subscriber::EnvFilter;
 
 fn main() -> ExitCode {
@@ -32,13 +33,36 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Simulate(a) => {
+            let start = a
+                .start
+                .as_deref()
+                .map(|s| {
+                    TimestampMs::parse(s).ok_or_else(|| {
+                        anyhow::anyhow!("--start: `{s}` is neither RFC 3339 nor epoch milliseconds")
+                    })
+                })
+                .transpose()?;
+            // A simulated season with no count runs until it reaches the present.
+            let count = a.count.or_else(|| {
+                let step = a.interval.as_millis() as i64;
+                start.filter(|_| step > 0).map(|s| {
+                    let n = (TimestampMs::now().0 - s.0).max(0) / step;
+                    n as u64
+                })
+            });
+            if let Some(s) = start {
+                eprintln!(
+                    "simulate: simulated clock from {}; orchardd's validate.max_age must reach that far back",
+                    s.to_rfc3339()
+                );
+            }
             let opts = orchardd::simulate::Options {
                 url: a.url,
                 orchards: a.orchards,
                 blocks: a.blocks,
                 devices: a.devices,
                 interval: a.interval,
-                count: a.count,
+                count,
                 qos: match a.qos {
                     Qos::AtMostOnce => rumqttc::QoS::AtMostOnce,
                     Qos::AtLeastOnce => rumqttc::QoS::AtLeastOnce,
@@ -47,6 +71,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 username: a.username,
                 password: a.password,
                 progress: Some(std::time::Duration::from_secs(5)),
+                start,
             };
             let report = runtime()?
                 .block_on(orchardd::simulate::run(opts))

@@ -1,10 +1,14 @@
 //! `orchardd simulate`: publishes believable citrus-orchard telemetry in the native format,
 //! so that a newcomer sees data flowing and the benchmark has load.
 //!
-//! Each device is a small weather-and-soil model: diurnal air temperature and humidity
-//! (Fengjie local time, UTC+8), soil temperature lagging the air, soil moisture that dries
-//! down and jumps when the block is irrigated or it rains, leaf wetness at humid nights,
-//! sunshine by day, and a battery that slowly drains.
+//! Each device is a small weather-and-soil model: seasonal and diurnal air temperature and
+//! humidity (Fengjie local time, UTC+8), soil temperature lagging the air, soil moisture that
+//! dries down and jumps when it rains or the device's flow meter reports an irrigation, leaf
+//! wetness at humid nights, sunshine by day, and a battery that slowly drains.
+//!
+//! With a start time the clock is simulated: message `n` of a device is stamped
+//! `start + n × interval` and published as fast as the broker takes it, so a season of
+//! quarter-hourly readings replays in seconds.
 
 use std::f64::consts::PI;
 use std::time::{Duration, Instant};
@@ -34,6 +38,9 @@ pub struct Options {
     pub password: Option<String>,
     /// Print a progress line this often (`None`: quiet).
     pub progress: Option<Duration>,
+    /// Simulated clock: the first message's time; `interval` is then the simulated step and
+    /// nothing waits. `None`: real time.
+    pub start: Option<TimestampMs>,
 }
 
 #[derive(Debug, Clone, Copy, Default)]
@@ -44,7 +51,9 @@ pub struct Report {
 }
 
 /// Readings in every simulated telemetry message.
-pub const READINGS_PER_MESSAGE: u64 = 10;
+pub const READINGS_PER_MESSAGE: u64 = 11;
+/// Water a device's flow meter reports when the soil has dried to its refill point, mm.
+pub const IRRIGATION_MM: f64 = 25.0;
 
 /// One simulated sensor station.
 struct Device {
@@ -75,12 +84,17 @@ impl Device {
         }
     }
 
-    fn next_payload(&mut self, rng: &mut SmallRng) -> Vec<u8> {
-        let ts = TimestampMs::now().0.max(self.last_ts + 1);
+    /// The next message, stamped `at` (or now, in real time).
+    fn next_payload(&mut self, at: Option<i64>, rng: &mut SmallRng) -> Vec<u8> {
+        let ts = at.unwrap_or_else(|| TimestampMs::now().0.max(self.last_ts + 1));
         self.last_ts = ts;
-        let hour = ((ts as f64 / 3_600_000.0) + 8.0).rem_euclid(24.0);
+        let hours = ts as f64 / 3_600_000.0 + 8.0;
+        let hour = hours.rem_euclid(24.0);
         let diurnal = (2.0 * PI * (hour - 9.0) / 24.0).sin();
-        let air = 18.0 + 7.0 * diurnal + rng.random_range(-0.4..0.4);
+        // Coldest in mid-January, warmest in mid-July.
+        let day_of_year = (hours / 24.0).rem_euclid(365.25);
+        let seasonal = -(2.0 * PI * (day_of_year - 15.0) / 365.25).cos();
+        let air = 18.0 + 9.0 * seasonal + 7.0 * diurnal + rng.random_range(-0.4..0.4);
         let humidity = (72.0 - 22.0 * diurnal + rng.random_range(-2.0..2.0)).clamp(25.0, 100.0);
         let soil_t = 17.0 + 2.5 * (2.0 * PI * (hour - 12.0) / 24.0).sin();
         let sun = if (6.0..18.0).contains(&hour) {
@@ -101,9 +115,12 @@ impl Device {
         // Evapotranspiration dries the root zone; rain and irrigation refill it.
         self.soil_moisture -= (0.15 + 0.004 * sun / 100.0) * self.interval_h;
         self.soil_moisture += rain * 0.8;
-        if self.soil_moisture < 18.0 {
+        let irrigation = if self.soil_moisture < 18.0 {
             self.soil_moisture += 12.0;
-        }
+            IRRIGATION_MM
+        } else {
+            0.0
+        };
         self.soil_moisture = self.soil_moisture.clamp(5.0, 48.0);
         let wet = if humidity > 88.0 || rain > 0.0 {
             rng.random_range(60.0..100.0)
@@ -117,7 +134,7 @@ impl Device {
                 r#"{{"ts":{ts},"readings":{{"air_temperature":{:.2},"relative_humidity":{:.1},"#,
                 r#""soil_temperature":{:.2},"soil_moisture":{:.2},"soil_ec":{:.3},"#,
                 r#""leaf_wetness":{:.0},"rainfall":{:.2},"wind_speed":{:.2},"#,
-                r#""solar_radiation":{:.0},"battery_v":{:.3}}}}}"#
+                r#""solar_radiation":{:.0},"battery_v":{:.3},"irrigation":{:.1}}}}}"#
             ),
             air,
             humidity,
@@ -129,6 +146,7 @@ impl Device {
             (1.2 + 2.0 * diurnal.max(0.0) + rng.random_range(0.0..1.5)).max(0.0),
             sun,
             self.battery_v,
+            irrigation,
             ts = ts,
         )
         .into_bytes()
@@ -139,6 +157,13 @@ impl Device {
 /// at QoS 1), or forever without a count.
 pub async fn run(opts: Options) -> Result<Report, String> {
     let endpoint = parse_url(&opts.url)?;
+    if opts.start.is_some() && opts.interval.is_zero() {
+        return Err(
+            "a simulated clock (--start) needs an --interval above zero: it is the step \
+                    between two messages of a device"
+                .into(),
+        );
+    }
     if endpoint.tls {
         return Err("the simulator speaks plain mqtt:// only".into());
     }
@@ -234,9 +259,11 @@ async fn publish_share(
     let mut round = 0u64;
     let mut next_round = tokio::time::Instant::now();
     let mut last_progress = Instant::now();
+    let step_ms = opts.interval.as_millis() as i64;
     while opts.count.is_none_or(|c| round < c) {
+        let at = opts.start.map(|s| s.0 + round as i64 * step_ms);
         for d in devices.iter_mut() {
-            let payload = d.next_payload(&mut rng);
+            let payload = d.next_payload(at, &mut rng);
             client
                 .publish(d.topic.clone(), qos, false, payload)
                 .await
@@ -250,7 +277,7 @@ async fn publish_share(
             eprintln!("simulate: {sent} messages published by connection 0");
             last_progress = Instant::now();
         }
-        if !opts.interval.is_zero() {
+        if opts.start.is_none() && !opts.interval.is_zero() {
             next_round += opts.interval;
             tokio::time::sleep_until(next_round).await;
         }
@@ -283,7 +310,7 @@ mod tests {
             device: "station-001".parse().unwrap(),
         };
         for _ in 0..2000 {
-            let decoded = native::decode(&d.next_payload(&mut rng)).unwrap();
+            let decoded = native::decode(&d.next_payload(None, &mut rng)).unwrap();
             assert_eq!(decoded.readings.len() as u64, READINGS_PER_MESSAGE);
             let now = TimestampMs::now();
             for raw in &decoded.readings {
