@@ -16,7 +16,7 @@ use rumqttc::QoS;
 use tokio::runtime::Handle;
 use tokio::task::JoinHandle;
 
-use crate::cli::{BenchArgs, BenchBroker};
+use crate::cli::{BenchArgs, BenchBroker, Switch};
 use crate::config::{Settings, Synchronous};
 use crate::simulate::{self, READINGS_PER_MESSAGE};
 use probe::{CpuSnapshot, CpuUse, Scrape};
@@ -53,18 +53,26 @@ fn run_blocking(args: &BenchArgs, runtime: &Handle) -> Result<(), String> {
     let mut outcomes = Vec::new();
     for &broker in &args.broker {
         for &sync in &args.synchronous {
-            let scenario = Scenario { broker, sync };
-            eprintln!(
-                "bench: {scenario}: {} messages from {} devices…",
-                load.messages(),
-                load.devices()
-            );
-            let outcome = measure(&exe, &base, args, &load, scenario, runtime)?;
-            eprintln!(
-                "bench: {scenario}: {} readings/s sustained",
-                report::grouped(outcome.sustained_rate())
-            );
-            outcomes.push(outcome);
+            for &rollups in &args.rollups {
+                let scenario = Scenario {
+                    broker,
+                    sync,
+                    rollups: rollups == Switch::On,
+                };
+                eprintln!(
+                    "bench: {scenario}: {} messages from {} devices…",
+                    load.messages(),
+                    load.devices()
+                );
+                let mut settings = base.clone();
+                settings.aggregate.rollups = scenario.rollups;
+                let outcome = measure(&exe, &settings, args, &load, scenario, runtime)?;
+                eprintln!(
+                    "bench: {scenario}: {} readings/s sustained",
+                    report::grouped(outcome.sustained_rate())
+                );
+                outcomes.push(outcome);
+            }
         }
     }
     let report = report::render(args, &load, &outcomes);
@@ -121,6 +129,8 @@ fn base_settings(file: Option<&Path>) -> Result<Settings, String> {
 struct Scenario {
     broker: BenchBroker,
     sync: Synchronous,
+    /// `aggregate.rollups`: the cost of keeping them is the difference between two runs.
+    rollups: bool,
 }
 
 impl Scenario {
@@ -142,7 +152,8 @@ impl Scenario {
 impl std::fmt::Display for Scenario {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let (broker, sync) = (self.broker_name(), self.sync_name());
-        write!(f, "{broker} broker, synchronous={sync}")
+        let rollups = if self.rollups { "on" } else { "off" };
+        write!(f, "{broker} broker, synchronous={sync}, rollups {rollups}")
     }
 }
 
@@ -451,6 +462,7 @@ mod tests {
             devices: 30,
             connections: 4,
             synchronous: vec![Synchronous::Full],
+            rollups: vec![Switch::On],
             rate: Some(20_000),
             mosquitto_max_inflight: 1000,
             config: None,

@@ -82,6 +82,12 @@ pub struct SimulateArgs {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Switch {
+    On,
+    Off,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum BenchBroker {
     Embedded,
     Mosquitto,
@@ -114,6 +120,10 @@ pub struct BenchArgs {
     /// per broker and mode.
     #[arg(long, value_delimiter = ',', default_value = "full", value_parser = synchronous)]
     pub synchronous: Vec<Synchronous>,
+    /// Keep rollups on the ingest path (`on`), skip them (`off`), or `on,off` to measure
+    /// what they cost.
+    #[arg(long, value_enum, value_delimiter = ',', default_value = "on")]
+    pub rollups: Vec<Switch>,
     /// Offered load in readings/s, spread evenly over the devices. Without it the simulator
     /// publishes as fast as the broker acknowledges (a saturation run).
     #[arg(long)]

@@ -71,7 +71,8 @@ fn table(outcomes: &[Outcome]) -> String {
     let mut out = String::from("| |");
     for o in outcomes {
         let s = &o.scenario;
-        let _ = write!(out, " {} / {} |", s.broker_name(), s.sync_name());
+        let rollups = if s.rollups { "" } else { " / no rollups" };
+        let _ = write!(out, " {} / {}{rollups} |", s.broker_name(), s.sync_name());
     }
     out.push_str("\n|---|");
     out.push_str(&"---:|".repeat(outcomes.len()));
