@@ -19,6 +19,7 @@ use crate::ingest::{Decoder, RateLimiter};
 use crate::metrics::Metrics;
 use crate::registry::{self, Registry};
 use crate::store::devices::{self, UpdatedBy};
+use crate::store::rollups::Alignment;
 use crate::store::writer::{Heartbeat, Writer};
 use crate::store::{self, Admin, ReadPool, StoreError};
 use crate::{broker, systemd};
@@ -46,7 +47,21 @@ pub enum DaemonError {
 
 pub async fn run(settings: Settings) -> Result<(), DaemonError> {
     let metrics = Arc::new(Metrics::default());
-    let writer_conn = store::open_writer(&settings.store)?;
+    let mut writer_conn = store::open_writer(&settings.store)?;
+    let offset = utc_offset_ms(&settings);
+    match store::rollups::align(&mut writer_conn, settings.aggregate.rollups, offset)? {
+        Alignment::Rebuilt {
+            windows,
+            windows_lost,
+        } => tracing::warn!(
+            windows,
+            windows_lost,
+            utc_offset = %settings.aggregate.utc_offset,
+            "rollups rebuilt from the raw readings: the UTC offset changed or rollups were off; \
+             windows whose raw readings retention had deleted are gone"
+        ),
+        Alignment::Kept | Alignment::Off => {}
+    }
     tracing::info!(path = %settings.store.path.display(), "store open");
     let pool = ReadPool::new(&settings.store.path);
     let registry = load_registry(&writer_conn, &settings.registry.file)?;

@@ -184,9 +184,10 @@ fn goal(outcomes: &[Outcome]) -> Vec<String> {
                 && o.committed >= o.expected;
             format!(
                 "- Goal (≥ {} readings/s sustained through Mosquitto, < {GOAL_RSS_MIB} MiB RSS), \
-                 synchronous={}: **{}** ({} readings/s, {})",
+                 synchronous={}, rollups {}: **{}** ({} readings/s, {})",
                 grouped(GOAL_READINGS_PER_S),
                 o.scenario.sync_name(),
+                if o.scenario.rollups { "on" } else { "off" },
                 if met { "met" } else { "not met" },
                 grouped(rate),
                 or_dash(rss, |r| format!("{r:.1} MiB")),

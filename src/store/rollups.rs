@@ -8,7 +8,7 @@
 use std::collections::HashMap;
 
 use rusqlite::types::Value as SqlValue;
-use rusqlite::{Connection, Transaction, params, params_from_iter};
+use rusqlite::{Connection, OptionalExtension, Transaction, params, params_from_iter};
 use serde::Serialize;
 
 use super::StoreError;
@@ -135,6 +135,84 @@ impl Fold {
         }
         Ok(())
     }
+}
+
+/// The `store_meta` key holding the UTC offset (ms) the stored rollups were cut at.
+const OFFSET_KEY: &str = "rollups_utc_offset_ms";
+
+/// What [`align`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Alignment {
+    /// The stored rollups were already cut at this offset.
+    Kept,
+    /// They were rebuilt from the raw readings: the offset changed, or rollups were off for a
+    /// while. `windows_lost` had no raw readings left (retention) to rebuild from.
+    Rebuilt { windows: u64, windows_lost: u64 },
+    /// Rollups are off: the stored ones are left as they are, and rebuilt when turned on again.
+    Off,
+}
+
+/// Makes the stored rollups match this run's configuration: cut at `utc_offset_ms` and
+/// complete. Rebuilding replaces them with what the raw readings give.
+pub fn align(conn: &mut Connection, on: bool, utc_offset_ms: i64) -> Result<Alignment, StoreError> {
+    let stored: Option<i64> = conn
+        .query_row(
+            "SELECT value FROM store_meta WHERE key = ?1",
+            [OFFSET_KEY],
+            |r| r.get::<_, String>(0),
+        )
+        .optional()?
+        .and_then(|v| v.parse().ok());
+    if !on {
+        conn.execute("DELETE FROM store_meta WHERE key = ?1", [OFFSET_KEY])?;
+        return Ok(Alignment::Off);
+    }
+    let tx = conn.transaction()?;
+    let has_rollups: bool =
+        tx.query_row("SELECT EXISTS (SELECT 1 FROM rollups)", [], |r| r.get(0))?;
+    let has_readings: bool =
+        tx.query_row("SELECT EXISTS (SELECT 1 FROM readings)", [], |r| r.get(0))?;
+    let result = if stored == Some(utc_offset_ms) || (!has_rollups && !has_readings) {
+        Alignment::Kept
+    } else {
+        // Windows whose raw readings retention has deleted cannot come back.
+        let lost: i64 = tx.query_row(
+            &format!(
+                "SELECT count(*) FROM rollups r WHERE NOT EXISTS (SELECT 1 FROM readings \
+                 WHERE series = r.series AND ts >= r.start AND ts < r.start + \
+                 CASE r.period WHEN '1h' THEN {HOUR_MS} ELSE {DAY_MS} END)"
+            ),
+            [],
+            |r| r.get(0),
+        )?;
+        tx.execute("DELETE FROM rollups", [])?;
+        let mut windows = 0u64;
+        for period in [Period::Hour, Period::Day] {
+            let len = period.len_ms();
+            let shift = utc_offset_ms.rem_euclid(len);
+            // The bare `value` comes from the row holding max(ts): the window's last reading.
+            windows += tx.execute(
+                &format!(
+                    "INSERT INTO rollups (series, period, start, count, min, max, sum, last_ts, last) \
+                     SELECT series, ?1, ts - (((ts + {shift}) % {len}) + {len}) % {len} AS start, \
+                            count(*), min(value), max(value), sum(value), max(ts), value \
+                     FROM readings GROUP BY series, start"
+                ),
+                [period.as_str()],
+            )? as u64;
+        }
+        Alignment::Rebuilt {
+            windows,
+            windows_lost: lost as u64,
+        }
+    };
+    tx.execute(
+        "INSERT INTO store_meta (key, value) VALUES (?1, ?2) \
+         ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+        params![OFFSET_KEY, utc_offset_ms.to_string()],
+    )?;
+    tx.commit()?;
+    Ok(result)
 }
 
 /// A stored rollup, as the API shows it.
@@ -399,5 +477,85 @@ mod answers_from_rollups {
             ..f(START, HOUR_MS)
         };
         assert_eq!(answers(&flagged), None);
+    }
+
+    #[test]
+    fn a_changed_offset_or_a_spell_without_rollups_rebuilds_them_from_the_readings() {
+        let dir = tempfile::tempdir().unwrap();
+        let settings = StoreSettings {
+            path: dir.path().join("o.db"),
+            ..StoreSettings::default()
+        };
+        let new_writer = |offset: i64, on: bool| {
+            let mut conn = open_writer(&settings).unwrap();
+            let aligned = align(&mut conn, on, offset).unwrap();
+            let writer = Writer::new(
+                conn,
+                Arc::new(Metrics::default()),
+                Arc::new(Heartbeat::default()),
+                10_000,
+                5,
+            )
+            .with_utc_offset(offset)
+            .with_rollups(on);
+            (writer, aligned)
+        };
+        let half_hours = |from: i64, n: i64| -> Vec<Reading> {
+            (from..from + n)
+                .map(|i| reading(0, Kind::AirTemperature, START + i * 1_800_000, i as f64))
+                .collect()
+        };
+        let (mut w, aligned) = new_writer(0, true);
+        assert_eq!(
+            aligned,
+            Alignment::Kept,
+            "an empty store has nothing to rebuild"
+        );
+        w.commit(&[envelope(half_hours(0, 96))]).unwrap();
+        drop(w);
+        let (_, aligned) = new_writer(0, true);
+        assert_eq!(aligned, Alignment::Kept);
+
+        // Moved to +08:00: two days at UTC become three local days.
+        let offset = 8 * HOUR_MS;
+        let (mut w, aligned) = new_writer(offset, true);
+        assert_eq!(
+            aligned,
+            Alignment::Rebuilt {
+                windows: 48 + 3,
+                windows_lost: 0
+            }
+        );
+        // Off for a while, then on again: what arrived meanwhile is folded in.
+        drop(w);
+        let (mut off, aligned) = new_writer(offset, false);
+        assert_eq!(aligned, Alignment::Off);
+        off.commit(&[envelope(half_hours(96, 48))]).unwrap();
+        drop(off);
+        (w, _) = new_writer(offset, true);
+        w.commit(&[envelope(half_hours(144, 2))]).unwrap();
+
+        let read = rusqlite::Connection::open(&settings.path).unwrap();
+        for period in [Period::Hour, Period::Day] {
+            let f = readings::Filter {
+                every: Some((period.len_ms(), Agg::Sum)),
+                utc_offset_ms: offset,
+                limit: 10_000,
+                ..readings::Filter::default()
+            };
+            let raw = readings::query_raw(&read, &f).unwrap();
+            assert_eq!(as_readings(&read, period, &f).unwrap(), raw, "{period:?}");
+        }
+
+        // Retention deleted the first UTC day: its 24 hours and the local day that ended at
+        // 16:00 UTC cannot be rebuilt, and the count says so.
+        drop(w);
+        read.execute("DELETE FROM readings WHERE ts < ?1", [START + DAY_MS])
+            .unwrap();
+        let (_, aligned) = new_writer(0, true);
+        let Alignment::Rebuilt { windows_lost, .. } = aligned else {
+            panic!("{aligned:?}");
+        };
+        assert_eq!(windows_lost, 24 + 1);
     }
 }

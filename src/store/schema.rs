@@ -113,6 +113,13 @@ const MIGRATIONS: &[&str] = &[
     );
     CREATE INDEX irrigation_by_block ON irrigation_entries (orchard, block, day);
     "#,
+    // 6: facts about the stored data itself, such as the UTC offset the rollups were cut at.
+    r#"
+    CREATE TABLE store_meta (
+        key   TEXT PRIMARY KEY,
+        value TEXT NOT NULL
+    );
+    "#,
 ];
 
 /// The schema version this build of orchardd writes.
