@@ -171,6 +171,20 @@ mod tests {
         assert_eq!(round(penman_monteith(site, &day), 1), 3.9);
     }
 
+    /// FAO-56 prints no worked example of eq. 52 (PyETo's tests say the same). Its one input
+    /// beyond temperature is Ra, which examples 8 and 18 check; here eq. 52 is worked by hand
+    /// on example 18's Brussels day: Ra = 41.09 MJ = 16.76 mm (× 0.408), Tmean 16.9 °C,
+    /// Tmax − Tmin 9.2 °C: 0.0023 × (16.9 + 17.8) × √9.2 × 16.76 = 4.06 mm/day, against
+    /// Penman–Monteith's 3.9 for the same day.
+    #[test]
+    fn hargreaves_eq_52_on_the_fao56_example_18_day() {
+        let site = Site {
+            latitude_deg: 50.0 + 48.0 / 60.0,
+            elevation_m: 100.0,
+        };
+        assert_eq!(round(hargreaves(site, 187, 21.5, 12.3), 2), 4.06);
+    }
+
     #[test]
     fn hargreaves_grows_with_temperature_range_and_is_never_negative() {
         let site = Site {
