@@ -12,7 +12,7 @@ use rusqlite::{Connection, OptionalExtension, Transaction, params, params_from_i
 use serde::Serialize;
 
 use super::StoreError;
-use super::readings::{self, Agg, Row, series_where};
+use super::readings::{self, Agg, Row, Where, series_where};
 use crate::model::{Ident, Kind, TimestampMs};
 
 const HOUR_MS: i64 = 3_600_000;
@@ -247,20 +247,16 @@ pub struct Filter {
 
 /// Rollups of `period` whose window starts in `[from, to)`, ordered by start then identity.
 pub fn list(conn: &Connection, period: Period, f: &Filter) -> Result<Vec<Rollup>, StoreError> {
-    let mut w = series_where(&f.orchard, &f.block, &f.device, f.kind);
-    w.add("r.period = ?", Some(SqlValue::Text(period.as_str().into())));
-    w.add("r.start >= ?", f.from.map(|t| SqlValue::Integer(t.0)));
-    w.add("r.start < ?", f.to.map(|t| SqlValue::Integer(t.0)));
-    w.params.push(SqlValue::Integer(f.limit as i64));
-    let sql = format!(
-        "SELECT s.orchard, s.block, s.device, s.kind, s.depth_cm, r.start, r.count, r.min, r.max, r.sum, r.last \
-         FROM rollups r JOIN series s ON s.id = r.series WHERE {} \
-         ORDER BY r.start, s.orchard, s.block, s.device, s.kind, s.depth_cm LIMIT ?",
-        w.sql()
+    let (sql, args) = select(
+        "r.count, r.min, r.max, r.sum, r.last",
+        period,
+        series_where(&f.orchard, &f.block, &f.device, f.kind),
+        (f.from, f.to),
+        f.limit,
     );
     let mut stmt = conn.prepare(&sql)?;
     let rows = stmt
-        .query_map(params_from_iter(w.params), |r| {
+        .query_map(params_from_iter(args), |r| {
             let count: i64 = r.get(6)?;
             let sum: f64 = r.get(9)?;
             Ok(Rollup {
@@ -311,18 +307,36 @@ pub fn as_readings(
         Agg::Count => "r.count",
         Agg::Last => "r.last",
     };
-    let mut w = series_where(&f.orchard, &f.block, &f.device, f.kind);
+    let (sql, args) = select(
+        &format!("{value}, 0"),
+        period,
+        series_where(&f.orchard, &f.block, &f.device, f.kind),
+        (f.from, f.to),
+        f.limit,
+    );
+    readings::rows(conn, &sql, args)
+}
+
+/// The rollups of `period` for the series `w` selects, windows starting in `[from, to)`:
+/// identity and start, then `columns`, ordered as the readings API orders its rows.
+fn select(
+    columns: &str,
+    period: Period,
+    mut w: Where,
+    (from, to): (Option<TimestampMs>, Option<TimestampMs>),
+    limit: usize,
+) -> (String, Vec<SqlValue>) {
     w.add("r.period = ?", Some(SqlValue::Text(period.as_str().into())));
-    w.add("r.start >= ?", f.from.map(|t| SqlValue::Integer(t.0)));
-    w.add("r.start < ?", f.to.map(|t| SqlValue::Integer(t.0)));
-    w.params.push(SqlValue::Integer(f.limit as i64));
+    w.add("r.start >= ?", from.map(|t| SqlValue::Integer(t.0)));
+    w.add("r.start < ?", to.map(|t| SqlValue::Integer(t.0)));
+    w.params.push(SqlValue::Integer(limit as i64));
     let sql = format!(
-        "SELECT s.orchard, s.block, s.device, s.kind, s.depth_cm, r.start, {value}, 0 \
+        "SELECT s.orchard, s.block, s.device, s.kind, s.depth_cm, r.start, {columns} \
          FROM rollups r JOIN series s ON s.id = r.series WHERE {} \
          ORDER BY r.start, s.orchard, s.block, s.device, s.kind, s.depth_cm LIMIT ?",
         w.sql()
     );
-    readings::rows(conn, &sql, w.params)
+    (sql, w.params)
 }
 
 #[cfg(test)]
