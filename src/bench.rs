@@ -463,7 +463,7 @@ mod tests {
             connections: 4,
             synchronous: vec![Synchronous::Full],
             rollups: vec![Switch::On],
-            rate: Some(20_000),
+            rate: Some(20 * READINGS_PER_MESSAGE * 100),
             mosquitto_max_inflight: 1000,
             config: None,
             output: None,
@@ -472,7 +472,7 @@ mod tests {
         let load = Load::plan(&args);
         assert_eq!(load.devices(), 20);
         assert_eq!(load.messages(), 1000);
-        // 20 devices × 10 readings every 10 ms is 20 000 readings/s.
+        // 20 devices' messages every 10 ms is 100 rounds a second.
         assert_eq!(load.interval, Duration::from_millis(10));
     }
 }

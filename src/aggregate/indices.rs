@@ -266,32 +266,17 @@ fn across(counted: &[&[Option<Slot>; 24]]) -> KindDay {
     day
 }
 
-/// The indices of every day in `[first, end)`. `hours` are the block's hourly rollups from
-/// the season start of `first` (earlier ones are ignored); `entered` is irrigation entered
-/// through the API, mm per day.
-pub fn compute(
+/// The indices of every day in `[first, end)`. `hours_of(day)` gives the block's hourly
+/// rollups of one local day; it is asked for each day from the season start of `first`, one
+/// day at a time, so a season's worth is never in memory at once. `entered` is irrigation
+/// entered through the API, mm per day.
+pub fn compute<E>(
     p: &BlockParams,
     first: Day,
     end: Day,
-    hours: &[Hour],
+    mut hours_of: impl FnMut(Day) -> Result<Vec<Hour>, E>,
     entered: &HashMap<Day, f64>,
-) -> Vec<DayIndices> {
-    let mut by_day: HashMap<(Day, Kind), Devices> = HashMap::new();
-    for h in hours {
-        let local = h.start_ms + p.utc_offset_ms;
-        let day = Day(local.div_euclid(DAY_MS));
-        let slot = (local.rem_euclid(DAY_MS) / HOUR_MS) as usize;
-        by_day
-            .entry((day, h.kind))
-            .or_default()
-            .entry(h.device.clone())
-            .or_insert([None; 24])[slot] = Some(Slot {
-            count: h.count,
-            min: h.min,
-            max: h.max,
-            sum: h.sum,
-        });
-    }
+) -> Result<Vec<DayIndices>, E> {
     let mut out = Vec::new();
     let mut season = Season::default();
     let mut day = p.season_start_of(first);
@@ -299,8 +284,22 @@ pub fn compute(
         if p.season_start_of(day) == day {
             season = Season::default();
         }
-        let kind = |k: Kind| summarize(k, by_day.get(&(day, k)), p.min_hours);
-        let metered = by_day.get(&(day, Kind::Irrigation)).map(|devices| {
+        let mut by_kind: HashMap<Kind, Devices> = HashMap::new();
+        for h in hours_of(day)? {
+            let slot = ((h.start_ms + p.utc_offset_ms).rem_euclid(DAY_MS) / HOUR_MS) as usize;
+            by_kind
+                .entry(h.kind)
+                .or_default()
+                .entry(h.device)
+                .or_insert([None; 24])[slot] = Some(Slot {
+                count: h.count,
+                min: h.min,
+                max: h.max,
+                sum: h.sum,
+            });
+        }
+        let kind = |k: Kind| summarize(k, by_kind.get(&k), p.min_hours);
+        let metered = by_kind.get(&Kind::Irrigation).map(|devices| {
             let all: Vec<&[Option<Slot>; 24]> = devices.values().collect();
             across(&all)
         });
@@ -311,7 +310,7 @@ pub fn compute(
         }
         day = Day(day.0 + 1);
     }
-    out
+    Ok(out)
 }
 
 /// What carries from one day of a season to the next.
@@ -520,6 +519,20 @@ mod tests {
         }
     }
 
+    /// `compute` over rows held in memory.
+    fn run(first: Day, end: Day, rows: &[Hour], entered: &HashMap<Day, f64>) -> Vec<DayIndices> {
+        let p = params();
+        let hours_of = |d: Day| {
+            Ok::<_, ()>(
+                rows.iter()
+                    .filter(|h| Day::of(h.start_ms, p.utc_offset_ms) == d)
+                    .cloned()
+                    .collect(),
+            )
+        };
+        compute(&p, first, end, hours_of, entered).unwrap()
+    }
+
     fn day(date: &str) -> Day {
         let d = Date::parse(date, &time::format_description::well_known::Iso8601::DATE).unwrap();
         Day::from_date(d)
@@ -572,7 +585,7 @@ mod tests {
         }));
         // A third device covers half the day and is left out.
         rows.extend(hours("c", Kind::AirTemperature, d, 12, |_| 40.0));
-        let days = compute(&params(), d, Day(d.0 + 1), &rows, &HashMap::new());
+        let days = run(d, Day(d.0 + 1), &rows, &HashMap::new());
         let today = &days[0];
         assert_eq!(today.date, "2026-03-02");
         assert_eq!(today.devices["air_temperature"], 2);
@@ -587,7 +600,7 @@ mod tests {
         assert_eq!(today.et0_method, Some("hargreaves"));
 
         let short = hours("a", Kind::AirTemperature, d, 19, |_| 20.0);
-        let days = compute(&params(), d, Day(d.0 + 1), &short, &HashMap::new());
+        let days = run(d, Day(d.0 + 1), &short, &HashMap::new());
         assert_eq!(days[0].gdd, None);
         assert_eq!(
             days[0].missing["gdd"],
@@ -610,7 +623,7 @@ mod tests {
         rows.extend(hours("ws", Kind::SolarRadiation, d, 24, |h| {
             if (6..18).contains(&h) { 500.0 } else { 0.0 }
         }));
-        let days = compute(&params(), d, Day(d.0 + 1), &rows, &HashMap::new());
+        let days = run(d, Day(d.0 + 1), &rows, &HashMap::new());
         let today = &days[0];
         assert_eq!(
             today.et0_method,
@@ -639,13 +652,7 @@ mod tests {
         }
         let mut entered = HashMap::new();
         entered.insert(Day(start.0 + 2), 10.0);
-        let days = compute(
-            &params(),
-            Day(start.0 + 1),
-            Day(start.0 + 5),
-            &rows,
-            &entered,
-        );
+        let days = run(Day(start.0 + 1), Day(start.0 + 5), &rows, &entered);
         assert_eq!(days.len(), 4, "from 2 March on");
         let gdd: Vec<f64> = days.iter().map(|d| d.gdd.unwrap()).collect();
         // Maxima 26, minima 14: (26 + 14) / 2 − 13 = 7 a day, from 1 March.

@@ -21,6 +21,7 @@ use super::readings::csv_response;
 use crate::aggregate::indices::{self, Day, DayIndices};
 use crate::model::{Ident, TimestampMs, truncate};
 use crate::store::irrigation;
+use crate::store::rollups::BlockSeries;
 
 /// The longest span one request may ask for.
 const MAX_DAYS: i64 = 3660;
@@ -41,28 +42,33 @@ pub async fn indices(
     let offset = params.utc_offset_ms;
     let (first, end) = days(&p, offset)?;
     let season = params.season_start_of(first);
+    let (site, gdd_base_c, (month, day), min_hours) = (
+        params.site,
+        params.gdd_base_c,
+        params.season_start,
+        params.min_hours,
+    );
     let (o, b) = (orchard.clone(), block.clone());
-    let (hours, entered) = s
+    let days = s
         .pool
         .read(move |c| {
-            let hours =
-                irrigation::block_hours(c, &o, &b, season.start_ms(offset), end.start_ms(offset))?;
             let entered = irrigation::per_day(c, &o, &b, season, end)?;
-            Ok((hours, entered))
+            let series = BlockSeries::of(c, &o, &b)?;
+            let hours_of =
+                |day: Day| series.hours(c, day.start_ms(offset), Day(day.0 + 1).start_ms(offset));
+            indices::compute(&params, first, end, hours_of, &entered)
         })
         .await?;
-    let days = indices::compute(&params, first, end, &hours, &entered);
     if csv {
         return Ok(csv_response(to_csv(&orchard, &block, &days)));
     }
-    let (month, day) = params.season_start;
     Ok(Json(json!({
         "orchard": orchard,
         "block": block,
-        "site": params.site.map(|s| json!({"latitude": s.latitude_deg, "elevation_m": s.elevation_m})),
-        "gdd_base_c": params.gdd_base_c,
+        "site": site.map(|s| json!({"latitude": s.latitude_deg, "elevation_m": s.elevation_m})),
+        "gdd_base_c": gdd_base_c,
         "season_start": format!("{:02}-{day:02}", u8::from(month)),
-        "min_hours": params.min_hours,
+        "min_hours": min_hours,
         "days": days,
     }))
     .into_response())

@@ -1,15 +1,13 @@
-//! Irrigation entered through the API, for blocks whose water is not metered, and the hourly
-//! rollups a block's daily indices are made from.
+//! Irrigation entered through the API, for blocks whose water is not metered.
 
 use std::collections::HashMap;
 
-use rusqlite::types::Value as SqlValue;
-use rusqlite::{Connection, params, params_from_iter};
+use rusqlite::{Connection, params};
 use serde::Serialize;
 
 use super::StoreError;
-use crate::aggregate::indices::{Day, Hour, KINDS};
-use crate::model::{Ident, Kind, TimestampMs};
+use crate::aggregate::indices::Day;
+use crate::model::{Ident, TimestampMs};
 
 /// One entry as the API shows it.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -98,70 +96,6 @@ pub fn per_day(
             params![orchard.as_str(), block.as_str(), from.0, to.0],
             |r| Ok((Day(r.get(0)?), r.get(1)?)),
         )?
-        .collect::<Result<_, _>>()?;
-    Ok(rows)
-}
-
-/// The hourly rollups of the kinds the indices use, for one block, windows in `[from, to)` ms.
-pub fn block_hours(
-    conn: &Connection,
-    orchard: &Ident,
-    block: &Ident,
-    from_ms: i64,
-    to_ms: i64,
-) -> Result<Vec<Hour>, StoreError> {
-    let kinds: Vec<String> = KINDS.iter().map(|k| format!("'{}'", k.name())).collect();
-    let sql = format!(
-        "SELECT s.device, s.depth_cm, s.kind, r.start, r.count, r.min, r.max, r.sum \
-         FROM series s JOIN rollups r ON r.series = s.id AND r.period = '1h' \
-         AND r.start >= ? AND r.start < ? \
-         WHERE s.orchard = ? AND s.block = ? AND s.kind IN ({})",
-        kinds.join(", ")
-    );
-    let args = [
-        SqlValue::Integer(from_ms),
-        SqlValue::Integer(to_ms),
-        SqlValue::Text(orchard.to_string()),
-        SqlValue::Text(block.to_string()),
-    ];
-    let mut stmt = conn.prepare(&sql)?;
-    let rows = stmt
-        .query_map(params_from_iter(args), |r| {
-            let device: String = r.get(0)?;
-            let depth: Option<i64> = r.get(1)?;
-            let kind: String = r.get(2)?;
-            Ok((
-                device,
-                depth,
-                kind,
-                r.get(3)?,
-                r.get(4)?,
-                r.get(5)?,
-                r.get(6)?,
-                r.get(7)?,
-            ))
-        })?
-        .filter_map(|row| {
-            let (device, depth, kind, start_ms, count, min, max, sum) = match row {
-                Ok(row) => row,
-                Err(e) => return Some(Err(e)),
-            };
-            let kind: Kind = kind.parse().ok()?;
-            // A probe at several depths is several devices as far as averaging goes.
-            let device = match depth {
-                Some(d) => format!("{device}@{d}cm"),
-                None => device,
-            };
-            Some(Ok(Hour {
-                device,
-                kind,
-                start_ms,
-                count,
-                min,
-                max,
-                sum,
-            }))
-        })
         .collect::<Result<_, _>>()?;
     Ok(rows)
 }
