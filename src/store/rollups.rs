@@ -13,11 +13,8 @@ use serde::Serialize;
 
 use super::StoreError;
 use super::readings::{self, Agg, Row, Where, series_where};
-use crate::aggregate::indices::{self, Hour};
+use crate::aggregate::indices::{self, DAY_MS, HOUR_MS, Hour};
 use crate::model::{Ident, Kind, TimestampMs};
-
-const HOUR_MS: i64 = 3_600_000;
-const DAY_MS: i64 = 86_400_000;
 
 /// The rollup periods.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
