@@ -16,6 +16,7 @@ pub mod influx;
 pub mod ingest;
 pub mod metrics;
 pub mod model;
+pub mod passwd;
 pub mod registry;
 pub mod simulate;
 pub mod store;
