@@ -384,16 +384,29 @@ impl Default for HealthSettings {
     }
 }
 
-/// The embedded MQTT broker (rumqttd), for a server that is its own broker.
+/// orchardd's own MQTT endpoint, for a server that is its own broker: devices publish to
+/// orchardd, which acknowledges a publish only once it is committed.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct BrokerSettings {
-    /// Run the broker inside orchardd; orchardd then subscribes to it, ignoring `mqtt.url`.
+    /// Serve MQTT inside orchardd; `false` subscribes to the broker at `mqtt.url` instead.
     pub embedded: bool,
-    /// Where the embedded broker listens for sensors and gateways.
+    /// Where the endpoint listens for sensors and gateways. Anything but a loopback address
+    /// needs `users`.
     pub listen: SocketAddr,
-    /// Largest MQTT packet the embedded broker takes, in bytes.
+    /// Largest MQTT packet the endpoint takes, in bytes.
     pub max_packet_bytes: usize,
+    /// Publishes one connection may have waiting for the store (the MQTT 5 receive maximum);
+    /// when they are all waiting, orchardd stops reading that connection.
+    pub max_inflight: u16,
+    /// Messages in flight to one subscriber at a time.
+    pub max_send: u16,
+    /// QoS 1/2 messages kept for one subscriber session (online or offline); more are dropped,
+    /// counted and logged.
+    pub session_queue_messages: usize,
+    /// Users with hashed passwords and the topics each may use; empty means anonymous clients
+    /// on a loopback listener only.
+    pub users: Vec<BrokerUser>,
 }
 
 impl Default for BrokerSettings {
@@ -402,8 +415,27 @@ impl Default for BrokerSettings {
             embedded: true,
             listen: SocketAddr::from(([127, 0, 0, 1], 1883)),
             max_packet_bytes: 1024 * 1024,
+            max_inflight: 64,
+            max_send: 16,
+            session_queue_messages: 1000,
+            users: Vec::new(),
         }
     }
+}
+
+/// One MQTT user of the endpoint.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BrokerUser {
+    pub name: String,
+    /// A hash as `mosquitto_passwd` or `orchardd passwd` writes it (`$7$...`).
+    pub password_hash: String,
+    /// Topic filters the user may publish to, e.g. `orchards/fengjie/#`.
+    #[serde(default)]
+    pub publish: Vec<String>,
+    /// Topic filters the user may subscribe within.
+    #[serde(default)]
+    pub subscribe: Vec<String>,
 }
 
 /// How orchardd connects to an MQTT broker as a subscriber.
@@ -552,7 +584,7 @@ pub enum LogFormat {
 #[serde(default, deny_unknown_fields)]
 pub struct LogSettings {
     pub format: LogFormat,
-    /// A `tracing` filter such as `info` or `orchardd=debug,rumqttd=warn`.
+    /// A `tracing` filter such as `info` or `orchardd=debug,orchardd::endpoint=info`.
     pub level: String,
 }
 
@@ -645,6 +677,28 @@ impl Settings {
             && let Err(e) = crate::ingest::mqtt::parse_url(&self.mqtt.url)
         {
             problem("mqtt.url", e);
+        }
+        if self.broker.embedded {
+            if let Err(e) = crate::endpoint::users::Users::from_settings(&self.broker.users) {
+                problem("broker.users", e);
+            } else if self.broker.users.is_empty() && !self.broker.listen.ip().is_loopback() {
+                problem(
+                    "broker.listen",
+                    format!(
+                        "{} is not a loopback address and broker.users is empty: anyone on the network could publish; add users or listen on 127.0.0.1",
+                        self.broker.listen
+                    ),
+                );
+            }
+            if self.broker.max_inflight == 0 {
+                problem("broker.max_inflight", "must be at least 1".into());
+            }
+            if self.broker.max_send == 0 {
+                problem("broker.max_send", "must be at least 1".into());
+            }
+            if self.broker.session_queue_messages == 0 {
+                problem("broker.session_queue_messages", "must be at least 1".into());
+            }
         }
         if self.mqtt.client_id.is_empty() || self.mqtt.client_id.len() > 64 {
             problem("mqtt.client_id", "must be 1 to 64 characters".into());

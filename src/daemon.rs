@@ -1,7 +1,6 @@
 //! `orchardd run`: wires broker, ingest, writer and HTTP API together, and takes them
 //! down in order on SIGTERM or SIGINT: stop reading, commit, acknowledge, exit 0.
 
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::sync::Arc;
 
 use tokio::sync::{mpsc, watch};
@@ -11,10 +10,11 @@ use crate::aggregate::indices::Agronomy;
 use crate::api::{self, AppState};
 use crate::config::QueryBackend;
 use crate::config::Settings;
+use crate::endpoint::{self, hub::Hub, ingest::IngestPort, store::SessionStore};
 use crate::influx::forward::Forwarder;
 use crate::influx::query::InfluxQuery;
 use crate::influx::write::InfluxWriter;
-use crate::ingest::mqtt::{Endpoint, Subscription, parse_url};
+use crate::ingest::mqtt::{Subscription, parse_url};
 use crate::ingest::{Decoder, RateLimiter};
 use crate::metrics::Metrics;
 use crate::registry::{self, Registry};
@@ -22,14 +22,14 @@ use crate::store::devices::{self, UpdatedBy};
 use crate::store::rollups::Alignment;
 use crate::store::writer::{Heartbeat, Writer};
 use crate::store::{self, Admin, ReadPool, StoreError};
-use crate::{broker, systemd};
+use crate::systemd;
 
 #[derive(Debug, thiserror::Error)]
 pub enum DaemonError {
     #[error(transparent)]
     Store(#[from] StoreError),
     #[error(transparent)]
-    Broker(#[from] broker::BrokerError),
+    Endpoint(#[from] endpoint::StartError),
     #[error("http.listen {addr}: {source}")]
     HttpBind {
         addr: std::net::SocketAddr,
@@ -67,12 +67,6 @@ pub async fn run(settings: Settings) -> Result<(), DaemonError> {
     let registry = load_registry(&writer_conn, &settings.registry.file)?;
     let (registry_tx, registry_rx) = watch::channel(Arc::new(registry));
 
-    let endpoint = if settings.broker.embedded {
-        broker::start(&settings.broker)?;
-        embedded_endpoint(&settings)
-    } else {
-        parse_url(&settings.mqtt.url).map_err(DaemonError::Mqtt)?
-    };
     let listener =
         api::bind(settings.http.listen)
             .await
@@ -85,8 +79,6 @@ pub async fn run(settings: Settings) -> Result<(), DaemonError> {
     let shutdown = CancellationToken::new();
     tokio::spawn(stop_on_signal(shutdown.clone()));
 
-    let (queue_tx, queue_rx) = mpsc::channel(settings.ingest.queue_messages);
-    let (committed_tx, committed_rx) = mpsc::unbounded_channel();
     let heartbeat = Arc::new(Heartbeat::default());
     let writer = Writer::new(
         writer_conn,
@@ -98,23 +90,66 @@ pub async fn run(settings: Settings) -> Result<(), DaemonError> {
     .with_outbox(settings.influx.enabled)
     .with_utc_offset(utc_offset_ms(&settings))
     .with_rollups(settings.aggregate.rollups);
-    let writer = std::thread::Builder::new()
-        .name("store-writer".into())
-        .spawn(move || writer.run(queue_rx, committed_tx))
-        .map_err(|e| DaemonError::Task(e.to_string()))?;
 
     let (subscribed_tx, subscribed_rx) = watch::channel(false);
     let decoder = Decoder::from_settings(&settings, registry_rx)
         .map_err(|e| DaemonError::Mqtt(e.to_string()))?;
-    let subscription = Subscription {
-        decoder: decoder.clone(),
-        limiter: RateLimiter::new(settings.ingest.device_rate_limit),
-        settings: settings.mqtt.clone(),
-        endpoint,
-        metrics: metrics.clone(),
+    let limiter = RateLimiter::new(settings.ingest.device_rate_limit);
+    let (ingest, writer) = if settings.broker.embedded {
+        let (queue_tx, queue_rx) = mpsc::channel(settings.ingest.queue_messages);
+        let (committed_tx, committed_rx) = mpsc::unbounded_channel();
+        let writer = spawn_writer(writer, queue_rx, committed_tx)?;
+        tokio::spawn(endpoint::ingest::acknowledge_commits(committed_rx));
+        // The listener opens only now, with the store open and the writer running.
+        let (session_store, stored) = SessionStore::open(&settings.store)?;
+        let hub = Hub::new(
+            session_store,
+            stored,
+            metrics.clone(),
+            settings.broker.session_queue_messages,
+        );
+        let (mqtt_listener, users) = endpoint::bind(&settings.broker)?;
+        let shared = endpoint::Shared {
+            hub,
+            ingest: IngestPort::new(
+                decoder.clone(),
+                queue_tx.downgrade(),
+                limiter,
+                metrics.clone(),
+            ),
+            users,
+            metrics: metrics.clone(),
+            max_inflight: u32::from(settings.broker.max_inflight),
+            max_send: settings.broker.max_send,
+        };
+        let running = endpoint::start(mqtt_listener, &settings.broker, shared)?;
+        metrics.mqtt_connected.set(1);
+        subscribed_tx.send_replace(true);
+        let shutdown = shutdown.clone();
+        let ingest = tokio::spawn(async move {
+            shutdown.cancelled().await;
+            tracing::info!("mqtt endpoint: stopping; clients resend what was not acknowledged");
+            running.shutdown().await;
+            // The last strong sender: once it is gone the writer drains its queue and stops.
+            drop(queue_tx);
+            Ok::<(), String>(())
+        });
+        (ingest, writer)
+    } else {
+        let (queue_tx, queue_rx) = mpsc::channel(settings.ingest.queue_messages);
+        let (committed_tx, committed_rx) = mpsc::unbounded_channel();
+        let writer = spawn_writer(writer, queue_rx, committed_tx)?;
+        let subscription = Subscription {
+            decoder: decoder.clone(),
+            limiter,
+            settings: settings.mqtt.clone(),
+            endpoint: parse_url(&settings.mqtt.url).map_err(DaemonError::Mqtt)?,
+            metrics: metrics.clone(),
+        };
+        let ingest =
+            tokio::spawn(subscription.run(queue_tx, committed_rx, subscribed_tx, shutdown.clone()));
+        (ingest, writer)
     };
-    let ingest =
-        tokio::spawn(subscription.run(queue_tx, committed_rx, subscribed_tx, shutdown.clone()));
 
     let admin = Admin::open(&settings.store)?;
     let forwarder = if settings.influx.enabled {
@@ -237,19 +272,16 @@ fn load_registry(
     Ok(Registry::new(devices::all(conn)?))
 }
 
-/// The embedded broker's address as a client reaches it.
-fn embedded_endpoint(settings: &Settings) -> Endpoint {
-    let listen = settings.broker.listen;
-    let host = match listen.ip() {
-        IpAddr::V4(ip) if ip.is_unspecified() => IpAddr::V4(Ipv4Addr::LOCALHOST),
-        IpAddr::V6(ip) if ip.is_unspecified() => IpAddr::V6(Ipv6Addr::LOCALHOST),
-        ip => ip,
-    };
-    Endpoint {
-        host: host.to_string(),
-        port: listen.port(),
-        tls: false,
-    }
+/// Runs the store writer on its own thread; each committed batch's tokens go to `committed`.
+fn spawn_writer<A: Send + 'static>(
+    writer: Writer,
+    queue: mpsc::Receiver<(crate::store::writer::Envelope, A)>,
+    committed: mpsc::UnboundedSender<Vec<A>>,
+) -> Result<std::thread::JoinHandle<()>, DaemonError> {
+    std::thread::Builder::new()
+        .name("store-writer".into())
+        .spawn(move || writer.run(queue, committed))
+        .map_err(|e| DaemonError::Task(e.to_string()))
 }
 
 async fn notify_ready(mut subscribed: watch::Receiver<bool>, shutdown: CancellationToken) {

@@ -1,16 +1,17 @@
 //! orchardd: a telemetry daemon for citrus co-operatives.
 //!
-//! The modules follow the data flow of DESIGN.md: sensors publish to a [`broker`]; [`ingest`]
-//! subscribes, decodes and [`validate`]s; the [`store`] commits and only then acknowledges;
-//! the [`api`] answers queries. [`daemon`] wires them together, [`config`] types the settings.
+//! The modules follow the data flow of DESIGN.md: sensors publish to orchardd's own MQTT
+//! [`endpoint`], or to an external broker that [`ingest`] subscribes to; [`ingest`] decodes
+//! and [`validate`]s; the [`store`] commits and only then acknowledges; the [`api`] answers
+//! queries. [`daemon`] wires them together, [`config`] types the settings.
 
 pub mod aggregate;
 pub mod api;
 pub mod bench;
-pub mod broker;
 pub mod cli;
 pub mod config;
 pub mod daemon;
+pub mod endpoint;
 pub mod health;
 pub mod influx;
 pub mod ingest;

@@ -123,7 +123,7 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
 
 fn init_logging(settings: &Settings) {
     let filter = EnvFilter::try_from_env("RUST_LOG")
-        .unwrap_or_else(|_| EnvFilter::new(log_directives(&settings.log.level)));
+        .unwrap_or_else(|_| EnvFilter::new(&settings.log.level));
     // Colour only for a person at a terminal: journald and log files get plain text.
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
@@ -132,15 +132,5 @@ fn init_logging(settings: &Settings) {
     match settings.log.format {
         LogFormat::Json => builder.json().init(),
         LogFormat::Text => builder.init(),
-    }
-}
-
-/// The broker's own per-connection logs are noise for staff (every sensor disconnecting is an
-/// "error" to rumqttd); they stay off unless the configured filter names rumqttd.
-fn log_directives(level: &str) -> String {
-    if level.contains("rumqttd") {
-        level.to_owned()
-    } else {
-        format!("{level},rumqttd=off")
     }
 }

@@ -38,6 +38,18 @@ pub struct Metrics {
     pub reading_age_at_commit_seconds: Histogram,
     pub mqtt_connected: Gauge,
     pub mqtt_reconnects: Counter,
+    pub mqtt_connections: Gauge,
+    pub mqtt_connects: Counter,
+    pub mqtt_refused_logins: Counter,
+    pub mqtt_takeovers: Counter,
+    pub mqtt_publishes_in: Counter,
+    pub mqtt_publishes_refused: Counter,
+    pub mqtt_publishes_out: Counter,
+    pub mqtt_ack_seconds: Histogram,
+    pub mqtt_paused_connections: Gauge,
+    pub mqtt_subscriptions: Gauge,
+    pub mqtt_retained: Gauge,
+    pub mqtt_deliveries_dropped: Counter,
     pub forward_backlog_readings: Gauge,
     pub forward_backlog_seconds: Gauge,
     pub forward_batches: Counter,
@@ -60,6 +72,18 @@ impl Default for Metrics {
             reading_age_at_commit_seconds: Histogram::new(exponential_buckets(0.0005, 1.2, 70)),
             mqtt_connected: Gauge::default(),
             mqtt_reconnects: Counter::default(),
+            mqtt_connections: Gauge::default(),
+            mqtt_connects: Counter::default(),
+            mqtt_refused_logins: Counter::default(),
+            mqtt_takeovers: Counter::default(),
+            mqtt_publishes_in: Counter::default(),
+            mqtt_publishes_refused: Counter::default(),
+            mqtt_publishes_out: Counter::default(),
+            mqtt_ack_seconds: Histogram::new(exponential_buckets(0.0005, 1.2, 70)),
+            mqtt_paused_connections: Gauge::default(),
+            mqtt_subscriptions: Gauge::default(),
+            mqtt_retained: Gauge::default(),
+            mqtt_deliveries_dropped: Counter::default(),
             forward_backlog_readings: Gauge::default(),
             forward_backlog_seconds: Gauge::default(),
             forward_batches: Counter::default(),
@@ -112,6 +136,66 @@ impl Default for Metrics {
             "mqtt_reconnects",
             "Connection attempts to the broker after the first",
             m.mqtt_reconnects.clone(),
+        );
+        registry.register(
+            "mqtt_connections",
+            "Clients connected to orchardd's MQTT endpoint",
+            m.mqtt_connections.clone(),
+        );
+        registry.register(
+            "mqtt_connects",
+            "Connections the MQTT endpoint accepted",
+            m.mqtt_connects.clone(),
+        );
+        registry.register(
+            "mqtt_refused_logins",
+            "CONNECTs the MQTT endpoint refused (bad credentials, not authorised)",
+            m.mqtt_refused_logins.clone(),
+        );
+        registry.register(
+            "mqtt_takeovers",
+            "Connections closed because a new one took over their client id",
+            m.mqtt_takeovers.clone(),
+        );
+        registry.register(
+            "mqtt_publishes_in",
+            "PUBLISH packets the MQTT endpoint received",
+            m.mqtt_publishes_in.clone(),
+        );
+        registry.register(
+            "mqtt_publishes_refused",
+            "PUBLISH packets outside their user's topic patterns (quarantined as not_authorized)",
+            m.mqtt_publishes_refused.clone(),
+        );
+        registry.register(
+            "mqtt_publishes_out",
+            "PUBLISH packets the MQTT endpoint sent to subscribers",
+            m.mqtt_publishes_out.clone(),
+        );
+        registry.register(
+            "mqtt_ack_seconds",
+            "Receipt of a QoS 1/2 PUBLISH to its PUBACK/PUBREC, i.e. to the commit that holds it",
+            m.mqtt_ack_seconds.clone(),
+        );
+        registry.register(
+            "mqtt_paused_connections",
+            "Connections whose in-flight window is full, waiting for the store (back-pressure)",
+            m.mqtt_paused_connections.clone(),
+        );
+        registry.register(
+            "mqtt_subscriptions",
+            "Subscriptions held by the MQTT endpoint's sessions",
+            m.mqtt_subscriptions.clone(),
+        );
+        registry.register(
+            "mqtt_retained",
+            "Retained messages the MQTT endpoint keeps",
+            m.mqtt_retained.clone(),
+        );
+        registry.register(
+            "mqtt_deliveries_dropped",
+            "Messages for a subscriber dropped because its queue was full",
+            m.mqtt_deliveries_dropped.clone(),
         );
         registry.register(
             "forward_backlog_readings",

@@ -30,6 +30,8 @@ pub enum Reason {
     NonNumeric,
     /// More messages from one device than `ingest.device_rate_limit` allows.
     RateLimited,
+    /// A publish to the MQTT endpoint outside its user's topic patterns (`broker.users`).
+    NotAuthorized,
 }
 
 impl Reason {
@@ -47,6 +49,7 @@ impl Reason {
         Reason::UndecodedUplink,
         Reason::NonNumeric,
         Reason::RateLimited,
+        Reason::NotAuthorized,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -64,6 +67,7 @@ impl Reason {
             Reason::UndecodedUplink => "undecoded_uplink",
             Reason::NonNumeric => "non_numeric",
             Reason::RateLimited => "rate_limited",
+            Reason::NotAuthorized => "not_authorized",
         }
     }
 

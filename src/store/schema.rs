@@ -120,6 +120,34 @@ const MIGRATIONS: &[&str] = &[
         value TEXT NOT NULL
     );
     "#,
+    // 7: the MQTT endpoint's state that outlives a connection and a restart: persistent
+    // sessions (whose client ids answer `session_present`), their queued messages, retained
+    // messages.
+    r#"
+    CREATE TABLE mqtt_sessions (
+        client_id     TEXT PRIMARY KEY,
+        expiry_secs   INTEGER NOT NULL,
+        subscriptions TEXT NOT NULL,
+        updated_at    INTEGER NOT NULL
+    );
+    CREATE TABLE mqtt_queued (
+        id         INTEGER PRIMARY KEY,
+        client_id  TEXT NOT NULL,
+        topic      TEXT NOT NULL,
+        payload    BLOB NOT NULL,
+        qos        INTEGER NOT NULL,
+        retain     INTEGER NOT NULL,
+        properties TEXT
+    );
+    CREATE INDEX mqtt_queued_by_client ON mqtt_queued (client_id, id);
+    CREATE TABLE mqtt_retained (
+        topic      TEXT PRIMARY KEY,
+        payload    BLOB NOT NULL,
+        qos        INTEGER NOT NULL,
+        properties TEXT,
+        updated_at INTEGER NOT NULL
+    );
+    "#,
 ];
 
 /// The schema version this build of orchardd writes.
