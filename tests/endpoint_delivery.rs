@@ -1,0 +1,258 @@
+//! The delivery guarantee of orchardd's own MQTT endpoint, on the shipped defaults: a PUBACK
+//! is sent only after the commit, so what a device was told was delivered is in the store,
+//! whatever happens to orchardd, and a stalled store holds the devices back instead of
+//! losing their messages.
+
+mod support;
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use rumqttc::{AsyncClient, Event, MqttOptions, Outgoing, Packet, QoS};
+use support::{Daemon, DaemonConfig, now_ms, wait_for};
+
+/// Message `i`: one reading of one of ten devices reporting every 10 s (a backlog of field
+/// readings, not a flood), identified by device and timestamp.
+fn message(base: i64, i: u64) -> (String, String, (String, i64)) {
+    let device = format!("probe-{}", i % 10);
+    let ts = base + (i / 10) as i64 * 10_000;
+    let topic = format!("orchards/fengjie/B1/{device}/telemetry");
+    let payload = format!(r#"{{"ts":{ts},"readings":{{"soil_moisture":{}}}}}"#, i % 100);
+    (topic, payload, (device, ts))
+}
+
+/// A QoS 1 client with a persistent session that knows which of its messages were
+/// acknowledged, and whether the server said it remembered the session.
+struct TrackingClient {
+    client: AsyncClient,
+    acked: Arc<Mutex<HashSet<u64>>>,
+    connacks: Arc<Mutex<Vec<bool>>>,
+    queue: Arc<Mutex<VecDeque<u64>>>,
+}
+
+impl TrackingClient {
+    fn connect(port: u16, id: &str) -> Self {
+        let mut o = MqttOptions::new(id, "127.0.0.1", port);
+        o.set_clean_session(false)
+            .set_keep_alive(Duration::from_secs(5))
+            .set_inflight(100);
+        let (client, mut eventloop) = AsyncClient::new(o, 200);
+        let acked = Arc::new(Mutex::new(HashSet::new()));
+        let connacks = Arc::new(Mutex::new(Vec::new()));
+        let queue = Arc::new(Mutex::new(VecDeque::new()));
+        let (a, c, q) = (acked.clone(), connacks.clone(), queue.clone());
+        tokio::spawn(async move {
+            // Packet id -> message index, for the publishes waiting for their PUBACK.
+            let mut inflight: HashMap<u16, u64> = HashMap::new();
+            let deadline = Instant::now() + Duration::from_secs(300);
+            while Instant::now() < deadline {
+                match eventloop.poll().await {
+                    Ok(Event::Incoming(Packet::ConnAck(ack))) => {
+                        c.lock().unwrap().push(ack.session_present)
+                    }
+                    Ok(Event::Outgoing(Outgoing::Publish(pkid))) => {
+                        // A retransmission keeps its packet id; a new publish takes the next index.
+                        if let std::collections::hash_map::Entry::Vacant(e) = inflight.entry(pkid)
+                            && let Some(i) = q.lock().unwrap().pop_front()
+                        {
+                            e.insert(i);
+                        }
+                    }
+                    Ok(Event::Incoming(Packet::PubAck(ack))) => {
+                        if let Some(i) = inflight.remove(&ack.pkid) {
+                            a.lock().unwrap().insert(i);
+                        }
+                    }
+                    Ok(_) => {}
+                    Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+                }
+            }
+        });
+        Self {
+            client,
+            acked,
+            connacks,
+            queue,
+        }
+    }
+
+    async fn publish(&self, i: u64, topic: &str, payload: String) {
+        self.queue.lock().unwrap().push_back(i);
+        self.client
+            .publish(topic, QoS::AtLeastOnce, false, payload)
+            .await
+            .unwrap();
+    }
+
+    fn acked(&self) -> HashSet<u64> {
+        self.acked.lock().unwrap().clone()
+    }
+}
+
+fn stored_keys(daemon: &Daemon) -> (usize, HashSet<(String, i64)>) {
+    let rows = daemon.stored_readings();
+    let keys = rows.iter().map(|(d, ts, _)| (d.clone(), *ts)).collect();
+    (rows.len(), keys)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_mid_burst_keeps_every_acknowledged_message_and_the_resent_rest_lands_once() {
+    const BURST: u64 = 20_000;
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = DaemonConfig::embedded();
+    let mut daemon = Daemon::start(dir.path(), &cfg);
+    daemon.wait_ready();
+    let client = TrackingClient::connect(cfg.broker_port(), "scale-gateway-1");
+    let base = now_ms() - 6 * 3_600_000;
+
+    let mut killed = false;
+    for i in 0..BURST {
+        let (topic, payload, _) = message(base, i);
+        client.publish(i, &topic, payload).await;
+        if !killed && client.acked.lock().unwrap().len() >= 8_000 {
+            // Part of the burst is committed and acknowledged, part in flight: no warning.
+            daemon.kill9();
+            killed = true;
+            let acked_at_kill = client.acked();
+            // Before anything is resent: every message the client saw acknowledged is on disk.
+            let (_, keys) = stored_keys(&daemon);
+            let lost: Vec<_> = acked_at_kill
+                .iter()
+                .filter(|i| !keys.contains(&message(base, **i).2))
+                .collect();
+            assert!(
+                lost.is_empty(),
+                "{} of {} acknowledged messages are not in the store, e.g. {:?}",
+                lost.len(),
+                acked_at_kill.len(),
+                &lost[..lost.len().min(5)]
+            );
+            daemon.restart();
+        }
+    }
+    assert!(killed, "8 000 acknowledgements before the burst ended");
+    daemon.wait_ready();
+    wait_for(
+        Duration::from_secs(120),
+        "all 20 000 messages acknowledged after the client resent",
+        || (client.acked().len() as u64 == BURST).then_some(()),
+    );
+    let (rows, keys) = stored_keys(&daemon);
+    let want: HashSet<_> = (0..BURST).map(|i| message(base, i).2).collect();
+    assert_eq!(keys, want, "the stored readings are exactly the published ones");
+    assert_eq!(rows as u64, BURST, "none doubled");
+    let connacks = client.connacks.lock().unwrap().clone();
+    assert_eq!(
+        connacks.first(),
+        Some(&false),
+        "a new persistent session starts without one"
+    );
+    assert_eq!(
+        connacks.last(),
+        Some(&true),
+        "after the restart orchardd remembers the session: session_present = 1"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_publishes_the_instant_the_port_accepts_loses_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = DaemonConfig::embedded();
+    let daemon = Daemon::start(dir.path(), &cfg);
+    let port = cfg.broker_port();
+    // Connect as soon as the port takes connections, without waiting for readiness.
+    wait_for(Duration::from_secs(30), "the MQTT port to accept", || {
+        std::net::TcpStream::connect(("127.0.0.1", port)).ok()
+    });
+    let client = TrackingClient::connect(port, "eager-gateway");
+    let base = now_ms() - 600_000;
+    for i in 0..500 {
+        let (topic, payload, _) = message(base, i);
+        client.publish(i, &topic, payload).await;
+    }
+    wait_for(Duration::from_secs(60), "500 PUBACKs", || {
+        (client.acked().len() == 500).then_some(())
+    });
+    let (rows, keys) = stored_keys(&daemon);
+    assert_eq!(rows, 500, "every acknowledged message is stored");
+    assert_eq!(keys, (0..500).map(|i| message(base, i).2).collect());
+}
+
+fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_store_holds_the_devices_back_with_flat_memory_and_loses_nothing() {
+    const BURST: u64 = 30_000;
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = DaemonConfig::embedded();
+    let daemon = Daemon::start(dir.path(), &cfg);
+    daemon.wait_ready();
+    let client = TrackingClient::connect(cfg.broker_port(), "stalled-gateway");
+    let base = now_ms() - 9 * 3_600_000;
+    for i in 0..100 {
+        let (topic, payload, _) = message(base, i);
+        client.publish(i, &topic, payload).await;
+    }
+    wait_for(Duration::from_secs(30), "the first 100 PUBACKs", || {
+        (client.acked().len() == 100).then_some(())
+    });
+    let rss_before = rss_kib(daemon.pid());
+
+    // Another process takes the database's write lock and keeps it.
+    let mut locker = rusqlite::Connection::open(&daemon.store).unwrap();
+    let lock = locker
+        .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+        .unwrap();
+    let publishing = {
+        let queue = client.queue.clone();
+        let client = client.client.clone();
+        tokio::spawn(async move {
+            for i in 100..BURST {
+                let (topic, payload, _) = message(base, i);
+                queue.lock().unwrap().push_back(i);
+                client
+                    .publish(topic, QoS::AtLeastOnce, false, payload)
+                    .await
+                    .unwrap();
+            }
+        })
+    };
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    assert_eq!(
+        client.acked().len(),
+        100,
+        "no PUBACK while the store cannot commit"
+    );
+    assert!(
+        !publishing.is_finished(),
+        "the client is held back: its in-flight window is full and orchardd stops reading"
+    );
+    let rss_stalled = rss_kib(daemon.pid());
+    assert!(
+        rss_stalled < rss_before + 16 * 1024,
+        "orchardd's memory stays flat while stalled: {rss_before} KiB before, {rss_stalled} KiB stalled"
+    );
+    assert!(
+        daemon.metric("orchardd_mqtt_paused_connections") >= 1.0,
+        "the held-back connection is counted as paused"
+    );
+
+    lock.rollback().unwrap();
+    drop(locker);
+    publishing.await.unwrap();
+    wait_for(Duration::from_secs(120), "every message acknowledged", || {
+        (client.acked().len() as u64 == BURST).then_some(())
+    });
+    let (rows, keys) = stored_keys(&daemon);
+    assert_eq!(rows as u64, BURST);
+    assert_eq!(keys, (0..BURST).map(|i| message(base, i).2).collect());
+}
