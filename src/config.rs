@@ -484,8 +484,11 @@ pub struct IngestSettings {
     pub max_payload_bytes: usize,
     /// Messages decoded and waiting for the store; when full, orchardd stops reading MQTT.
     pub queue_messages: usize,
-    /// Messages per minute one device may send; more are quarantined as `rate_limited`.
-    /// 0 turns the limit off.
+    /// Readings one device may store per minute of *reading time* (the readings' own
+    /// timestamps, UTC minutes); the readings beyond it in one minute are quarantined as
+    /// `rate_limited`, the device's other minutes and the other devices are untouched. A
+    /// backlog delivered late and fast never exceeds it (a station with 11 readings every 10 s
+    /// has 66 in each minute); a repeating gateway or a stuck clock does. 0 turns it off.
     pub device_rate_limit: u32,
 }
 

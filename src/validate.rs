@@ -28,7 +28,7 @@ pub enum Reason {
     UndecodedUplink,
     /// A SenML string, boolean or data value where a measurement was expected.
     NonNumeric,
-    /// More messages from one device than `ingest.device_rate_limit` allows.
+    /// More readings of one device stamped in one minute than `ingest.device_rate_limit` allows.
     RateLimited,
     /// A publish to the MQTT endpoint outside its user's topic patterns (`broker.users`).
     NotAuthorized,

@@ -12,11 +12,16 @@ use support::{Daemon, DaemonConfig, Mosquitto, Publisher, now_ms, wait_for};
 const BURST: u64 = 10_000;
 const DEVICES: u64 = 10;
 
+/// Each device reports every 10 s: the burst is 1000 readings of each device's backlog, close
+/// to three hours of reading time delivered at once (`base` is that long ago).
+const STEP_MS: i64 = 10_000;
+
 /// Message `i` of the burst: one reading, identified by device and timestamp.
 fn message(base: i64, i: u64) -> (String, Vec<u8>, (String, i64)) {
     let device = format!("probe-{}", i % DEVICES);
-    let ts = base + i as i64;
-    let value = (i % 100) as f64;
+    let round = i / DEVICES;
+    let ts = base + round as i64 * STEP_MS;
+    let value = (round % 100) as f64;
     let topic = format!("orchards/fengjie/B1/{device}/telemetry");
     let payload = format!(r#"{{"ts":{ts},"readings":{{"soil_moisture":{value}}}}}"#);
     (topic, payload.into_bytes(), (device, ts))
@@ -63,8 +68,8 @@ fn assert_all_stored_once(daemon: &Daemon, base: i64) {
         "the stored readings are exactly the published ones"
     );
     for (device, ts, value) in &rows {
-        let i = (ts - base) as u64;
-        assert_eq!(*value, (i % 100) as f64, "{device} at {ts}");
+        let round = ((ts - base) / STEP_MS) as u64;
+        assert_eq!(*value, (round % 100) as f64, "{device} at {ts}");
     }
 }
 
@@ -75,7 +80,7 @@ async fn kill_9_of_orchardd_mid_burst_loses_nothing_and_doubles_nothing() {
     let mut daemon = Daemon::start(dir.path(), &DaemonConfig::external(mosquitto.port));
     daemon.wait_ready();
     let mut publisher = Publisher::connect(mosquitto.port, "scale-gateway-1").await;
-    let base = now_ms() - 600_000;
+    let base = now_ms() - 3 * 3_600_000;
 
     burst(&mut publisher, base, 4_000, || {
         // Some of the burst is committed, some in flight: kill without warning, start again.
@@ -99,7 +104,7 @@ async fn a_broker_restart_mid_burst_loses_nothing_and_doubles_nothing() {
     let daemon = Daemon::start(dir.path(), &DaemonConfig::external(mosquitto.port));
     daemon.wait_ready();
     let mut publisher = Publisher::connect(mosquitto.port, "scale-gateway-2").await;
-    let base = now_ms() - 600_000;
+    let base = now_ms() - 3 * 3_600_000;
 
     burst(&mut publisher, base, 4_000, || mosquitto.restart()).await;
     assert_all_stored_once(&daemon, base);
@@ -117,7 +122,7 @@ async fn sigterm_mid_burst_exits_0_and_everything_acknowledged_is_stored() {
     let mut daemon = Daemon::start(dir.path(), &cfg);
     daemon.wait_ready();
     let mut publisher = Publisher::connect(mosquitto.port, "scale-gateway-3").await;
-    let base = now_ms() - 600_000;
+    let base = now_ms() - 3 * 3_600_000;
 
     let mut status = None;
     burst(&mut publisher, base, 5_000, || {

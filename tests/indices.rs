@@ -82,8 +82,6 @@ fn a_replayed_season_adds_up_to_its_raw_readings() {
     let cfg = DaemonConfig {
         extra: format!(
             r#"
-[ingest]
-device_rate_limit = 0
 [validate]
 max_age = "400d"
 [aggregate]

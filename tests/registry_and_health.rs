@@ -70,18 +70,22 @@ async fn a_jump_a_stuck_probe_and_a_silence_are_flagged_and_shown() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_flooding_device_is_quarantined_and_does_not_hold_back_the_others() {
+async fn a_device_flooding_one_minute_of_reading_time_is_quarantined_and_the_others_are_not() {
     let dir = tempfile::tempdir().unwrap();
     let cfg = DaemonConfig {
+        // A limit of 60 instead of the default 600 keeps the flood short: 200 readings in one
+        // minute of reading time are 140 over it.
         extra: "[ingest]\ndevice_rate_limit = 60\n".into(),
         ..DaemonConfig::embedded()
     };
     let daemon = Daemon::start(dir.path(), &cfg);
     daemon.wait_ready();
     let publisher = Publisher::connect(cfg.broker_port(), "flood-gateway").await;
-    let base = now_ms() - 3_600_000;
+    // The start of a UTC minute an hour ago: the whole flood is stamped inside that minute, as
+    // from a gateway repeating itself or a gauge whose clock is stuck.
+    let minute = (now_ms() - 3_600_000).div_euclid(60_000) * 60_000;
     for i in 0..200 {
-        let payload = json!({"ts": base + i, "readings": {"rainfall": 0.2}});
+        let payload = json!({"ts": minute + i * 100, "readings": {"rainfall": 0.2}});
         publisher
             .publish(
                 "orchards/fengjie/B1/broken-gauge/telemetry",
@@ -89,7 +93,8 @@ async fn a_flooding_device_is_quarantined_and_does_not_hold_back_the_others() {
             )
             .await;
         if i % 40 == 0 {
-            let payload = json!({"ts": base + i, "readings": {"soil_moisture": 25.0}});
+            // The neighbour reports in the same minute of reading time, at the same moment.
+            let payload = json!({"ts": minute + i * 100, "readings": {"soil_moisture": 25.0}});
             publisher
                 .publish(
                     "orchards/fengjie/B1/good-probe/telemetry",
@@ -98,9 +103,17 @@ async fn a_flooding_device_is_quarantined_and_does_not_hold_back_the_others() {
                 .await;
         }
     }
+    // The next minute of the flooding gauge's own time has its allowance again.
+    let payload = json!({"ts": minute + 60_000, "readings": {"rainfall": 0.4}});
+    publisher
+        .publish(
+            "orchards/fengjie/B1/broken-gauge/telemetry",
+            payload.to_string(),
+        )
+        .await;
     let (stored, limited) = wait_for(
         Duration::from_secs(20),
-        "200 messages accounted for",
+        "201 messages accounted for",
         || {
             let stored = rows(&daemon, "device=broken-gauge&limit=1000").len();
             let limited =
@@ -108,26 +121,33 @@ async fn a_flooding_device_is_quarantined_and_does_not_hold_back_the_others() {
                     .as_array()
                     .unwrap()
                     .len();
-            (stored + limited == 200).then_some((stored, limited))
+            (stored + limited == 201).then_some((stored, limited))
         },
     );
-    assert!(
-        (60..=65).contains(&stored),
-        "a minute's allowance, then the limit: {stored}"
+    assert_eq!(
+        stored, 61,
+        "the minute's allowance, and the next minute's reading"
     );
-    assert_eq!(stored + limited, 200, "nothing lost: stored or quarantined");
+    assert_eq!(limited, 140, "nothing lost: stored or quarantined");
+    let next = rows(
+        &daemon,
+        &format!("device=broken-gauge&from={}&limit=10", minute + 60_000),
+    );
+    assert_eq!(next.len(), 1);
+    assert_eq!(next[0]["value"], 0.4);
     assert_eq!(
         rows(&daemon, "device=good-probe").len(),
         5,
         "the neighbour is untouched"
     );
-    let q = daemon.get_ok("/api/v1/quarantine?reason=rate_limited&limit=1");
-    assert!(
-        q["quarantine"][0]["detail"]
-            .as_str()
-            .unwrap()
-            .contains("broken-gauge")
+    assert_eq!(
+        daemon.metric("orchardd_rejected_total{reason=\"rate_limited\"}"),
+        140.0
     );
+    let q = daemon.get_ok("/api/v1/quarantine?reason=rate_limited&limit=1");
+    let detail = q["quarantine"][0]["detail"].as_str().unwrap();
+    assert!(detail.contains("broken-gauge"), "{detail}");
+    assert!(detail.contains("minute of reading time"), "{detail}");
 }
 
 #[test]

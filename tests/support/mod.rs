@@ -139,6 +139,9 @@ pub struct DaemonConfig {
     pub mqtt_extra: String,
     /// More sections, appended at the end.
     pub extra: String,
+    /// `mqtt.reconnect_max_delay = "1s"` and `store.synchronous = "normal"`, which make the
+    /// tests quicker; `false` leaves orchardd's shipped defaults for both.
+    pub test_speedups: bool,
 }
 
 impl DaemonConfig {
@@ -149,6 +152,7 @@ impl DaemonConfig {
             client_id: "orchardd-test".into(),
             mqtt_extra: String::new(),
             extra: String::new(),
+            test_speedups: true,
         }
     }
 
@@ -158,8 +162,18 @@ impl DaemonConfig {
             mqtt_url: format!("mqtt://127.0.0.1:{mqtt_port}"),
             client_id: format!("orchardd-test-{mqtt_port}"),
             mqtt_extra: String::new(),
-            // The delivery scenarios burst 1000 messages per device: no flood limit there.
-            extra: "[ingest]\ndevice_rate_limit = 0\n".into(),
+            extra: String::new(),
+            test_speedups: true,
+        }
+    }
+
+    /// orchardd as shipped, subscribed to an external broker: nothing in the config but the
+    /// broker's address and what a test must own (store path, HTTP port, registry file).
+    pub fn shipped_defaults_external(mqtt_port: u16) -> Self {
+        Self {
+            client_id: "orchardd".into(),
+            test_speedups: false,
+            ..Self::external(mqtt_port)
         }
     }
 
@@ -175,6 +189,11 @@ impl DaemonConfig {
             Some(p) => (true, format!("127.0.0.1:{p}")),
             None => (false, format!("127.0.0.1:{}", free_port())),
         };
+        let (reconnect, synchronous) = if self.test_speedups {
+            ("reconnect_max_delay = \"1s\"", "synchronous = \"normal\"")
+        } else {
+            ("", "")
+        };
         let toml = format!(
             r#"
 [broker]
@@ -183,11 +202,11 @@ listen = "{listen}"
 [mqtt]
 url = "{url}"
 client_id = "{client_id}"
-reconnect_max_delay = "1s"
+{reconnect}
 {mqtt_extra}
 [store]
 path = "{store}"
-synchronous = "normal"
+{synchronous}
 [http]
 listen = "{http}"
 [log]
