@@ -1,12 +1,15 @@
 #!/usr/bin/env bash
 # Runs every test of orchardd. The tests start real servers of their own (Mosquitto, InfluxDB 1.x,
-# VictoriaMetrics; systemd-analyze for the unit file, openssl for test certificates); this script
+# VictoriaMetrics; mosquitto_pub/_sub and paho-mqtt as independent MQTT clients; systemd-analyze
+# for the unit file, openssl for test certificates); this script
 # installs them with apt-get when missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 missing=()
 [ -x /usr/sbin/mosquitto ] || command -v mosquitto >/dev/null 2>&1 || missing+=(mosquitto)
+command -v mosquitto_pub >/dev/null 2>&1 || missing+=(mosquitto-clients)
+python3 -c 'import paho.mqtt.client' >/dev/null 2>&1 || missing+=(python3-paho-mqtt)
 command -v systemd-analyze >/dev/null 2>&1 || missing+=(systemd)
 command -v openssl >/dev/null 2>&1 || missing+=(openssl)
 [ -x /usr/bin/influxd ] || missing+=(influxdb)

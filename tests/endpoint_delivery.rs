@@ -18,7 +18,10 @@ fn message(base: i64, i: u64) -> (String, String, (String, i64)) {
     let device = format!("probe-{}", i % 10);
     let ts = base + (i / 10) as i64 * 10_000;
     let topic = format!("orchards/fengjie/B1/{device}/telemetry");
-    let payload = format!(r#"{{"ts":{ts},"readings":{{"soil_moisture":{}}}}}"#, i % 100);
+    let payload = format!(
+        r#"{{"ts":{ts},"readings":{{"soil_moisture":{}}}}}"#,
+        i % 100
+    );
     (topic, payload, (device, ts))
 }
 
@@ -140,7 +143,10 @@ async fn kill_9_mid_burst_keeps_every_acknowledged_message_and_the_resent_rest_l
     );
     let (rows, keys) = stored_keys(&daemon);
     let want: HashSet<_> = (0..BURST).map(|i| message(base, i).2).collect();
-    assert_eq!(keys, want, "the stored readings are exactly the published ones");
+    assert_eq!(
+        keys, want,
+        "the stored readings are exactly the published ones"
+    );
     assert_eq!(rows as u64, BURST, "none doubled");
     let connacks = client.connacks.lock().unwrap().clone();
     assert_eq!(
@@ -249,9 +255,11 @@ async fn a_stalled_store_holds_the_devices_back_with_flat_memory_and_loses_nothi
     lock.rollback().unwrap();
     drop(locker);
     publishing.await.unwrap();
-    wait_for(Duration::from_secs(120), "every message acknowledged", || {
-        (client.acked().len() as u64 == BURST).then_some(())
-    });
+    wait_for(
+        Duration::from_secs(120),
+        "every message acknowledged",
+        || (client.acked().len() as u64 == BURST).then_some(()),
+    );
     let (rows, keys) = stored_keys(&daemon);
     assert_eq!(rows as u64, BURST);
     assert_eq!(keys, (0..BURST).map(|i| message(base, i).2).collect());

@@ -171,7 +171,10 @@ pub fn start(
         .set_max_size(settings.max_packet_bytes as u32)
         .set_max_send(shared.max_send)
         .set_max_topic_alias(32)
-        .set_handshake_timeout(ntex_util::time::Seconds(30));
+        .set_handshake_timeout(ntex_util::time::Seconds(30))
+        // A sensor that publishes at QoS 0 and disconnects at once (mosquitto_pub does) must
+        // not lose that message; QoS 1/2 messages are handled too (they are idempotent).
+        .set_handle_qos_after_disconnect(Some(ntex_mqtt::QoS::ExactlyOnce));
     let (tx, rx) = std::sync::mpsc::channel();
     let thread = std::thread::Builder::new()
         .name("mqtt-endpoint".into())
