@@ -24,12 +24,11 @@ fn started() -> (tempfile::TempDir, Daemon, u16) {
 
 fn mosquitto_pub(port: u16, args: &[&str]) -> Output {
     let bin = require_binary("mosquitto_pub", "mosquitto-clients");
-    let out = Command::new(bin)
+    Command::new(bin)
         .args(["-h", "127.0.0.1", "-p", &port.to_string()])
         .args(args)
         .output()
-        .unwrap();
-    out
+        .unwrap()
 }
 
 fn published(port: u16, args: &[&str]) {

@@ -37,8 +37,8 @@ pub enum Login {
     NotAuthorized,
 }
 
-#[derive(Debug, Default)]
-pub struct Users(Vec<Arc<User>>);
+#[derive(Debug, Default, Clone)]
+pub struct Users(Arc<[Arc<User>]>);
 
 impl Users {
     /// Parses the configured users; the error names the user and what is wrong.
@@ -69,15 +69,16 @@ impl Users {
                 subscribe: u.subscribe.clone(),
             }));
         }
-        Ok(Self(out))
+        Ok(Self(out.into()))
     }
 
     pub fn is_empty(&self) -> bool {
         self.0.is_empty()
     }
 
-    /// Checks a CONNECT's user name and password, counting refusals.
-    pub fn login(
+    /// Checks a CONNECT's user name and password, counting refusals. A hash costs a few
+    /// milliseconds of CPU, so it is checked on the blocking pool, not in the network loop.
+    pub async fn login(
         &self,
         username: Option<&str>,
         password: Option<&[u8]>,
@@ -86,15 +87,13 @@ impl Users {
         if self.0.is_empty() {
             return Login::Accepted(None);
         }
-        let outcome = match username {
-            None => Login::NotAuthorized,
-            Some(name) => match self.0.iter().find(|u| u.name == name) {
-                Some(u) if u.hash.verify(password.unwrap_or_default()) => {
-                    Login::Accepted(Some(u.clone()))
-                }
-                _ => Login::BadCredentials,
-            },
-        };
+        let users = self.clone();
+        let name = username.map(str::to_owned);
+        let password = password.map(<[u8]>::to_vec);
+        let outcome =
+            ntex_rt::spawn_blocking(move || users.check(name.as_deref(), password.as_deref()))
+                .await
+                .unwrap_or(Login::NotAuthorized);
         if !matches!(outcome, Login::Accepted(_)) {
             metrics.mqtt_refused_logins.inc();
             tracing::warn!(
@@ -103,5 +102,17 @@ impl Users {
             );
         }
         outcome
+    }
+
+    fn check(&self, username: Option<&str>, password: Option<&[u8]>) -> Login {
+        match username {
+            None => Login::NotAuthorized,
+            Some(name) => match self.0.iter().find(|u| u.name == name) {
+                Some(u) if u.hash.verify(password.unwrap_or_default()) => {
+                    Login::Accepted(Some(u.clone()))
+                }
+                _ => Login::BadCredentials,
+            },
+        }
     }
 }

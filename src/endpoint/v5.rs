@@ -80,11 +80,15 @@ pub(super) async fn handshake(
     h: v5::Handshake,
 ) -> Result<v5::HandshakeAck<Rc<Conn>>, EndpointError> {
     let p = h.packet();
-    let user = match shared.users.login(
-        p.username.as_deref(),
-        p.password.as_deref(),
-        &shared.metrics,
-    ) {
+    let user = match shared
+        .users
+        .login(
+            p.username.as_deref(),
+            p.password.as_deref(),
+            &shared.metrics,
+        )
+        .await
+    {
         Login::Accepted(user) => user,
         Login::BadCredentials => {
             return Ok(h.failed(codec::ConnectAckReason::BadUserNameOrPassword));
@@ -280,6 +284,14 @@ async fn deliver(sink: v5::MqttSink, conn: Rc<Conn>, registration: super::hub::R
             d = deliveries.recv() => match d { Some(d) => d, None => break },
         };
         if let Err(d) = send(&sink, &conn, d).await {
+            if sink.is_open() {
+                // Not the connection: the message itself could not be sent (over the
+                // client's maximum packet size, say). Drop it rather than retry forever.
+                conn.shared.metrics.mqtt_deliveries_dropped.inc();
+                tracing::warn!(client = %conn.client, topic = %d.message.topic, "mqtt endpoint: a message could not be sent to this client and was dropped");
+                conn.shared.hub.delivered(&d);
+                continue;
+            }
             undelivered.push(d);
             break;
         }
