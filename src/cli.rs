@@ -1,4 +1,4 @@
-//! The command line: `run`, `check-config`, `simulate`, `bench`.
+//! The command line: `run`, `check-config`, `passwd`, `simulate`, `bench`.
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -25,6 +25,9 @@ pub enum Command {
     Run(ConfigArg),
     /// Check a configuration file and the ORCHARDD__* environment; print every problem.
     CheckConfig(ConfigArg),
+    /// Hash a password for an MQTT user of the endpoint and print its `[[broker.users]]` entry
+    /// (the password is read from standard input, one line).
+    Passwd(PasswdArgs),
     /// Publish simulated citrus-orchard telemetry to an MQTT broker.
     Simulate(SimulateArgs),
     /// Measure ingest throughput, latency and memory; print a report.
@@ -36,6 +39,18 @@ pub struct ConfigArg {
     /// Configuration file (TOML). Without it, the built-in defaults of config/orchardd.toml.
     #[arg(long, short, env = "ORCHARDD_CONFIG")]
     pub config: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct PasswdArgs {
+    /// The MQTT user name.
+    pub user: String,
+    /// Topic filter the user may publish to, e.g. `orchards/fengjie/#` (repeat for more).
+    #[arg(long)]
+    pub publish: Vec<String>,
+    /// Topic filter the user may subscribe within (repeat for more).
+    #[arg(long)]
+    pub subscribe: Vec<String>,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]

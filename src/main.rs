@@ -32,6 +32,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             runtime()?.block_on(orchardd::daemon::run(settings))?;
             Ok(ExitCode::SUCCESS)
         }
+        Command::Passwd(a) => passwd(&a),
         Command::Simulate(a) => {
             let start = a
                 .start
@@ -89,6 +90,36 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
     }
+}
+
+/// Reads a password from standard input and prints the user's config entry with its hash.
+fn passwd(a: &orchardd::cli::PasswdArgs) -> anyhow::Result<ExitCode> {
+    if std::io::stdin().is_terminal() {
+        eprint!("password for MQTT user `{}` (echoed): ", a.user);
+    }
+    let mut line = String::new();
+    std::io::stdin().read_line(&mut line)?;
+    let password = line.trim_end_matches(['\r', '\n']);
+    if password.is_empty() {
+        anyhow::bail!(
+            "the password is empty: give it on standard input, e.g. `echo secret | orchardd passwd {}`",
+            a.user
+        );
+    }
+    let hash = orchardd::passwd::PasswordHash::create_default(password)
+        .map_err(|e| anyhow::anyhow!("cannot hash the password: {e}"))?;
+    let list = |v: &[String]| {
+        v.iter()
+            .map(|s| format!("{s:?}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    println!("[[broker.users]]");
+    println!("name = {:?}", a.user);
+    println!("password_hash = {:?}", hash.to_string());
+    println!("publish = [{}]", list(&a.publish));
+    println!("subscribe = [{}]", list(&a.subscribe));
+    Ok(ExitCode::SUCCESS)
 }
 
 fn check_config(path: Option<&std::path::Path>) -> ExitCode {

@@ -720,3 +720,63 @@ fn a_network_listener_without_users_is_refused_at_start_up() {
         "the refusal says why: {stderr}"
     );
 }
+
+#[test]
+fn orchardd_passwd_prints_a_user_entry_that_logs_in() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_orchardd"))
+        .args([
+            "passwd",
+            "packing-shed",
+            "--publish",
+            "orchards/fengjie/+/yield",
+        ])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::io::Write::write_all(child.stdin.as_mut().unwrap(), b"tangerine 42\n").unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success());
+    let entry = String::from_utf8(out.stdout).unwrap();
+    assert!(
+        entry.starts_with("[[broker.users]]\nname = \"packing-shed\"\npassword_hash = \"$7$"),
+        "{entry}"
+    );
+    let cfg = DaemonConfig {
+        extra: entry,
+        ..DaemonConfig::embedded()
+    };
+    let daemon = Daemon::start(dir.path(), &cfg);
+    daemon.wait_ready();
+    let port = cfg.broker_port();
+    published(
+        port,
+        &[
+            "-u",
+            "packing-shed",
+            "-P",
+            "tangerine 42",
+            "-q",
+            "1",
+            "-t",
+            "orchards/fengjie/B3/yield",
+            "-m",
+            "{}",
+        ],
+    );
+    let refused = mosquitto_pub(
+        port,
+        &[
+            "-u",
+            "packing-shed",
+            "-P",
+            "tangerine",
+            "-t",
+            "orchards/fengjie/B3/yield",
+            "-m",
+            "{}",
+        ],
+    );
+    assert!(!refused.status.success());
+}
