@@ -407,6 +407,19 @@ pub struct BrokerSettings {
     /// Users with hashed passwords and the topics each may use; empty means anonymous clients
     /// on a loopback listener only.
     pub users: Vec<BrokerUser>,
+    /// A second listener that speaks MQTT over TLS (usually on port 8883).
+    pub tls: Option<BrokerTls>,
+}
+
+/// The endpoint's TLS listener: a certificate chain and its key, PEM files.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BrokerTls {
+    pub listen: SocketAddr,
+    /// The server's certificate chain, leaf first.
+    pub cert_file: PathBuf,
+    /// Its private key (PKCS#8, PKCS#1 or SEC1).
+    pub key_file: PathBuf,
 }
 
 impl Default for BrokerSettings {
@@ -419,6 +432,7 @@ impl Default for BrokerSettings {
             max_send: 16,
             session_queue_messages: 1000,
             users: Vec::new(),
+            tls: None,
         }
     }
 }
@@ -692,6 +706,25 @@ impl Settings {
                         self.broker.listen
                     ),
                 );
+            }
+            if let Some(tls) = &self.broker.tls {
+                if self.broker.users.is_empty() && !tls.listen.ip().is_loopback() {
+                    problem(
+                        "broker.tls.listen",
+                        format!(
+                            "{} is not a loopback address and broker.users is empty: add users or listen on 127.0.0.1",
+                            tls.listen
+                        ),
+                    );
+                }
+                for (key, path) in [
+                    ("broker.tls.cert_file", &tls.cert_file),
+                    ("broker.tls.key_file", &tls.key_file),
+                ] {
+                    if !path.is_file() {
+                        problem(key, format!("{} is not a readable file", path.display()));
+                    }
+                }
             }
             if self.broker.max_inflight == 0 {
                 problem("broker.max_inflight", "must be at least 1".into());

@@ -108,8 +108,8 @@ pub async fn run(settings: Settings) -> Result<(), DaemonError> {
             metrics.clone(),
             settings.broker.session_queue_messages,
         );
-        let (mqtt_listener, users) = endpoint::bind(&settings.broker)?;
-        let shared = endpoint::Shared {
+        let listeners = endpoint::bind(&settings.broker)?;
+        let shared = Arc::new(endpoint::Shared {
             hub,
             ingest: IngestPort::new(
                 decoder.clone(),
@@ -117,12 +117,13 @@ pub async fn run(settings: Settings) -> Result<(), DaemonError> {
                 limiter,
                 metrics.clone(),
             ),
-            users,
+            users: listeners.users.clone(),
             metrics: metrics.clone(),
             max_inflight: u32::from(settings.broker.max_inflight),
             max_send: settings.broker.max_send,
-        };
-        let running = endpoint::start(mqtt_listener, &settings.broker, shared)?;
+        });
+        let running = endpoint::start(listeners, &settings.broker, shared.clone())?;
+        tokio::spawn(endpoint::sweep_sessions(shared, shutdown.clone()));
         metrics.mqtt_connected.set(1);
         subscribed_tx.send_replace(true);
         let shutdown = shutdown.clone();

@@ -780,3 +780,50 @@ fn orchardd_passwd_prints_a_user_entry_that_logs_in() {
     );
     assert!(!refused.status.success());
 }
+
+#[test]
+fn the_tls_listener_takes_mqtts_and_stores_what_arrives_over_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let tls = support::test_certificates(dir.path());
+    let tls_port = support::free_port();
+    let cfg = DaemonConfig {
+        extra: format!(
+            "[broker.tls]\nlisten = \"127.0.0.1:{tls_port}\"\ncert_file = \"{}\"\nkey_file = \"{}\"\n",
+            tls.join("server.crt").display(),
+            tls.join("server.key").display()
+        ),
+        ..DaemonConfig::embedded()
+    };
+    let daemon = Daemon::start(dir.path(), &cfg);
+    daemon.wait_ready();
+    let ca = tls.join("ca.crt");
+    let ca = ca.to_str().unwrap();
+    for v in [V3, V5] {
+        published(
+            tls_port,
+            &[
+                "-V",
+                v,
+                "--cafile",
+                ca,
+                "-q",
+                "1",
+                "-t",
+                "orchards/fengjie/B2/probe-3/telemetry",
+                "-m",
+                if v == V3 {
+                    r#"{"readings": {"soil_ph": 6.1}}"#
+                } else {
+                    r#"{"readings": {"soil_temperature": 18.5}}"#
+                },
+            ],
+        );
+    }
+    let out = mosquitto_pub(tls_port, &["-t", "plain/over/tls", "-m", "x"]);
+    assert!(
+        !out.status.success(),
+        "plain MQTT on the TLS port is refused"
+    );
+    let rows = daemon.get_ok("/api/v1/readings?device=probe-3");
+    assert_eq!(rows["readings"].as_array().unwrap().len(), 2, "{rows}");
+}

@@ -362,6 +362,36 @@ impl Hub {
         }
     }
 
+    /// Forgets the offline sessions whose expiry has passed, with their queued messages.
+    pub fn sweep_expired(&self) -> usize {
+        let now = TimestampMs::now().0;
+        let mut state = self.lock();
+        let expired: Vec<String> = state
+            .sessions
+            .iter()
+            .filter(|(_, s)| s.online.is_none() && s.expired(now))
+            .map(|(c, _)| c.clone())
+            .collect();
+        for client in &expired {
+            state.sessions.remove(client);
+            state.subscribed.remove(client);
+            self.store.send(
+                Op::DropSession {
+                    client: client.clone(),
+                },
+                None,
+            );
+        }
+        if !expired.is_empty() {
+            self.count_subscriptions(&state);
+            tracing::info!(
+                sessions = expired.len(),
+                "mqtt endpoint: expired sessions forgotten"
+            );
+        }
+        expired.len()
+    }
+
     /// Sets the session expiry a v5 client asked for at DISCONNECT.
     pub fn set_expiry(&self, client: &str, conn: u64, expiry_secs: u32) {
         let mut state = self.lock();
@@ -596,5 +626,125 @@ impl Hub {
             .map(|s| s.subs.len())
             .sum();
         self.metrics.mqtt_subscriptions.set(n as i64);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::StoreSettings;
+
+    fn hub(limit: usize) -> (tempfile::TempDir, Hub, Arc<Metrics>) {
+        let dir = tempfile::tempdir().unwrap();
+        let settings = StoreSettings {
+            path: dir.path().join("o.db"),
+            ..StoreSettings::default()
+        };
+        crate::store::open_writer(&settings).unwrap();
+        let (store, stored) = SessionStore::open(&settings).unwrap();
+        let metrics = Arc::new(Metrics::default());
+        (
+            dir,
+            Hub::new(store, stored, metrics.clone(), limit),
+            metrics,
+        )
+    }
+
+    fn message(topic: &str, qos: QoS, origin: u64) -> Message {
+        Message {
+            topic: Arc::from(topic),
+            payload: Bytes::from_static(b"x"),
+            qos,
+            retain: false,
+            properties: None,
+            origin,
+        }
+    }
+
+    const PERSISTENT: SessionRequest = SessionRequest {
+        clean_start: false,
+        expiry_secs: u32::MAX,
+    };
+
+    #[test]
+    fn an_offline_session_keeps_at_most_its_bound_and_counts_what_it_drops() {
+        let (_dir, hub, metrics) = hub(3);
+        let r = hub.connect("phone", PERSISTENT);
+        hub.subscribe(
+            "phone",
+            r.conn,
+            &[("alerts/#".into(), SubOptions::qos(QoS::AtLeastOnce))],
+        );
+        hub.disconnect("phone", r.conn, Vec::new());
+        for _ in 0..5 {
+            hub.publish(message("alerts/frost", QoS::AtLeastOnce, 0));
+        }
+        // QoS 0 is not kept for an offline session, and not counted as dropped.
+        hub.publish(message("alerts/frost", QoS::AtMostOnce, 0));
+        assert_eq!(metrics.mqtt_deliveries_dropped.get(), 2);
+        let mut r = hub.connect("phone", PERSISTENT);
+        assert!(r.session_present);
+        let mut got = 0;
+        while r.deliveries.try_recv().is_ok() {
+            got += 1;
+        }
+        assert_eq!(got, 3);
+    }
+
+    #[test]
+    fn one_session_gets_a_message_once_at_its_best_qos_and_no_local_skips_its_own() {
+        let (_dir, hub, _) = hub(10);
+        let mut r = hub.connect(
+            "a",
+            SessionRequest {
+                clean_start: true,
+                expiry_secs: 0,
+            },
+        );
+        let no_local = SubOptions {
+            no_local: true,
+            ..SubOptions::qos(QoS::ExactlyOnce)
+        };
+        hub.subscribe(
+            "a",
+            r.conn,
+            &[
+                ("t/#".into(), SubOptions::qos(QoS::AtMostOnce)),
+                ("t/+".into(), SubOptions::qos(QoS::AtLeastOnce)),
+                ("t/own".into(), no_local),
+            ],
+        );
+        hub.publish(message("t/x", QoS::ExactlyOnce, 99));
+        let d = r.deliveries.try_recv().unwrap();
+        assert_eq!(d.qos, QoS::AtLeastOnce);
+        assert!(r.deliveries.try_recv().is_err(), "once");
+        // Its own publish on t/own matches t/# and t/+ but not the no-local subscription.
+        hub.publish(message("t/own", QoS::ExactlyOnce, r.conn));
+        assert_eq!(r.deliveries.try_recv().unwrap().qos, QoS::AtLeastOnce);
+    }
+
+    #[test]
+    fn a_clean_start_forgets_the_old_session() {
+        let (_dir, hub, _) = hub(10);
+        let r = hub.connect("gw", PERSISTENT);
+        hub.subscribe(
+            "gw",
+            r.conn,
+            &[("a".into(), SubOptions::qos(QoS::AtLeastOnce))],
+        );
+        hub.disconnect("gw", r.conn, Vec::new());
+        let r = hub.connect(
+            "gw",
+            SessionRequest {
+                clean_start: true,
+                expiry_secs: 0,
+            },
+        );
+        assert!(!r.session_present);
+        hub.disconnect("gw", r.conn, Vec::new());
+        hub.publish(message("a", QoS::AtLeastOnce, 0));
+        let mut r = hub.connect("gw", PERSISTENT);
+        assert!(!r.session_present);
+        assert!(r.deliveries.try_recv().is_err());
     }
 }

@@ -19,7 +19,7 @@ mod v5;
 use std::net::{SocketAddr, TcpListener};
 use std::sync::Arc;
 
-use ntex_mqtt::{MqttServer, MqttServiceConfig};
+use ntex_mqtt::{MqttError, MqttServer, MqttServiceConfig};
 use ntex_service::cfg::SharedCfg;
 use ntex_service::{fn_factory_with_config, fn_service};
 
@@ -44,6 +44,8 @@ pub enum StartError {
     AnonymousOnNetwork(SocketAddr),
     #[error("{0}")]
     Users(String),
+    #[error("{0}")]
+    Tls(String),
     #[error("mqtt endpoint: {0}")]
     Start(String),
 }
@@ -58,6 +60,8 @@ pub enum EndpointError {
     Payload(String),
     #[error("protocol")]
     Protocol,
+    #[error("TLS: {0}")]
+    Tls(String),
 }
 
 impl From<()> for EndpointError {
@@ -78,18 +82,54 @@ pub struct Shared {
     pub max_send: u16,
 }
 
-/// Checks the listener's doors and binds it, before anything else starts, so that a bad
-/// address fails start-up at once.
-pub fn bind(settings: &BrokerSettings) -> Result<(TcpListener, Users), StartError> {
+/// The bound listeners and who may use them, ready to be served.
+pub struct Listeners {
+    plain: TcpListener,
+    tls: Option<(TcpListener, Arc<rustls::ServerConfig>)>,
+    pub users: Users,
+}
+
+/// Checks the listeners' doors, loads the TLS certificate and binds, so that a bad address,
+/// certificate or user fails start-up at once with what is wrong.
+pub fn bind(settings: &BrokerSettings) -> Result<Listeners, StartError> {
     let users = Users::from_settings(&settings.users).map_err(StartError::Users)?;
-    if users.is_empty() && !settings.listen.ip().is_loopback() {
-        return Err(StartError::AnonymousOnNetwork(settings.listen));
+    let bind = |addr: SocketAddr| {
+        if users.is_empty() && !addr.ip().is_loopback() {
+            return Err(StartError::AnonymousOnNetwork(addr));
+        }
+        TcpListener::bind(addr).map_err(|source| StartError::Bind { addr, source })
+    };
+    let plain = bind(settings.listen)?;
+    let tls = match &settings.tls {
+        None => None,
+        Some(t) => Some((bind(t.listen)?, tls_config(t)?)),
+    };
+    Ok(Listeners { plain, tls, users })
+}
+
+fn tls_config(t: &crate::config::BrokerTls) -> Result<Arc<rustls::ServerConfig>, StartError> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let bad = |key: &str, path: &std::path::Path, e: &dyn std::fmt::Display| {
+        StartError::Tls(format!("broker.tls.{key} {}: {e}", path.display()))
+    };
+    let certs = CertificateDer::pem_file_iter(&t.cert_file)
+        .and_then(|i| i.collect::<Result<Vec<_>, _>>())
+        .map_err(|e| bad("cert_file", &t.cert_file, &e))?;
+    if certs.is_empty() {
+        return Err(bad("cert_file", &t.cert_file, &"holds no certificate"));
     }
-    let listener = TcpListener::bind(settings.listen).map_err(|source| StartError::Bind {
-        addr: settings.listen,
-        source,
-    })?;
-    Ok((listener, users))
+    let key =
+        PrivateKeyDer::from_pem_file(&t.key_file).map_err(|e| bad("key_file", &t.key_file, &e))?;
+    let config = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .map_err(|e| StartError::Tls(e.to_string()))?
+    .with_no_client_auth()
+    .with_single_cert(certs, key)
+    .map_err(|e| bad("key_file", &t.key_file, &e))?;
+    Ok(Arc::new(config))
 }
 
 /// The running endpoint.
@@ -158,23 +198,34 @@ macro_rules! mqtt_server {
 /// Starts accepting MQTT connections on `listener`: call it only once the store is open and
 /// the writer runs, so that no client ever publishes into a pipeline that is not there yet.
 pub fn start(
-    listener: TcpListener,
+    listeners: Listeners,
     settings: &BrokerSettings,
-    shared: Shared,
+    shared: Arc<Shared>,
 ) -> Result<Running, StartError> {
-    let shared = Arc::new(shared);
+    let Listeners { plain, tls, .. } = listeners;
     let addr = settings.listen;
-    let config = MqttServiceConfig::new()
-        .set_max_qos(ntex_mqtt::QoS::ExactlyOnce)
-        .set_max_receive(shared.max_inflight.min(u32::from(u16::MAX)) as u16)
-        .set_max_receive_size(0)
-        .set_max_size(settings.max_packet_bytes as u32)
-        .set_max_send(shared.max_send)
-        .set_max_topic_alias(32)
-        .set_handshake_timeout(ntex_util::time::Seconds(30))
-        // A sensor that publishes at QoS 0 and disconnects at once (mosquitto_pub does) must
-        // not lose that message; QoS 1/2 messages are handled too (they are idempotent).
-        .set_handle_qos_after_disconnect(Some(ntex_mqtt::QoS::ExactlyOnce));
+    let max_receive = shared.max_inflight.min(u32::from(u16::MAX)) as u16;
+    let (max_packet, max_send) = (settings.max_packet_bytes as u32, shared.max_send);
+    let config = move || {
+        SharedCfg::new("MQTT").add(
+            MqttServiceConfig::new()
+                .set_max_qos(ntex_mqtt::QoS::ExactlyOnce)
+                .set_max_receive(max_receive)
+                .set_max_receive_size(0)
+                .set_max_size(max_packet)
+                .set_max_send(max_send)
+                .set_max_topic_alias(32)
+                .set_handshake_timeout(ntex_util::time::Seconds(30))
+                // A sensor that publishes at QoS 0 and disconnects at once (mosquitto_pub
+                // does) must not lose that message; QoS 1/2 messages are handled too (they
+                // are idempotent).
+                .set_handle_qos_after_disconnect(Some(ntex_mqtt::QoS::ExactlyOnce)),
+        )
+    };
+    let has_tls = tls.is_some();
+    if let Some(t) = &settings.tls {
+        tracing::info!(listen = %t.listen, "MQTT endpoint: TLS listener");
+    }
     let (tx, rx) = std::sync::mpsc::channel();
     let thread = std::thread::Builder::new()
         .name("mqtt-endpoint".into())
@@ -184,13 +235,31 @@ pub fn start(
                 .disable_signals()
                 .build(ntex_net::DefaultRuntime);
             runner.block_on(async move {
+                let for_tls = shared.clone();
                 let built = ntex_server::net::build()
                     .workers(1)
                     .disable_signals()
-                    .listen("mqtt", listener, async move |_| {
-                        mqtt_server!(shared.clone())
+                    .listen("mqtt", plain, async move |_| mqtt_server!(shared.clone()))
+                    .and_then(|b| match tls {
+                        None => Ok(b),
+                        Some((listener, tls)) => b.listen("mqtts", listener, async move |_| {
+                            ntex_service::chain_factory(ntex_tls::rustls::TlsAcceptor::new(
+                                tls.clone(),
+                            ))
+                            .map_err(|e| MqttError::Service(EndpointError::Tls(e.to_string())))
+                            .map_init_err(|_| ())
+                            .and_then(mqtt_server!(for_tls.clone()))
+                        }),
                     })
-                    .map(|b| b.config("mqtt", SharedCfg::new("MQTT").add(config)).run());
+                    .map(|b| {
+                        let b = b.config("mqtt", config());
+                        if has_tls {
+                            b.config("mqtts", config())
+                        } else {
+                            b
+                        }
+                        .run()
+                    });
                 match built {
                     Ok(server) => {
                         let _ = tx.send(Ok(server.clone()));
@@ -209,6 +278,17 @@ pub fn start(
         .map_err(|e| StartError::Start(e.to_string()))?;
     tracing::info!(listen = %addr, "MQTT endpoint listening (PUBACK after commit)");
     Ok(Running { server, thread })
+}
+
+/// Forgets expired MQTT 5 sessions once a minute, until `shutdown`.
+pub async fn sweep_sessions(shared: Arc<Shared>, shutdown: tokio_util::sync::CancellationToken) {
+    let mut tick = tokio::time::interval(std::time::Duration::from_secs(60));
+    loop {
+        tokio::select! {
+            _ = tick.tick() => { shared.hub.sweep_expired(); }
+            _ = shutdown.cancelled() => return,
+        }
+    }
 }
 
 /// A client id for a client that sent none (a clean session; MQTT 5 tells it the id).

@@ -372,6 +372,76 @@ impl Drop for Daemon {
     }
 }
 
+/// A test CA and a server certificate for localhost and 127.0.0.1, made with openssl in
+/// `dir/tls`: `ca.crt`, `server.crt`, `server.key`. Returns that directory.
+pub fn test_certificates(dir: &Path) -> PathBuf {
+    let tls = dir.join("tls");
+    std::fs::create_dir_all(&tls).unwrap();
+    let openssl = require_binary("openssl", "openssl");
+    let run = |args: &[&str]| {
+        let out = Command::new(&openssl)
+            .args(args)
+            .current_dir(&tls)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "openssl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    run(&[
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-days",
+        "2",
+        "-subj",
+        "/CN=orchardd test CA",
+        "-keyout",
+        "ca.key",
+        "-out",
+        "ca.crt",
+    ]);
+    run(&[
+        "req",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-subj",
+        "/CN=localhost",
+        "-keyout",
+        "server.key",
+        "-out",
+        "server.csr",
+    ]);
+    std::fs::write(
+        tls.join("san.ext"),
+        "subjectAltName=DNS:localhost,IP:127.0.0.1\n",
+    )
+    .unwrap();
+    run(&[
+        "x509",
+        "-req",
+        "-in",
+        "server.csr",
+        "-CA",
+        "ca.crt",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-days",
+        "2",
+        "-extfile",
+        "san.ext",
+        "-out",
+        "server.crt",
+    ]);
+    tls
+}
+
 /// A Mosquitto broker with persistence, in its own directory, on its own port.
 pub struct Mosquitto {
     child: Option<Child>,
@@ -386,70 +456,7 @@ impl Mosquitto {
 
     /// A broker that takes only TLS and a username/password; returns it and its CA file.
     pub fn start_tls(dir: &Path, user: &str, password: &str) -> (Mosquitto, PathBuf) {
-        let tls = dir.join("tls");
-        std::fs::create_dir_all(&tls).unwrap();
-        let openssl = require_binary("openssl", "openssl");
-        let run = |args: &[&str]| {
-            let out = Command::new(&openssl)
-                .args(args)
-                .current_dir(&tls)
-                .output()
-                .unwrap();
-            assert!(
-                out.status.success(),
-                "openssl {args:?}: {}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-        };
-        run(&[
-            "req",
-            "-x509",
-            "-newkey",
-            "rsa:2048",
-            "-nodes",
-            "-days",
-            "2",
-            "-subj",
-            "/CN=orchardd test CA",
-            "-keyout",
-            "ca.key",
-            "-out",
-            "ca.crt",
-        ]);
-        run(&[
-            "req",
-            "-newkey",
-            "rsa:2048",
-            "-nodes",
-            "-subj",
-            "/CN=localhost",
-            "-keyout",
-            "server.key",
-            "-out",
-            "server.csr",
-        ]);
-        std::fs::write(
-            tls.join("san.ext"),
-            "subjectAltName=DNS:localhost,IP:127.0.0.1\n",
-        )
-        .unwrap();
-        run(&[
-            "x509",
-            "-req",
-            "-in",
-            "server.csr",
-            "-CA",
-            "ca.crt",
-            "-CAkey",
-            "ca.key",
-            "-CAcreateserial",
-            "-days",
-            "2",
-            "-extfile",
-            "san.ext",
-            "-out",
-            "server.crt",
-        ]);
+        let tls = test_certificates(dir);
         let passwd = tls.join("passwd");
         let ok = Command::new(require_binary("mosquitto_passwd", "mosquitto"))
             .args(["-b", "-c"])
