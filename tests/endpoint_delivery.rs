@@ -36,10 +36,15 @@ struct TrackingClient {
 
 impl TrackingClient {
     fn connect(port: u16, id: &str) -> Self {
+        Self::connect_with_inflight(port, id, 100)
+    }
+
+    /// `inflight`: how many unacknowledged publishes the client itself allows.
+    fn connect_with_inflight(port: u16, id: &str, inflight: u16) -> Self {
         let mut o = MqttOptions::new(id, "127.0.0.1", port);
         o.set_clean_session(false)
             .set_keep_alive(Duration::from_secs(5))
-            .set_inflight(100);
+            .set_inflight(inflight);
         let (client, mut eventloop) = AsyncClient::new(o, 200);
         let acked = Arc::new(Mutex::new(HashSet::new()));
         let connacks = Arc::new(Mutex::new(Vec::new()));
@@ -202,7 +207,9 @@ async fn a_stalled_store_holds_the_devices_back_with_flat_memory_and_loses_nothi
     let cfg = DaemonConfig::embedded();
     let daemon = Daemon::start(dir.path(), &cfg);
     daemon.wait_ready();
-    let client = TrackingClient::connect(cfg.broker_port(), "stalled-gateway");
+    // A client that would send 1000 publishes ahead of their PUBACKs: what holds it back is
+    // orchardd's window, not the client's own limit.
+    let client = TrackingClient::connect_with_inflight(cfg.broker_port(), "stalled-gateway", 1000);
     let base = now_ms() - 9 * 3_600_000;
     for i in 0..100 {
         let (topic, payload, _) = message(base, i);
@@ -250,6 +257,11 @@ async fn a_stalled_store_holds_the_devices_back_with_flat_memory_and_loses_nothi
     assert!(
         daemon.metric("orchardd_mqtt_paused_connections") >= 1.0,
         "the held-back connection is counted as paused"
+    );
+    let read = daemon.metric("orchardd_mqtt_publishes_in_total");
+    assert!(
+        read <= 100.0 + 64.0,
+        "orchardd stops reading at its in-flight window (broker.max_inflight = 64): it read {read} publishes"
     );
 
     lock.rollback().unwrap();

@@ -107,6 +107,12 @@ fn rows() -> Vec<(&'static str, Cell)> {
         }),
         ("publish → commit latency p50", |o| latency(o, 0.5)),
         ("publish → commit latency p99", |o| latency(o, 0.99)),
+        ("receipt → PUBACK p50 (own endpoint)", |o| {
+            ack_latency(o, 0.5)
+        }),
+        ("receipt → PUBACK p99 (own endpoint)", |o| {
+            ack_latency(o, 0.99)
+        }),
         ("commit batch p50 (mean), readings", |o| {
             let p50 = o.scrape.histogram("orchardd_batch_readings").quantile(0.5);
             let mean = o.scrape.mean("orchardd_batch_readings");
@@ -161,7 +167,19 @@ fn committed(o: &Outcome) -> String {
 }
 
 fn latency(o: &Outcome, q: f64) -> String {
-    let h = o.scrape.histogram("orchardd_reading_age_at_commit_seconds");
+    seconds(o, "orchardd_reading_age_at_commit_seconds", q)
+}
+
+/// The endpoint's own measure: a QoS 1 PUBLISH read to its PUBACK, which waits for the commit.
+fn ack_latency(o: &Outcome, q: f64) -> String {
+    if o.scrape.mean("orchardd_mqtt_ack_seconds").is_none() {
+        return "–".into();
+    }
+    seconds(o, "orchardd_mqtt_ack_seconds", q)
+}
+
+fn seconds(o: &Outcome, histogram: &str, q: f64) -> String {
+    let h = o.scrape.histogram(histogram);
     or_dash(h.quantile(q), |s| {
         if s < 1.0 {
             format!("{:.1} ms", s * 1e3)

@@ -36,6 +36,10 @@ pub struct Conn {
     /// Where retained messages for a new subscription go.
     pub deliveries: mpsc::Sender<Delivery>,
     inflight: Cell<u32>,
+    /// Payload bytes of the publishes in flight.
+    inflight_bytes: Cell<usize>,
+    /// Woken whenever a publish of this connection has been answered.
+    window: tokio::sync::Notify,
 }
 
 impl Conn {
@@ -56,6 +60,8 @@ impl Conn {
             closed: CancellationToken::new(),
             deliveries,
             inflight: Cell::new(0),
+            inflight_bytes: Cell::new(0),
+            window: tokio::sync::Notify::new(),
         }
     }
 
@@ -82,7 +88,7 @@ impl Conn {
         let metrics = &self.shared.metrics;
         metrics.mqtt_publishes_in.inc();
         let started = Instant::now();
-        let _window = InflightGuard::enter(self);
+        let _window = InflightGuard::enter(self, payload.len());
         let outcome = if !self.may_publish(topic) {
             metrics.mqtt_publishes_refused.inc();
             let user = self.user.as_ref().map_or("", |u| u.name.as_str());
@@ -161,27 +167,48 @@ impl Conn {
     }
 }
 
-/// Counts a publish against the connection's in-flight window while it waits for the store;
-/// a full window is a connection paused by back-pressure.
-struct InflightGuard<'a>(&'a Conn);
+impl Conn {
+    /// Returns once the connection may have one more publish in flight. ntex-mqtt asks this
+    /// before it reads the next packet, so a connection whose window is full of publishes
+    /// waiting for the store is not read: back-pressure that holds the client, never loss.
+    pub async fn window_open(&self) {
+        let full = || {
+            self.inflight.get() >= self.shared.max_inflight
+                || self.inflight_bytes.get() >= WINDOW_BYTES
+        };
+        if !full() {
+            return;
+        }
+        let paused = &self.shared.metrics.mqtt_paused_connections;
+        paused.inc();
+        while full() {
+            self.window.notified().await;
+        }
+        paused.dec();
+    }
+}
+
+/// Payload bytes one connection may have waiting for the store, whatever `max_inflight` says,
+/// so that large messages cannot pile up: at most this plus one packet per connection.
+const WINDOW_BYTES: usize = 1024 * 1024;
+
+/// Counts a publish against the connection's in-flight window while it waits for the store.
+struct InflightGuard<'a>(&'a Conn, usize);
 
 impl<'a> InflightGuard<'a> {
-    fn enter(conn: &'a Conn) -> Self {
-        let n = conn.inflight.get() + 1;
-        conn.inflight.set(n);
-        if n == conn.shared.max_inflight {
-            conn.shared.metrics.mqtt_paused_connections.inc();
-        }
-        Self(conn)
+    fn enter(conn: &'a Conn, bytes: usize) -> Self {
+        conn.inflight.set(conn.inflight.get() + 1);
+        conn.inflight_bytes.set(conn.inflight_bytes.get() + bytes);
+        Self(conn, bytes)
     }
 }
 
 impl Drop for InflightGuard<'_> {
     fn drop(&mut self) {
-        let n = self.0.inflight.get();
-        if n == self.0.shared.max_inflight {
-            self.0.shared.metrics.mqtt_paused_connections.dec();
-        }
-        self.0.inflight.set(n - 1);
+        self.0.inflight.set(self.0.inflight.get() - 1);
+        self.0
+            .inflight_bytes
+            .set(self.0.inflight_bytes.get() - self.1);
+        self.0.window.notify_one();
     }
 }

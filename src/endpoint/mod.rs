@@ -171,7 +171,7 @@ macro_rules! mqtt_server {
                 }))
             }))
             .publish(fn_factory_with_config(async |s: v3::Session| {
-                Ok::<_, EndpointError>(fn_service(move |p| v3::publish(s.clone(), p)))
+                Ok::<_, EndpointError>(v3::PublishService(s))
             })))
             .v5(ntex_mqtt::v5::MqttServer::new(fn_service(move |h| {
                 let shared = for_v5.clone();
@@ -190,7 +190,7 @@ macro_rules! mqtt_server {
                 }))
             }))
             .publish(fn_factory_with_config(async |s: v5::Session| {
-                Ok::<_, EndpointError>(fn_service(move |p| v5::publish(s.clone(), p)))
+                Ok::<_, EndpointError>(v5::PublishService(s))
             })))
     }};
 }

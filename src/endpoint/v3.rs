@@ -103,7 +103,29 @@ pub(super) async fn handshake(
     })
 }
 
-pub(super) async fn publish(session: Session, p: v3::Publish) -> Result<(), EndpointError> {
+/// The publish handler, as a service whose readiness is the connection's in-flight window
+/// (ntex-mqtt's own count does not hold back a stream of publishes).
+pub(super) struct PublishService(pub(super) Session);
+
+impl ntex_service::Service<v3::Publish> for PublishService {
+    type Response = ();
+    type Error = EndpointError;
+
+    async fn ready(&self, _: ntex_service::ServiceCtx<'_, Self>) -> Result<(), EndpointError> {
+        self.0.window_open().await;
+        Ok(())
+    }
+
+    async fn call(
+        &self,
+        p: v3::Publish,
+        _: ntex_service::ServiceCtx<'_, Self>,
+    ) -> Result<(), EndpointError> {
+        publish(self.0.clone(), p).await
+    }
+}
+
+async fn publish(session: Session, p: v3::Publish) -> Result<(), EndpointError> {
     let payload = p
         .read_all()
         .await

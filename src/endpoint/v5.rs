@@ -172,10 +172,29 @@ pub(super) async fn handshake(
     Ok(ack)
 }
 
-pub(super) async fn publish(
-    session: Session,
-    p: v5::Publish,
-) -> Result<v5::PublishAck, EndpointError> {
+/// The publish handler, as a service whose readiness is the connection's in-flight window
+/// (a client must keep to the receive maximum; this holds one that does not).
+pub(super) struct PublishService(pub(super) Session);
+
+impl ntex_service::Service<v5::Publish> for PublishService {
+    type Response = v5::PublishAck;
+    type Error = EndpointError;
+
+    async fn ready(&self, _: ntex_service::ServiceCtx<'_, Self>) -> Result<(), EndpointError> {
+        self.0.window_open().await;
+        Ok(())
+    }
+
+    async fn call(
+        &self,
+        p: v5::Publish,
+        _: ntex_service::ServiceCtx<'_, Self>,
+    ) -> Result<v5::PublishAck, EndpointError> {
+        publish(self.0.clone(), p).await
+    }
+}
+
+async fn publish(session: Session, p: v5::Publish) -> Result<v5::PublishAck, EndpointError> {
     let payload = p
         .read_all()
         .await
