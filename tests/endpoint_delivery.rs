@@ -108,7 +108,7 @@ fn stored_keys(daemon: &Daemon) -> (usize, HashSet<(String, i64)>) {
 async fn kill_9_mid_burst_keeps_every_acknowledged_message_and_the_resent_rest_lands_once() {
     const BURST: u64 = 20_000;
     let dir = tempfile::tempdir().unwrap();
-    let cfg = DaemonConfig::embedded();
+    let cfg = DaemonConfig::shipped_defaults_embedded();
     let mut daemon = Daemon::start(dir.path(), &cfg);
     daemon.wait_ready();
     let client = TrackingClient::connect(cfg.broker_port(), "scale-gateway-1");
@@ -169,7 +169,7 @@ async fn kill_9_mid_burst_keeps_every_acknowledged_message_and_the_resent_rest_l
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_that_publishes_the_instant_the_port_accepts_loses_nothing() {
     let dir = tempfile::tempdir().unwrap();
-    let cfg = DaemonConfig::embedded();
+    let cfg = DaemonConfig::shipped_defaults_embedded();
     let daemon = Daemon::start(dir.path(), &cfg);
     let port = cfg.broker_port();
     // Connect as soon as the port takes connections, without waiting for readiness.
@@ -204,7 +204,7 @@ fn rss_kib(pid: u32) -> u64 {
 async fn a_stalled_store_holds_the_devices_back_with_flat_memory_and_loses_nothing() {
     const BURST: u64 = 30_000;
     let dir = tempfile::tempdir().unwrap();
-    let cfg = DaemonConfig::embedded();
+    let cfg = DaemonConfig::shipped_defaults_embedded();
     let daemon = Daemon::start(dir.path(), &cfg);
     daemon.wait_ready();
     // A client that would send 1000 publishes ahead of their PUBACKs: what holds it back is
@@ -258,7 +258,16 @@ async fn a_stalled_store_holds_the_devices_back_with_flat_memory_and_loses_nothi
         daemon.metric("orchardd_mqtt_paused_connections") >= 1.0,
         "the held-back connection is counted as paused"
     );
+    // The client stops at its own in-flight window: without PUBACKs it sends no more.
     let read = daemon.metric("orchardd_mqtt_publishes_in_total");
+    assert!(read <= 100.0 + 1000.0, "read {read} publishes");
+    // Of those, orchardd takes no more than its window (broker.max_inflight = 64) into the
+    // pipeline; the rest wait, read but undecoded.
+    let taken = daemon.metric("orchardd_messages_received_total");
+    assert!(
+        taken <= 100.0 + 64.0,
+        "orchardd took {taken} messages into the pipeline while the store was stalled"
+    );
     assert!(
         read <= 100.0 + 64.0,
         "orchardd stops reading at its in-flight window (broker.max_inflight = 64): it read {read} publishes"
@@ -275,4 +284,56 @@ async fn a_stalled_store_holds_the_devices_back_with_flat_memory_and_loses_nothi
     let (rows, keys) = stored_keys(&daemon);
     assert_eq!(rows as u64, BURST);
     assert_eq!(keys, (0..BURST).map(|i| message(base, i).2).collect());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flooding_connection_does_not_starve_a_quiet_one() {
+    const FLOOD: u64 = 50_000;
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = DaemonConfig::shipped_defaults_embedded();
+    let daemon = Daemon::start(dir.path(), &cfg);
+    daemon.wait_ready();
+    let flood = TrackingClient::connect_with_inflight(cfg.broker_port(), "flooding-gateway", 1000);
+    let quiet = TrackingClient::connect(cfg.broker_port(), "quiet-probe");
+    let base = now_ms() - 20 * 3_600_000;
+    let flooding = {
+        let (queue, client) = (flood.queue.clone(), flood.client.clone());
+        tokio::spawn(async move {
+            for i in 0..FLOOD {
+                let (topic, payload, _) = message(base, i);
+                queue.lock().unwrap().push_back(i);
+                client
+                    .publish(topic, QoS::AtLeastOnce, false, payload)
+                    .await
+                    .unwrap();
+            }
+        })
+    };
+    wait_for(Duration::from_secs(30), "the flood to be under way", || {
+        (flood.acked().len() > 1_000).then_some(())
+    });
+    // The quiet device sends one message at a time and waits for each PUBACK.
+    for i in 0..10u64 {
+        let topic = "orchards/fengjie/B9/quiet-probe/telemetry";
+        let payload = format!(
+            r#"{{"ts":{},"readings":{{"soil_moisture":{i}}}}}"#,
+            base + i as i64 * 10_000
+        );
+        quiet.publish(i, topic, payload).await;
+        wait_for(Duration::from_secs(30), "the quiet device's PUBACK", || {
+            (quiet.acked().len() as u64 == i + 1).then_some(())
+        });
+    }
+    let flood_done = flood.acked().len() as u64;
+    assert!(
+        flood_done < FLOOD,
+        "the quiet device's 10 messages were acknowledged while the flood was still going ({flood_done} of {FLOOD})"
+    );
+    flooding.await.unwrap();
+    wait_for(
+        Duration::from_secs(120),
+        "the whole flood acknowledged",
+        || (flood.acked().len() as u64 == FLOOD).then_some(()),
+    );
+    assert_eq!(daemon.stored_readings().len() as u64, FLOOD + 10);
 }

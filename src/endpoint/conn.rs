@@ -38,8 +38,18 @@ pub struct Conn {
     inflight: Cell<u32>,
     /// Payload bytes of the publishes in flight.
     inflight_bytes: Cell<usize>,
-    /// Woken whenever a publish of this connection has been answered.
-    window: tokio::sync::Notify,
+    /// Publishes read but waiting for a place in the window.
+    waiting: Cell<u32>,
+    /// Everyone waiting for the window to open, woken whenever a publish is answered: the
+    /// dispatcher before it reads the next packet, and each call, which ntex-service checks
+    /// for readiness again. Every one of them must be woken, or a call never completes and
+    /// holds back the PUBACKs queued behind it.
+    window: std::cell::RefCell<Vec<std::task::Waker>>,
+    /// Counted in `mqtt_paused_connections` right now.
+    paused: Cell<bool>,
+    /// A publish whose payload is still arriving in chunks: the window must stay open until
+    /// it is whole, or the chunks would never be read.
+    streaming: Cell<bool>,
 }
 
 impl Conn {
@@ -61,7 +71,10 @@ impl Conn {
             deliveries,
             inflight: Cell::new(0),
             inflight_bytes: Cell::new(0),
-            window: tokio::sync::Notify::new(),
+            waiting: Cell::new(0),
+            window: std::cell::RefCell::new(Vec::new()),
+            paused: Cell::new(false),
+            streaming: Cell::new(false),
         }
     }
 
@@ -168,23 +181,75 @@ impl Conn {
 }
 
 impl Conn {
-    /// Returns once the connection may have one more publish in flight. ntex-mqtt asks this
-    /// before it reads the next packet, so a connection whose window is full of publishes
-    /// waiting for the store is not read: back-pressure that holds the client, never loss.
-    pub async fn window_open(&self) {
-        let full = || {
-            self.inflight.get() >= self.shared.max_inflight
-                || self.inflight_bytes.get() >= WINDOW_BYTES
-        };
-        if !full() {
-            return;
+    /// Returns once the connection may have one more publish in flight, waiting while
+    /// `broker.max_inflight` of its publishes wait for the store. The client is held back by
+    /// its own MQTT in-flight window (3.1.1) or by the receive maximum orchardd announced and
+    /// ntex-mqtt enforces (5): it gets no PUBACK, so it sends no more. A 3.1.1 client that
+    /// sends far more than any window ahead ([`WAITING_CAP`]) is disconnected instead of
+    /// buffered without bound; it resends after reconnecting, so nothing is lost.
+    ///
+    /// (Waiting here rather than in the service's readiness: ntex-mqtt 8.2 stalls a
+    /// connection whose publish service reports not-ready while calls are in flight.)
+    pub async fn window_open(&self) -> Result<(), super::EndpointError> {
+        if self.waiting.get() >= WAITING_CAP {
+            tracing::warn!(client = %self.client, waiting = WAITING_CAP, "mqtt endpoint: the client sent far more publishes ahead of their PUBACKs than any in-flight window; disconnecting it (it resends after reconnecting)");
+            return Err(super::EndpointError::Overrun);
         }
-        let paused = &self.shared.metrics.mqtt_paused_connections;
-        paused.inc();
-        while full() {
-            self.window.notified().await;
+        self.waiting.set(self.waiting.get() + 1);
+        let _waiting = Waiting(self);
+        std::future::poll_fn(|cx| {
+            if self.window_full() {
+                let mut waiting = self.window.borrow_mut();
+                if !waiting.iter().any(|w| w.will_wake(cx.waker())) {
+                    waiting.push(cx.waker().clone());
+                }
+                if !self.paused.replace(true) {
+                    self.shared.metrics.mqtt_paused_connections.inc();
+                }
+                std::task::Poll::Pending
+            } else {
+                std::task::Poll::Ready(())
+            }
+        })
+        .await;
+        Ok(())
+    }
+
+    fn open_window(&self) {
+        for w in self.window.take() {
+            w.wake();
         }
-        paused.dec();
+    }
+
+    fn window_full(&self) -> bool {
+        !self.streaming.get()
+            && (self.inflight.get() >= self.shared.max_inflight
+                || self.inflight_bytes.get() >= WINDOW_BYTES)
+    }
+
+    /// Reads a publish's whole payload, keeping the window open for its chunks meanwhile.
+    pub async fn read_payload<F, E>(&self, read: F) -> Result<bytes::Bytes, E>
+    where
+        F: Future<Output = Result<ntex_bytes::Bytes, E>>,
+    {
+        self.streaming.set(true);
+        self.open_window();
+        let payload = read.await;
+        self.streaming.set(false);
+        payload.map(|p| bytes::Bytes::copy_from_slice(&p))
+    }
+}
+
+/// Publishes of one connection that may wait for a place in its window before orchardd stops
+/// taking them and closes the connection.
+pub const WAITING_CAP: u32 = 1000;
+
+/// Counts a publish waiting for a place in the window.
+struct Waiting<'a>(&'a Conn);
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        self.0.waiting.set(self.0.waiting.get() - 1);
     }
 }
 
@@ -209,6 +274,11 @@ impl Drop for InflightGuard<'_> {
         self.0
             .inflight_bytes
             .set(self.0.inflight_bytes.get() - self.1);
-        self.0.window.notify_one();
+        if !self.0.window_full() {
+            if self.0.paused.replace(false) {
+                self.0.shared.metrics.mqtt_paused_connections.dec();
+            }
+            self.0.open_window();
+        }
     }
 }

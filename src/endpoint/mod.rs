@@ -62,6 +62,8 @@ pub enum EndpointError {
     Protocol,
     #[error("TLS: {0}")]
     Tls(String),
+    #[error("the client sent more publishes ahead of their acknowledgements than orchardd holds")]
+    Overrun,
 }
 
 impl From<()> for EndpointError {

@@ -103,37 +103,33 @@ pub(super) async fn handshake(
     })
 }
 
-/// The publish handler, as a service whose readiness is the connection's in-flight window
-/// (ntex-mqtt's own count does not hold back a stream of publishes).
+/// The publish handler: each publish first waits for a place in the connection's in-flight
+/// window (ntex-mqtt's own count does not hold back a stream of publishes).
 pub(super) struct PublishService(pub(super) Session);
 
 impl ntex_service::Service<v3::Publish> for PublishService {
     type Response = ();
     type Error = EndpointError;
 
-    async fn ready(&self, _: ntex_service::ServiceCtx<'_, Self>) -> Result<(), EndpointError> {
-        self.0.window_open().await;
-        Ok(())
-    }
-
     async fn call(
         &self,
         p: v3::Publish,
         _: ntex_service::ServiceCtx<'_, Self>,
     ) -> Result<(), EndpointError> {
+        self.0.window_open().await?;
         publish(self.0.clone(), p).await
     }
 }
 
 async fn publish(session: Session, p: v3::Publish) -> Result<(), EndpointError> {
-    let payload = p
-        .read_all()
+    let payload = session
+        .read_payload(p.read_all())
         .await
         .map_err(|e| EndpointError::Payload(e.to_string()))?;
     session
         .publish(
             p.publish_topic(),
-            bytes::Bytes::copy_from_slice(&payload),
+            payload,
             qos_of(p.qos()),
             p.retain(),
             None,

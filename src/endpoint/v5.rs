@@ -172,31 +172,27 @@ pub(super) async fn handshake(
     Ok(ack)
 }
 
-/// The publish handler, as a service whose readiness is the connection's in-flight window
-/// (a client must keep to the receive maximum; this holds one that does not).
+/// The publish handler: each publish first waits for a place in the connection's in-flight
+/// window (the receive maximum ntex-mqtt enforces holds a client to the same number).
 pub(super) struct PublishService(pub(super) Session);
 
 impl ntex_service::Service<v5::Publish> for PublishService {
     type Response = v5::PublishAck;
     type Error = EndpointError;
 
-    async fn ready(&self, _: ntex_service::ServiceCtx<'_, Self>) -> Result<(), EndpointError> {
-        self.0.window_open().await;
-        Ok(())
-    }
-
     async fn call(
         &self,
         p: v5::Publish,
         _: ntex_service::ServiceCtx<'_, Self>,
     ) -> Result<v5::PublishAck, EndpointError> {
+        self.0.window_open().await?;
         publish(self.0.clone(), p).await
     }
 }
 
 async fn publish(session: Session, p: v5::Publish) -> Result<v5::PublishAck, EndpointError> {
-    let payload = p
-        .read_all()
+    let payload = session
+        .read_payload(p.read_all())
         .await
         .map_err(|e| EndpointError::Payload(e.to_string()))?;
     let pkt = p.packet();
@@ -208,7 +204,7 @@ async fn publish(session: Session, p: v5::Publish) -> Result<v5::PublishAck, End
     let outcome = session
         .publish(
             p.publish_topic(),
-            bytes::Bytes::copy_from_slice(&payload),
+            payload,
             qos_of(p.qos()),
             p.retain(),
             props,

@@ -167,6 +167,15 @@ impl DaemonConfig {
         }
     }
 
+    /// orchardd as shipped, with its own MQTT endpoint (on a free port): nothing in the config
+    /// but what a test must own (store path, ports, registry file).
+    pub fn shipped_defaults_embedded() -> Self {
+        Self {
+            test_speedups: false,
+            ..Self::embedded()
+        }
+    }
+
     /// orchardd as shipped, subscribed to an external broker: nothing in the config but the
     /// broker's address and what a test must own (store path, HTTP port, registry file).
     pub fn shipped_defaults_external(mqtt_port: u16) -> Self {
