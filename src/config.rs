@@ -428,7 +428,7 @@ impl Default for BrokerSettings {
             embedded: true,
             listen: SocketAddr::from(([127, 0, 0, 1], 1883)),
             max_packet_bytes: 1024 * 1024,
-            max_inflight: 64,
+            max_inflight: 256,
             max_send: 16,
             session_queue_messages: 1000,
             users: Vec::new(),
