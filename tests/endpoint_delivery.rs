@@ -93,6 +93,21 @@ impl TrackingClient {
             .unwrap();
     }
 
+    /// Publishes messages `range` in the background, as a device with a backlog would.
+    fn spawn_burst(&self, base: i64, range: std::ops::Range<u64>) -> tokio::task::JoinHandle<()> {
+        let (queue, client) = (self.queue.clone(), self.client.clone());
+        tokio::spawn(async move {
+            for i in range {
+                let (topic, payload, _) = message(base, i);
+                queue.lock().unwrap().push_back(i);
+                client
+                    .publish(topic, QoS::AtLeastOnce, false, payload)
+                    .await
+                    .unwrap();
+            }
+        })
+    }
+
     fn acked(&self) -> HashSet<u64> {
         self.acked.lock().unwrap().clone()
     }
@@ -225,20 +240,7 @@ async fn a_stalled_store_holds_the_devices_back_with_flat_memory_and_loses_nothi
     let lock = locker
         .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
         .unwrap();
-    let publishing = {
-        let queue = client.queue.clone();
-        let client = client.client.clone();
-        tokio::spawn(async move {
-            for i in 100..BURST {
-                let (topic, payload, _) = message(base, i);
-                queue.lock().unwrap().push_back(i);
-                client
-                    .publish(topic, QoS::AtLeastOnce, false, payload)
-                    .await
-                    .unwrap();
-            }
-        })
-    };
+    let publishing = client.spawn_burst(base, 100..BURST);
     tokio::time::sleep(Duration::from_secs(5)).await;
     assert_eq!(
         client.acked().len(),
@@ -289,19 +291,7 @@ async fn a_flooding_connection_does_not_starve_a_quiet_one() {
     let flood = TrackingClient::connect_with_inflight(cfg.broker_port(), "flooding-gateway", 1000);
     let quiet = TrackingClient::connect(cfg.broker_port(), "quiet-probe");
     let base = now_ms() - 20 * 3_600_000;
-    let flooding = {
-        let (queue, client) = (flood.queue.clone(), flood.client.clone());
-        tokio::spawn(async move {
-            for i in 0..FLOOD {
-                let (topic, payload, _) = message(base, i);
-                queue.lock().unwrap().push_back(i);
-                client
-                    .publish(topic, QoS::AtLeastOnce, false, payload)
-                    .await
-                    .unwrap();
-            }
-        })
-    };
+    let flooding = flood.spawn_burst(base, 0..FLOOD);
     wait_for(Duration::from_secs(30), "the flood to be under way", || {
         (flood.acked().len() > 1_000).then_some(())
     });

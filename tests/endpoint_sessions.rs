@@ -470,24 +470,42 @@ fn an_offline_persistent_subscriber_gets_what_it_missed_even_across_a_restart() 
     let mut daemon = Daemon::start(dir.path(), &cfg);
     daemon.wait_ready();
     let port = cfg.broker_port();
-    let phones = [
-        (V3, "phone-v3", vec!["-c"]),
-        (V5, "phone-v5", vec!["-c", "-x", "86400"]),
+    // mosquitto_sub as a phone with a persistent session on the alerts topic.
+    let phones: [(&str, &[&str]); 2] = [
+        (
+            V3,
+            &[
+                "-V",
+                V3,
+                "-i",
+                "phone-v3",
+                "-c",
+                "-q",
+                "1",
+                "-t",
+                "orchards/fengjie/alerts",
+            ],
+        ),
+        (
+            V5,
+            &[
+                "-V",
+                V5,
+                "-i",
+                "phone-v5",
+                "-c",
+                "-x",
+                "86400",
+                "-q",
+                "1",
+                "-t",
+                "orchards/fengjie/alerts",
+            ],
+        ),
     ];
     // Each phone subscribes with a persistent session, then goes out of signal.
-    for (n, (v, id, session)) in phones.iter().enumerate() {
-        let mut args = vec![
-            "-V",
-            v,
-            "-i",
-            id,
-            "-q",
-            "1",
-            "-t",
-            "orchards/fengjie/alerts",
-        ];
-        args.extend(session.iter().copied());
-        let sub = Sub::start(port, &args);
+    for (n, (_, args)) in phones.iter().enumerate() {
+        let sub = Sub::start(port, args);
         // An offline persistent session keeps its subscription: the count only grows.
         wait_subscriptions(&daemon, n as f64 + 1.0);
         drop(sub);
@@ -520,19 +538,8 @@ fn an_offline_persistent_subscriber_gets_what_it_missed_even_across_a_restart() 
             "irrigate B1 12 mm",
         ],
     );
-    for (v, id, session) in &phones {
-        let mut args = vec![
-            "-V",
-            v,
-            "-i",
-            id,
-            "-q",
-            "1",
-            "-t",
-            "orchards/fengjie/alerts",
-        ];
-        args.extend(session.iter().copied());
-        let sub = Sub::start(port, &args);
+    for (v, args) in &phones {
+        let sub = Sub::start(port, args);
         let got = sub.next(Duration::from_secs(10));
         assert_eq!(got.as_deref(), Some("frost risk B3"), "{v}");
         assert_eq!(

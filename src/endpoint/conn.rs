@@ -2,6 +2,7 @@
 //! what it publishes.
 
 use std::cell::{Cell, RefCell};
+use std::rc::Rc;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -10,7 +11,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use super::Shared;
-use super::hub::{Delivery, Message, Properties, QoS};
+use super::hub::{Delivery, Message, Properties, QoS, Registration};
 use super::ingest::WriterGone;
 use super::users::User;
 use crate::validate::{Reason, Rejection};
@@ -280,5 +281,74 @@ impl Drop for InflightGuard<'_> {
             }
             self.0.open_window();
         }
+    }
+}
+
+/// What the delivery loop needs of one protocol version's sink.
+pub trait Outbound {
+    fn is_open(&self) -> bool;
+    /// Closes the connection because another connection took over its client id.
+    fn close_taken_over(&self);
+    /// Sends one message, waiting for its acknowledgement at QoS 1 and 2.
+    fn send(&self, d: &Delivery) -> impl Future<Output = Result<(), ()>>;
+}
+
+/// Sends what the hub routes to a connection, in order, each QoS 1/2 message waiting for its
+/// acknowledgement; hands back to the hub what it could not deliver when the connection ends.
+pub async fn deliver<S: Outbound>(sink: S, conn: Rc<Conn>, registration: Registration) {
+    let Registration {
+        mut deliveries,
+        kick,
+        ..
+    } = registration;
+    let mut undelivered = Vec::new();
+    loop {
+        let d = tokio::select! {
+            biased;
+            _ = conn.closed.cancelled() => break,
+            _ = kick.cancelled() => {
+                sink.close_taken_over();
+                let _ = tokio::time::timeout(std::time::Duration::from_secs(5), conn.closed.cancelled()).await;
+                break;
+            }
+            d = deliveries.recv() => match d { Some(d) => d, None => break },
+        };
+        if d.message.expired_now() {
+            conn.shared.hub.delivered(&d);
+            continue;
+        }
+        match sink.send(&d).await {
+            Ok(()) => {
+                conn.shared.metrics.mqtt_publishes_out.inc();
+                conn.shared.hub.delivered(&d);
+            }
+            Err(()) if sink.is_open() => {
+                // Not the connection: the message itself could not be sent (over the
+                // client's maximum packet size, say). Drop it rather than retry forever.
+                conn.shared.metrics.mqtt_deliveries_dropped.inc();
+                tracing::warn!(client = %conn.client, topic = %d.message.topic, "mqtt endpoint: a message could not be sent to this client and was dropped");
+                conn.shared.hub.delivered(&d);
+            }
+            Err(()) => {
+                undelivered.push(d);
+                break;
+            }
+        }
+    }
+    deliveries.close();
+    while let Ok(d) = deliveries.try_recv() {
+        undelivered.push(d);
+    }
+    conn.shared
+        .hub
+        .disconnect(&conn.client, conn.id, undelivered);
+}
+
+/// MQTT's QoS, from the codec's to the hub's.
+pub fn qos_of(q: ntex_mqtt::QoS) -> QoS {
+    match q {
+        ntex_mqtt::QoS::AtMostOnce => QoS::AtMostOnce,
+        ntex_mqtt::QoS::AtLeastOnce => QoS::AtLeastOnce,
+        ntex_mqtt::QoS::ExactlyOnce => QoS::ExactlyOnce,
     }
 }

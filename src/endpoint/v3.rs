@@ -6,22 +6,14 @@ use std::sync::Arc;
 
 use ntex_bytes::ByteString;
 use ntex_mqtt::Control;
-use ntex_mqtt::v3::{self, codec};
+use ntex_mqtt::v3;
 use ntex_util::time::Seconds;
 
-use super::conn::Conn;
+use super::conn::{Conn, Outbound, deliver, qos_of};
 use super::hub::{Delivery, Message, QoS, SessionRequest, SubOptions};
 use super::{EndpointError, Shared, users::Login};
 
 pub(super) type Session = v3::Session<Rc<Conn>>;
-
-fn qos_of(q: codec::QoS) -> QoS {
-    match q {
-        codec::QoS::AtMostOnce => QoS::AtMostOnce,
-        codec::QoS::AtLeastOnce => QoS::AtLeastOnce,
-        codec::QoS::ExactlyOnce => QoS::ExactlyOnce,
-    }
-}
 
 /// Control messages: a stopped connection publishes its will and leaves the hub.
 pub(super) fn control(
@@ -175,72 +167,29 @@ pub(super) fn protocol(
     })
 }
 
-/// Sends what the hub routes to this connection, in order, each QoS 1/2 message waiting for
-/// its acknowledgement; hands back what it could not deliver when the connection ends.
-async fn deliver(sink: v3::MqttSink, conn: Rc<Conn>, registration: super::hub::Registration) {
-    let super::hub::Registration {
-        mut deliveries,
-        kick,
-        ..
-    } = registration;
-    let mut undelivered = Vec::new();
-    loop {
-        let d = tokio::select! {
-            biased;
-            _ = conn.closed.cancelled() => break,
-            _ = kick.cancelled() => {
-                sink.close();
-                let _ = tokio::time::timeout(std::time::Duration::from_secs(5), conn.closed.cancelled()).await;
-                break;
-            }
-            d = deliveries.recv() => match d { Some(d) => d, None => break },
-        };
-        if let Err(d) = send(&sink, &conn, d).await {
-            if sink.is_open() {
-                // Not the connection: the message itself could not be sent (over the
-                // client's maximum packet size, say). Drop it rather than retry forever.
-                conn.shared.metrics.mqtt_deliveries_dropped.inc();
-                tracing::warn!(client = %conn.client, topic = %d.message.topic, "mqtt endpoint: a message could not be sent to this client and was dropped");
-                conn.shared.hub.delivered(&d);
-                continue;
-            }
-            undelivered.push(d);
-            break;
-        }
+impl Outbound for v3::MqttSink {
+    fn is_open(&self) -> bool {
+        v3::MqttSink::is_open(self)
     }
-    deliveries.close();
-    while let Ok(d) = deliveries.try_recv() {
-        undelivered.push(d);
-    }
-    conn.shared
-        .hub
-        .disconnect(&conn.client, conn.id, undelivered);
-}
 
-async fn send(sink: &v3::MqttSink, conn: &Conn, d: Delivery) -> Result<(), Delivery> {
-    if d.message.expired_now() {
-        conn.shared.hub.delivered(&d);
-        return Ok(());
+    fn close_taken_over(&self) {
+        self.close();
     }
-    let mut b = sink.publish(ByteString::from(&*d.message.topic));
-    if d.retain {
-        b = b.retain();
-    }
-    let payload = ntex_bytes::Bytes::copy_from_slice(&d.message.payload);
-    let sent = match d.qos {
-        QoS::AtMostOnce => b.send_at_most_once(payload).map(|_| ()),
-        QoS::AtLeastOnce => b.send_at_least_once(payload).await,
-        QoS::ExactlyOnce => match b.send_exactly_once(payload).await {
-            Ok(rec) => rec.release().await,
-            Err(e) => Err(e),
-        },
-    };
-    match sent {
-        Ok(()) => {
-            conn.shared.metrics.mqtt_publishes_out.inc();
-            conn.shared.hub.delivered(&d);
-            Ok(())
+
+    async fn send(&self, d: &Delivery) -> Result<(), ()> {
+        let mut b = self.publish(ByteString::from(&*d.message.topic));
+        if d.retain {
+            b = b.retain();
         }
-        Err(_) => Err(d),
+        let payload = ntex_bytes::Bytes::copy_from_slice(&d.message.payload);
+        let sent = match d.qos {
+            QoS::AtMostOnce => b.send_at_most_once(payload),
+            QoS::AtLeastOnce => b.send_at_least_once(payload).await,
+            QoS::ExactlyOnce => match b.send_exactly_once(payload).await {
+                Ok(rec) => rec.release().await,
+                Err(e) => Err(e),
+            },
+        };
+        sent.map_err(|_| ())
     }
 }

@@ -10,7 +10,7 @@ use ntex_bytes::ByteString;
 use ntex_mqtt::Control;
 use ntex_mqtt::v5::{self, codec};
 
-use super::conn::{Conn, Outcome};
+use super::conn::{Conn, Outbound, Outcome, deliver, qos_of};
 use super::hub::{Delivery, Message, Properties, QoS, SessionRequest, SubOptions};
 use super::{EndpointError, Shared, users::Login};
 use crate::model::TimestampMs;
@@ -24,22 +24,6 @@ impl TryFrom<EndpointError> for v5::PublishAck {
     /// message that got an error PUBACK): the connection closes and the client resends.
     fn try_from(e: EndpointError) -> Result<Self, Self::Error> {
         Err(e)
-    }
-}
-
-fn qos_of(q: codec::QoS) -> QoS {
-    match q {
-        codec::QoS::AtMostOnce => QoS::AtMostOnce,
-        codec::QoS::AtLeastOnce => QoS::AtLeastOnce,
-        codec::QoS::ExactlyOnce => QoS::ExactlyOnce,
-    }
-}
-
-fn codec_qos(q: QoS) -> codec::QoS {
-    match q {
-        QoS::AtMostOnce => codec::QoS::AtMostOnce,
-        QoS::AtLeastOnce => codec::QoS::AtLeastOnce,
-        QoS::ExactlyOnce => codec::QoS::ExactlyOnce,
     }
 }
 
@@ -277,97 +261,53 @@ pub(super) fn protocol(
     })
 }
 
-async fn deliver(sink: v5::MqttSink, conn: Rc<Conn>, registration: super::hub::Registration) {
-    let super::hub::Registration {
-        mut deliveries,
-        kick,
-        ..
-    } = registration;
-    let mut undelivered = Vec::new();
-    loop {
-        let d = tokio::select! {
-            biased;
-            _ = conn.closed.cancelled() => break,
-            _ = kick.cancelled() => {
-                sink.close_with_reason(codec::Disconnect {
-                    reason_code: codec::DisconnectReasonCode::SessionTakenOver,
-                    ..Default::default()
-                });
-                let _ = tokio::time::timeout(std::time::Duration::from_secs(5), conn.closed.cancelled()).await;
-                break;
-            }
-            d = deliveries.recv() => match d { Some(d) => d, None => break },
-        };
-        if let Err(d) = send(&sink, &conn, d).await {
-            if sink.is_open() {
-                // Not the connection: the message itself could not be sent (over the
-                // client's maximum packet size, say). Drop it rather than retry forever.
-                conn.shared.metrics.mqtt_deliveries_dropped.inc();
-                tracing::warn!(client = %conn.client, topic = %d.message.topic, "mqtt endpoint: a message could not be sent to this client and was dropped");
-                conn.shared.hub.delivered(&d);
-                continue;
-            }
-            undelivered.push(d);
-            break;
-        }
+impl Outbound for v5::MqttSink {
+    fn is_open(&self) -> bool {
+        v5::MqttSink::is_open(self)
     }
-    deliveries.close();
-    while let Ok(d) = deliveries.try_recv() {
-        undelivered.push(d);
-    }
-    conn.shared
-        .hub
-        .disconnect(&conn.client, conn.id, undelivered);
-}
 
-async fn send(sink: &v5::MqttSink, conn: &Conn, d: Delivery) -> Result<(), Delivery> {
-    let now = TimestampMs::now().0;
-    let props = d.message.properties.clone();
-    if let Some(at) = props.as_ref().and_then(|p| p.expires_at_ms)
-        && at <= now
-    {
-        conn.shared.hub.delivered(&d);
-        return Ok(());
-    }
-    let b = sink
-        .publish(ByteString::from(&*d.message.topic))
-        .retain(d.retain)
-        .properties(|pp| {
-            if let Some(p) = &props {
-                pp.is_utf8_payload = p.payload_utf8;
-                pp.content_type = p.content_type.as_deref().map(ByteString::from);
-                pp.response_topic = p.response_topic.as_deref().map(ByteString::from);
-                pp.correlation_data = p
-                    .correlation_data
-                    .as_deref()
-                    .map(ntex_bytes::Bytes::copy_from_slice);
-                pp.user_properties = p
-                    .user
-                    .iter()
-                    .map(|(k, v)| (ByteString::from(k.as_str()), ByteString::from(v.as_str())))
-                    .collect();
-                // What is left of the message's life (§3.3.2.3.3).
-                pp.message_expiry_interval = p
-                    .expires_at_ms
-                    .and_then(|at| NonZeroU32::new(((at - now + 999) / 1000) as u32));
-            }
+    fn close_taken_over(&self) {
+        self.close_with_reason(codec::Disconnect {
+            reason_code: codec::DisconnectReasonCode::SessionTakenOver,
+            ..Default::default()
         });
-    let payload = ntex_bytes::Bytes::copy_from_slice(&d.message.payload);
-    let sent = match d.qos {
-        QoS::AtMostOnce => b.send_at_most_once(payload).map(|_| ()),
-        QoS::AtLeastOnce => b.send_at_least_once(payload).await.map(|_| ()),
-        QoS::ExactlyOnce => match b.send_exactly_once(payload).await {
-            Ok(rec) => rec.release().await,
-            Err(e) => Err(e),
-        },
-    };
-    let _ = codec_qos;
-    match sent {
-        Ok(()) => {
-            conn.shared.metrics.mqtt_publishes_out.inc();
-            conn.shared.hub.delivered(&d);
-            Ok(())
-        }
-        Err(_) => Err(d),
+    }
+
+    async fn send(&self, d: &Delivery) -> Result<(), ()> {
+        let now = TimestampMs::now().0;
+        let props = d.message.properties.clone();
+        let b = self
+            .publish(ByteString::from(&*d.message.topic))
+            .retain(d.retain)
+            .properties(|pp| {
+                if let Some(p) = &props {
+                    pp.is_utf8_payload = p.payload_utf8;
+                    pp.content_type = p.content_type.as_deref().map(ByteString::from);
+                    pp.response_topic = p.response_topic.as_deref().map(ByteString::from);
+                    pp.correlation_data = p
+                        .correlation_data
+                        .as_deref()
+                        .map(ntex_bytes::Bytes::copy_from_slice);
+                    pp.user_properties = p
+                        .user
+                        .iter()
+                        .map(|(k, v)| (ByteString::from(k.as_str()), ByteString::from(v.as_str())))
+                        .collect();
+                    // What is left of the message's life (§3.3.2.3.3).
+                    pp.message_expiry_interval = p
+                        .expires_at_ms
+                        .and_then(|at| NonZeroU32::new(((at - now + 999) / 1000) as u32));
+                }
+            });
+        let payload = ntex_bytes::Bytes::copy_from_slice(&d.message.payload);
+        let sent = match d.qos {
+            QoS::AtMostOnce => b.send_at_most_once(payload),
+            QoS::AtLeastOnce => b.send_at_least_once(payload).await.map(|_| ()),
+            QoS::ExactlyOnce => match b.send_exactly_once(payload).await {
+                Ok(rec) => rec.release().await,
+                Err(e) => Err(e),
+            },
+        };
+        sent.map_err(|_| ())
     }
 }
