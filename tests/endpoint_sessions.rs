@@ -585,6 +585,54 @@ fn mqtt_5_properties_reach_the_subscriber_as_published() {
     );
 }
 
+#[test]
+fn an_expired_message_is_not_delivered() {
+    let (_dir, _daemon, port) = started();
+    published(
+        port,
+        &[
+            "-V",
+            V5,
+            "-q",
+            "1",
+            "-r",
+            "-t",
+            "orchards/fengjie/notice",
+            "-m",
+            "short-lived",
+            "-D",
+            "publish",
+            "message-expiry-interval",
+            "1",
+        ],
+    );
+    published(
+        port,
+        &[
+            "-V",
+            V5,
+            "-q",
+            "1",
+            "-r",
+            "-t",
+            "orchards/fengjie/lasting",
+            "-m",
+            "kept",
+        ],
+    );
+    std::thread::sleep(Duration::from_millis(2_100));
+    let sub = Sub::start(port, &["-V", V5, "-t", "orchards/fengjie/+", "-v"]);
+    assert_eq!(
+        sub.next(Duration::from_secs(5)).as_deref(),
+        Some("orchards/fengjie/lasting kept")
+    );
+    assert_eq!(
+        sub.next(Duration::from_secs(1)),
+        None,
+        "the retained message past its expiry interval is not sent"
+    );
+}
+
 fn with_users(passwd_line: &str) -> String {
     format!(
         r#"

@@ -724,6 +724,28 @@ mod tests {
     }
 
     #[test]
+    fn what_a_dropped_connection_left_unacknowledged_goes_out_again_on_reconnect() {
+        let (_dir, hub, _) = hub(10);
+        let mut r = hub.connect("phone", PERSISTENT);
+        hub.subscribe(
+            "phone",
+            r.conn,
+            &[("alerts/#".into(), SubOptions::qos(QoS::AtLeastOnce))],
+        );
+        hub.publish(message("alerts/frost", QoS::AtLeastOnce, 0));
+        // The delivery task took it, sent it, and the link dropped before the PUBACK.
+        let in_flight = r.deliveries.try_recv().unwrap();
+        hub.disconnect("phone", r.conn, vec![in_flight]);
+        let mut r = hub.connect("phone", PERSISTENT);
+        let again = r.deliveries.try_recv().unwrap();
+        assert_eq!(&*again.message.topic, "alerts/frost");
+        assert!(
+            again.stored.is_some(),
+            "kept in the store while the phone was away"
+        );
+    }
+
+    #[test]
     fn a_clean_start_forgets_the_old_session() {
         let (_dir, hub, _) = hub(10);
         let r = hub.connect("gw", PERSISTENT);
