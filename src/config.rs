@@ -396,8 +396,8 @@ pub struct BrokerSettings {
     pub listen: SocketAddr,
     /// Largest MQTT packet the endpoint takes, in bytes.
     pub max_packet_bytes: usize,
-    /// Publishes one connection may have waiting for the store (the MQTT 5 receive maximum);
-    /// when they are all waiting, orchardd stops reading that connection.
+    /// The MQTT 5 receive maximum: publishes one client may have waiting for their PUBACK,
+    /// which comes after the commit. A connection at it counts as paused.
     pub max_inflight: u16,
     /// Messages in flight to one subscriber at a time.
     pub max_send: u16,

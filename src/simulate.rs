@@ -218,7 +218,7 @@ async fn publish_share(
         port,
     );
     mqtt.set_keep_alive(Duration::from_secs(30))
-        .set_inflight(500);
+        .set_inflight(100);
     if let Some(user) = &opts.username {
         mqtt.set_credentials(user, opts.password.as_deref().unwrap_or_default());
     }

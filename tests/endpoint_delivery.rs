@@ -260,14 +260,6 @@ async fn a_stalled_store_holds_the_devices_back_with_flat_memory_and_loses_nothi
         daemon.metric("orchardd_mqtt_paused_connections") >= 1.0,
         "the held-back connection is counted as paused"
     );
-    // orchardd takes no more than its window (broker.max_inflight, 256 as shipped) into the
-    // pipeline; the client, without PUBACKs, stops at its own in-flight window.
-    let taken = daemon.metric("orchardd_messages_received_total");
-    assert!(
-        taken <= 100.0 + 256.0,
-        "orchardd took {taken} messages into the pipeline while the store was stalled"
-    );
-
     lock.rollback().unwrap();
     drop(locker);
     publishing.await.unwrap();

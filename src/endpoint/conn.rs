@@ -36,21 +36,10 @@ pub struct Conn {
     pub closed: CancellationToken,
     /// Where retained messages for a new subscription go.
     pub deliveries: mpsc::Sender<Delivery>,
+    /// Publishes of this connection being handled (read, not yet answered).
     inflight: Cell<u32>,
-    /// Payload bytes of the publishes in flight.
-    inflight_bytes: Cell<usize>,
-    /// Publishes read but waiting for a place in the window.
-    waiting: Cell<u32>,
-    /// Everyone waiting for the window to open, woken whenever a publish is answered: the
-    /// dispatcher before it reads the next packet, and each call, which ntex-service checks
-    /// for readiness again. Every one of them must be woken, or a call never completes and
-    /// holds back the PUBACKs queued behind it.
-    window: std::cell::RefCell<Vec<std::task::Waker>>,
     /// Counted in `mqtt_paused_connections` right now.
     paused: Cell<bool>,
-    /// A publish whose payload is still arriving in chunks: the window must stay open until
-    /// it is whole, or the chunks would never be read.
-    streaming: Cell<bool>,
 }
 
 impl Conn {
@@ -71,11 +60,7 @@ impl Conn {
             closed: CancellationToken::new(),
             deliveries,
             inflight: Cell::new(0),
-            inflight_bytes: Cell::new(0),
-            waiting: Cell::new(0),
-            window: std::cell::RefCell::new(Vec::new()),
             paused: Cell::new(false),
-            streaming: Cell::new(false),
         }
     }
 
@@ -102,7 +87,6 @@ impl Conn {
         let metrics = &self.shared.metrics;
         metrics.mqtt_publishes_in.inc();
         let started = Instant::now();
-        let _window = InflightGuard::enter(self, payload.len());
         let outcome = if !self.may_publish(topic) {
             metrics.mqtt_publishes_refused.inc();
             let user = self.user.as_ref().map_or("", |u| u.name.as_str());
@@ -182,104 +166,42 @@ impl Conn {
 }
 
 impl Conn {
-    /// Returns once the connection may have one more publish in flight, waiting while
-    /// `broker.max_inflight` of its publishes wait for the store. The client is held back by
-    /// its own MQTT in-flight window (3.1.1) or by the receive maximum orchardd announced and
-    /// ntex-mqtt enforces (5): it gets no PUBACK, so it sends no more. A 3.1.1 client that
-    /// sends far more than any window ahead ([`WAITING_CAP`]) is disconnected instead of
-    /// buffered without bound; it resends after reconnecting, so nothing is lost.
+    /// Admits one more publish of this connection. The client is held back by the MQTT
+    /// in-flight window: a PUBACK comes only after the commit, and the writer's queue is
+    /// bounded, so a client that waits for its acknowledgements (its own window under 3.1.1,
+    /// the receive maximum orchardd announces and ntex-mqtt enforces under 5) sends no more.
+    /// A 3.1.1 client that sends far more than any window ahead ([`INFLIGHT_CAP`]) is
+    /// disconnected rather than buffered without bound; it resends after reconnecting.
     ///
-    /// (Waiting here rather than in the service's readiness: ntex-mqtt 8.2 stalls a
-    /// connection whose publish service reports not-ready while calls are in flight.)
-    pub async fn window_open(&self) -> Result<(), super::EndpointError> {
-        if self.waiting.get() >= WAITING_CAP {
-            tracing::warn!(client = %self.client, waiting = WAITING_CAP, "mqtt endpoint: the client sent far more publishes ahead of their PUBACKs than any in-flight window; disconnecting it (it resends after reconnecting)");
+    /// (The connection is not paused by service readiness: ntex-mqtt 8.2 stalls a connection
+    /// whose publish service reports not-ready while calls are in flight.)
+    pub fn admit(&self) -> Result<Admitted<'_>, super::EndpointError> {
+        let n = self.inflight.get();
+        if n >= INFLIGHT_CAP {
+            tracing::warn!(client = %self.client, inflight = n, "mqtt endpoint: the client sent far more publishes ahead of their PUBACKs than any in-flight window; disconnecting it (it resends after reconnecting)");
             return Err(super::EndpointError::Overrun);
         }
-        self.waiting.set(self.waiting.get() + 1);
-        let _waiting = Waiting(self);
-        std::future::poll_fn(|cx| {
-            if self.window_full() {
-                let mut waiting = self.window.borrow_mut();
-                if !waiting.iter().any(|w| w.will_wake(cx.waker())) {
-                    waiting.push(cx.waker().clone());
-                }
-                if !self.paused.replace(true) {
-                    self.shared.metrics.mqtt_paused_connections.inc();
-                }
-                std::task::Poll::Pending
-            } else {
-                std::task::Poll::Ready(())
-            }
-        })
-        .await;
-        Ok(())
-    }
-
-    fn open_window(&self) {
-        for w in self.window.take() {
-            w.wake();
+        self.inflight.set(n + 1);
+        if n + 1 >= self.shared.max_inflight && !self.paused.replace(true) {
+            self.shared.metrics.mqtt_paused_connections.inc();
         }
-    }
-
-    fn window_full(&self) -> bool {
-        !self.streaming.get()
-            && (self.inflight.get() >= self.shared.max_inflight
-                || self.inflight_bytes.get() >= WINDOW_BYTES)
-    }
-
-    /// Reads a publish's whole payload, keeping the window open for its chunks meanwhile.
-    pub async fn read_payload<F, E>(&self, read: F) -> Result<bytes::Bytes, E>
-    where
-        F: Future<Output = Result<ntex_bytes::Bytes, E>>,
-    {
-        self.streaming.set(true);
-        self.open_window();
-        let payload = read.await;
-        self.streaming.set(false);
-        payload.map(|p| bytes::Bytes::copy_from_slice(&p))
+        Ok(Admitted(self))
     }
 }
 
-/// Publishes of one connection that may wait for a place in its window before orchardd stops
-/// taking them and closes the connection.
-pub const WAITING_CAP: u32 = 1000;
+/// Publishes of one connection handled at once before orchardd closes it.
+pub const INFLIGHT_CAP: u32 = 1000;
 
-/// Counts a publish waiting for a place in the window.
-struct Waiting<'a>(&'a Conn);
+/// One admitted publish; dropping it answers for it.
+pub struct Admitted<'a>(&'a Conn);
 
-impl Drop for Waiting<'_> {
+impl Drop for Admitted<'_> {
     fn drop(&mut self) {
-        self.0.waiting.set(self.0.waiting.get() - 1);
-    }
-}
-
-/// Payload bytes one connection may have waiting for the store, whatever `max_inflight` says,
-/// so that large messages cannot pile up: at most this plus one packet per connection.
-const WINDOW_BYTES: usize = 1024 * 1024;
-
-/// Counts a publish against the connection's in-flight window while it waits for the store.
-struct InflightGuard<'a>(&'a Conn, usize);
-
-impl<'a> InflightGuard<'a> {
-    fn enter(conn: &'a Conn, bytes: usize) -> Self {
-        conn.inflight.set(conn.inflight.get() + 1);
-        conn.inflight_bytes.set(conn.inflight_bytes.get() + bytes);
-        Self(conn, bytes)
-    }
-}
-
-impl Drop for InflightGuard<'_> {
-    fn drop(&mut self) {
-        self.0.inflight.set(self.0.inflight.get() - 1);
-        self.0
-            .inflight_bytes
-            .set(self.0.inflight_bytes.get() - self.1);
-        if !self.0.window_full() {
-            if self.0.paused.replace(false) {
-                self.0.shared.metrics.mqtt_paused_connections.dec();
-            }
-            self.0.open_window();
+        let conn = self.0;
+        let n = conn.inflight.get() - 1;
+        conn.inflight.set(n);
+        if n < conn.shared.max_inflight && conn.paused.replace(false) {
+            conn.shared.metrics.mqtt_paused_connections.dec();
         }
     }
 }

@@ -209,20 +209,26 @@ pub fn start(
     let max_receive = shared.max_inflight.min(u32::from(u16::MAX)) as u16;
     let (max_packet, max_send) = (settings.max_packet_bytes as u32, shared.max_send);
     let config = move || {
-        SharedCfg::new("MQTT").add(
-            MqttServiceConfig::new()
-                .set_max_qos(ntex_mqtt::QoS::ExactlyOnce)
-                .set_max_receive(max_receive)
-                .set_max_receive_size(0)
-                .set_max_size(max_packet)
-                .set_max_send(max_send)
-                .set_max_topic_alias(32)
-                .set_handshake_timeout(ntex_util::time::Seconds(30))
-                // A sensor that publishes at QoS 0 and disconnects at once (mosquitto_pub
-                // does) must not lose that message; QoS 1/2 messages are handled too (they
-                // are idempotent).
-                .set_handle_qos_after_disconnect(Some(ntex_mqtt::QoS::ExactlyOnce)),
-        )
+        SharedCfg::new("MQTT")
+            .add(
+                MqttServiceConfig::new()
+                    .set_max_qos(ntex_mqtt::QoS::ExactlyOnce)
+                    .set_max_receive(max_receive)
+                    .set_max_receive_size(0)
+                    .set_max_size(max_packet)
+                    .set_max_send(max_send)
+                    .set_max_topic_alias(32)
+                    .set_handshake_timeout(ntex_util::time::Seconds(30))
+                    // A sensor that publishes at QoS 0 and disconnects at once (mosquitto_pub
+                    // does) must not lose that message; QoS 1/2 messages are handled too (they
+                    // are idempotent).
+                    .set_handle_qos_after_disconnect(Some(ntex_mqtt::QoS::ExactlyOnce)),
+            )
+            .add(
+                ntex_io::IoConfig::new()
+                    .set_read_buf(256 * 1024, 16 * 1024, 16 * 1024)
+                    .set_write_buf(256 * 1024, 16 * 1024, 16 * 1024),
+            )
     };
     let has_tls = tls.is_some();
     if let Some(t) = &settings.tls {

@@ -95,8 +95,7 @@ pub(super) async fn handshake(
     })
 }
 
-/// The publish handler: each publish first waits for a place in the connection's in-flight
-/// window (ntex-mqtt's own count does not hold back a stream of publishes).
+/// The publish handler, counting the connection's publishes in flight.
 pub(super) struct PublishService(pub(super) Session);
 
 impl ntex_service::Service<v3::Publish> for PublishService {
@@ -108,15 +107,16 @@ impl ntex_service::Service<v3::Publish> for PublishService {
         p: v3::Publish,
         _: ntex_service::ServiceCtx<'_, Self>,
     ) -> Result<(), EndpointError> {
-        self.0.window_open().await?;
+        let _admitted = self.0.admit()?;
         publish(self.0.clone(), p).await
     }
 }
 
 async fn publish(session: Session, p: v3::Publish) -> Result<(), EndpointError> {
-    let payload = session
-        .read_payload(p.read_all())
+    let payload = p
+        .read_all()
         .await
+        .map(|b| bytes::Bytes::copy_from_slice(&b))
         .map_err(|e| EndpointError::Payload(e.to_string()))?;
     session
         .publish(

@@ -156,8 +156,8 @@ pub(super) async fn handshake(
     Ok(ack)
 }
 
-/// The publish handler: each publish first waits for a place in the connection's in-flight
-/// window (the receive maximum ntex-mqtt enforces holds a client to the same number).
+/// The publish handler, counting the connection's publishes in flight (the receive maximum
+/// ntex-mqtt enforces holds an MQTT 5 client to `broker.max_inflight`).
 pub(super) struct PublishService(pub(super) Session);
 
 impl ntex_service::Service<v5::Publish> for PublishService {
@@ -169,15 +169,16 @@ impl ntex_service::Service<v5::Publish> for PublishService {
         p: v5::Publish,
         _: ntex_service::ServiceCtx<'_, Self>,
     ) -> Result<v5::PublishAck, EndpointError> {
-        self.0.window_open().await?;
+        let _admitted = self.0.admit()?;
         publish(self.0.clone(), p).await
     }
 }
 
 async fn publish(session: Session, p: v5::Publish) -> Result<v5::PublishAck, EndpointError> {
-    let payload = session
-        .read_payload(p.read_all())
+    let payload = p
+        .read_all()
         .await
+        .map(|b| bytes::Bytes::copy_from_slice(&b))
         .map_err(|e| EndpointError::Payload(e.to_string()))?;
     let pkt = p.packet();
     let props = properties_of(
