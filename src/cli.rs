@@ -21,7 +21,7 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Run the daemon (embedded broker and store unless configured otherwise).
+    /// Run the daemon (its own MQTT endpoint and store unless configured otherwise).
     Run(ConfigArg),
     /// Check a configuration file and the ORCHARDD__* environment; print every problem.
     CheckConfig(ConfigArg),

@@ -1,4 +1,4 @@
-//! Scenarios through orchardd's own embedded broker: the set-up of a co-operative that
+//! Scenarios through orchardd's own MQTT endpoint: the set-up of a co-operative that
 //! runs one small server and points its sensors straight at it.
 
 mod support;

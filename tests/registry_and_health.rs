@@ -1,4 +1,4 @@
-//! Sensor health, flood protection and the device registry API, through the embedded broker.
+//! Sensor health, flood protection and the device registry API, through orchardd's own MQTT endpoint.
 
 mod support;
 

@@ -74,14 +74,14 @@ impl Drop for Process {
 pub struct Daemon {
     pub process: Process,
     http: SocketAddr,
-    /// Where the simulator publishes: the embedded broker or Mosquitto.
+    /// Where the simulator publishes: orchardd's own endpoint or Mosquitto.
     pub mqtt_port: u16,
     log: PathBuf,
 }
 
 impl Daemon {
     /// Writes `base` with the bench's store, ports and broker into `dir`, and starts
-    /// `orchardd run`: subscribed to `mosquitto` when given, else with the embedded broker.
+    /// `orchardd run`: subscribed to `mosquitto` when given, else serving MQTT itself.
     pub fn start(
         exe: &Path,
         dir: &Path,

@@ -131,7 +131,7 @@ pub struct Daemon {
 }
 
 pub struct DaemonConfig {
-    /// `Some(port)`: orchardd runs its embedded broker there; `None`: use `mqtt_url`.
+    /// `Some(port)`: orchardd serves MQTT there itself; `None`: use `mqtt_url`.
     pub embedded_broker: Option<u16>,
     pub mqtt_url: String,
     pub client_id: String,
