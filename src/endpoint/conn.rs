@@ -11,7 +11,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use super::Shared;
-use super::hub::{Delivery, Message, Properties, QoS, Registration};
+use super::hub::{Delivery, Message, Properties, QoS, Registration, SessionRequest};
 use super::ingest::WriterGone;
 use super::users::User;
 use crate::validate::{Reason, Rejection};
@@ -43,25 +43,34 @@ pub struct Conn {
 }
 
 impl Conn {
-    pub fn new(
-        shared: Arc<Shared>,
+    /// Opens a connection that passed its handshake, whatever its protocol version: takes
+    /// over its client id in the hub and starts the loop that delivers to `sink`. `will` gets
+    /// the connection's id (the origin of its will). Returns the connection and whether the
+    /// hub had its session.
+    pub fn open<S: Outbound + 'static>(
+        shared: &Arc<Shared>,
         client: String,
-        id: u64,
+        request: SessionRequest,
         user: Option<Arc<User>>,
-        will: Option<Message>,
-        deliveries: mpsc::Sender<Delivery>,
-    ) -> Self {
-        Self {
-            shared,
+        will: impl FnOnce(u64) -> Option<Message>,
+        sink: S,
+    ) -> (Rc<Conn>, bool) {
+        let registration = shared.hub.connect(&client, request);
+        let conn = Rc::new(Self {
+            shared: shared.clone(),
             client,
-            id,
+            id: registration.conn,
             user,
-            will: RefCell::new(will),
+            will: RefCell::new(will(registration.conn)),
             closed: CancellationToken::new(),
-            deliveries,
+            deliveries: registration.sender.clone(),
             inflight: Cell::new(0),
             paused: Cell::new(false),
-        }
+        });
+        let session_present = registration.session_present;
+        ntex_rt::spawn(deliver(sink, conn.clone(), registration));
+        shared.metrics.mqtt_connects.inc();
+        (conn, session_present)
     }
 
     /// True when the user may publish to `topic` (anonymous clients, only allowed on a
@@ -101,7 +110,7 @@ impl Conn {
             );
             self.shared
                 .ingest
-                .quarantine(topic, payload, None, rejection)
+                .quarantine(topic, payload, rejection)
                 .await?;
             Outcome::NotAuthorized
         } else {

@@ -71,14 +71,13 @@ impl IngestPort {
         &self,
         topic: &str,
         payload: Bytes,
-        device: Option<String>,
         rejection: Rejection,
     ) -> Result<(), WriterGone> {
         let envelope = Envelope {
             source: None,
             topic: topic.to_owned(),
             received_at: TimestampMs::now(),
-            device,
+            device: None,
             readings: Vec::new(),
             rejections: vec![rejection],
             payload: Some(payload),

@@ -9,7 +9,7 @@ use ntex_mqtt::Control;
 use ntex_mqtt::v3;
 use ntex_util::time::Seconds;
 
-use super::conn::{Conn, Outbound, deliver, qos_of};
+use super::conn::{Conn, Outbound, qos_of};
 use super::hub::{Delivery, Message, QoS, SessionRequest, SubOptions};
 use super::{EndpointError, Shared, users::Login};
 
@@ -53,39 +53,28 @@ pub(super) async fn handshake(
     } else {
         p.client_id.to_string()
     };
-    let registration = shared.hub.connect(
-        &client,
-        SessionRequest {
-            clean_start: p.clean_session,
-            expiry_secs: if p.clean_session { 0 } else { u32::MAX },
-        },
-    );
-    let will = p.last_will.as_ref().map(|w| Message {
-        topic: Arc::from(&*w.topic),
-        payload: bytes::Bytes::copy_from_slice(&w.message),
-        qos: qos_of(w.qos),
-        retain: w.retain,
-        properties: None,
-        origin: registration.conn,
-    });
     let keep_alive = p.keep_alive;
-    let session_present = registration.session_present;
     tracing::debug!(
         client,
         keep_alive,
         clean = p.clean_session,
         "mqtt endpoint: v3.1.1 client connected"
     );
-    let conn = Rc::new(Conn::new(
-        shared.clone(),
-        client,
-        registration.conn,
-        user,
-        will,
-        registration.sender.clone(),
-    ));
-    ntex_rt::spawn(deliver(h.sink(), conn.clone(), registration));
-    shared.metrics.mqtt_connects.inc();
+    let request = SessionRequest {
+        clean_start: p.clean_session,
+        expiry_secs: if p.clean_session { 0 } else { u32::MAX },
+    };
+    let will = |origin| {
+        p.last_will.as_ref().map(|w| Message {
+            topic: Arc::from(&*w.topic),
+            payload: bytes::Bytes::copy_from_slice(&w.message),
+            qos: qos_of(w.qos),
+            retain: w.retain,
+            properties: None,
+            origin,
+        })
+    };
+    let (conn, session_present) = Conn::open(&shared, client, request, user, will, h.sink());
     let ack = h.ack(conn, session_present).max_send(Some(shared.max_send));
     Ok(if keep_alive == 0 {
         // §3.1.2.10: keep-alive 0 turns the keep-alive mechanism off.

@@ -10,7 +10,7 @@ use ntex_bytes::ByteString;
 use ntex_mqtt::Control;
 use ntex_mqtt::v5::{self, codec};
 
-use super::conn::{Conn, Outbound, Outcome, deliver, qos_of};
+use super::conn::{Conn, Outbound, Outcome, qos_of};
 use super::hub::{Delivery, Message, Properties, QoS, SessionRequest, SubOptions};
 use super::{EndpointError, Shared, users::Login};
 use crate::model::TimestampMs;
@@ -84,54 +84,43 @@ pub(super) async fn handshake(
     } else {
         (p.client_id.to_string(), false)
     };
-    let registration = shared.hub.connect(
-        &client,
-        SessionRequest {
-            clean_start: p.clean_start,
-            expiry_secs: p.session_expiry_interval_secs,
-        },
-    );
-    let will = p.last_will.as_ref().map(|w| {
-        let props = codec::PublishProperties {
-            correlation_data: w.correlation_data.clone(),
-            message_expiry_interval: w.message_expiry_interval,
-            content_type: w.content_type.clone(),
-            response_topic: w.response_topic.clone(),
-            ..Default::default()
-        };
-        Message {
-            topic: Arc::from(&*w.topic),
-            payload: bytes::Bytes::copy_from_slice(&w.message),
-            qos: qos_of(w.qos),
-            retain: w.retain,
-            properties: properties_of(
-                &props,
-                &w.user_properties,
-                w.is_utf8_payload.unwrap_or(false),
-            ),
-            origin: registration.conn,
-        }
-    });
     let keep_alive = p.keep_alive;
-    let session_present = registration.session_present;
-    let session_expiry = p.session_expiry_interval_secs;
     tracing::debug!(
         client,
         keep_alive,
         clean_start = p.clean_start,
-        session_expiry,
+        session_expiry = p.session_expiry_interval_secs,
         "mqtt endpoint: MQTT 5 client connected"
     );
-    let conn = Rc::new(Conn::new(
-        shared.clone(),
-        client.clone(),
-        registration.conn,
-        user,
-        will,
-        registration.sender.clone(),
-    ));
-    ntex_rt::spawn(deliver(h.sink(), conn.clone(), registration));
-    shared.metrics.mqtt_connects.inc();
+    let request = SessionRequest {
+        clean_start: p.clean_start,
+        expiry_secs: p.session_expiry_interval_secs,
+    };
+    let will = |origin| {
+        p.last_will.as_ref().map(|w| {
+            let props = codec::PublishProperties {
+                correlation_data: w.correlation_data.clone(),
+                message_expiry_interval: w.message_expiry_interval,
+                content_type: w.content_type.clone(),
+                response_topic: w.response_topic.clone(),
+                ..Default::default()
+            };
+            Message {
+                topic: Arc::from(&*w.topic),
+                payload: bytes::Bytes::copy_from_slice(&w.message),
+                qos: qos_of(w.qos),
+                retain: w.retain,
+                properties: properties_of(
+                    &props,
+                    &w.user_properties,
+                    w.is_utf8_payload.unwrap_or(false),
+                ),
+                origin,
+            }
+        })
+    };
+    let (conn, session_present) =
+        Conn::open(&shared, client.clone(), request, user, will, h.sink());
     let max_inflight = shared.max_inflight.min(u32::from(u16::MAX)) as u16;
     let mut ack = h.ack(conn).max_send(Some(shared.max_send)).with(|a| {
         a.session_present = session_present;
