@@ -239,6 +239,11 @@ pub struct AggregateSettings {
     pub target_depletion_mm: f64,
     /// Height of the anemometers above ground, m (FAO-56 wants wind at 2 m).
     pub wind_height_m: f64,
+    /// W/m² of solar radiation per lux, to let an illuminance sensor stand in for a
+    /// pyranometer in ET0 on days a block has no solar radiation readings. Unset (the
+    /// default): illuminance is stored in lux and never used for ET0. Daylight gives about
+    /// 0.0079 (1 W/m² ≈ 127 lux); a sensor that saturates below full sun reads low.
+    pub illuminance_to_solar: Option<f64>,
 }
 
 impl Default for AggregateSettings {
@@ -253,6 +258,7 @@ impl Default for AggregateSettings {
             root_zone_mm: 100.0,
             target_depletion_mm: 0.0,
             wind_height_m: 2.0,
+            illuminance_to_solar: None,
         }
     }
 }
@@ -267,6 +273,10 @@ pub struct BlockSettings {
     pub latitude: f64,
     /// Metres above sea level.
     pub elevation_m: f64,
+    /// Degrees, east positive; tells when the sun is up. By default the meridian of
+    /// `aggregate.utc_offset`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub longitude: Option<f64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub gdd_base_c: Option<f64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -804,6 +814,14 @@ impl Settings {
         if !(-20.0..=40.0).contains(&a.gdd_base_c) {
             problem("aggregate.gdd_base_c", "must be from -20 to 40 °C".into());
         }
+        if let Some(f) = a.illuminance_to_solar
+            && !(f > 0.0 && f <= 0.1)
+        {
+            problem(
+                "aggregate.illuminance_to_solar",
+                "must be above 0 and at most 0.1 W/m² per lux (daylight: about 0.0079)".into(),
+            );
+        }
         for (i, b) in self.blocks.iter().enumerate() {
             let key = format!("blocks[{i}]");
             for (name, v) in [("orchard", &b.orchard), ("block", &b.block)] {
@@ -822,6 +840,14 @@ impl Settings {
             }
             if !(-90.0..=90.0).contains(&b.latitude) {
                 problem(&format!("{key}.latitude"), "must be from -90 to 90".into());
+            }
+            if let Some(lon) = b.longitude
+                && !(-180.0..=180.0).contains(&lon)
+            {
+                problem(
+                    &format!("{key}.longitude"),
+                    "must be from -180 to 180".into(),
+                );
             }
             if !(-500.0..=9000.0).contains(&b.elevation_m) {
                 problem(
@@ -845,6 +871,16 @@ impl Settings {
                 b.target_depletion_mm,
                 b.wind_height_m,
                 &mut problem,
+            );
+        }
+        if !self.store.raw_retention.is_zero() && self.store.raw_retention < self.validate.max_age {
+            problem(
+                "store.raw_retention",
+                format!(
+                    "{} is shorter than validate.max_age ({}): a reading redelivered after retention deleted it would be stored and counted in the rollups a second time; make it at least as long",
+                    humantime::format_duration(self.store.raw_retention),
+                    humantime::format_duration(self.validate.max_age)
+                ),
             );
         }
         if self.health.stuck_after < 2 {

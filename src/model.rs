@@ -97,6 +97,7 @@ pub enum Unit {
     Decibel,
     #[serde(rename = "°Brix")]
     Brix,
+    Lux,
 }
 
 impl Unit {
@@ -113,6 +114,7 @@ impl Unit {
             Unit::DecibelMilliwatt => "dBm",
             Unit::Decibel => "dB",
             Unit::Brix => "°Brix",
+            Unit::Lux => "lx",
         }
     }
 }
@@ -167,6 +169,7 @@ kinds! {
     Rainfall = "rainfall", Millimetre, 0, 500;
     WindSpeed = "wind_speed", MetrePerSecond, 0, 75;
     SolarRadiation = "solar_radiation", WattPerSquareMetre, 0, 1500;
+    Illuminance = "illuminance", Lux, 0, 200000;
     FruitDiameter = "fruit_diameter", Millimetre, 0, 150;
     BatteryV = "battery_v", Volt, 0, 15;
     RssiDbm = "rssi_dbm", DecibelMilliwatt, -150, 20;

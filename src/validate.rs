@@ -114,6 +114,9 @@ pub struct RawReading {
     pub unit: Option<String>,
     pub ts: Option<TimestampMs>,
     pub depth_cm: Option<u16>,
+    /// A second sensor of the same kind on one device (a field table's `sensor`): its
+    /// readings belong to the series of device `{device}-{sensor}`.
+    pub sensor: Option<String>,
 }
 
 /// The value as it appeared in the payload.
@@ -193,11 +196,24 @@ pub fn check(
     }
     let ts = raw.ts.unwrap_or(default_ts);
     check_clock(kind, ts, now, limits)?;
+    let device = match &raw.sensor {
+        None => origin.device.clone(),
+        Some(sensor) => Ident::parse(&format!("{}-{sensor}", origin.device)).map_err(|e| {
+            Rejection::new(
+                Reason::InvalidIdentifier,
+                format!(
+                    "{kind}: sensor `{}` of device {}: {e}",
+                    truncate(sensor, 32),
+                    origin.device
+                ),
+            )
+        })?,
+    };
     Ok(Reading {
         series: SeriesKey {
             orchard: origin.orchard.clone(),
             block: origin.block.clone(),
-            device: origin.device.clone(),
+            device,
             kind,
             depth_cm: raw.depth_cm,
         },
@@ -308,6 +324,11 @@ pub fn convert(kind: Kind, value: f64, unit: &str) -> Result<f64, Rejection> {
             "dB" => value,
             _ => return Err(mismatch()),
         },
+        Unit::Lux => match u {
+            "lx" | "lux" | "Lux" => value,
+            "klx" | "klux" => value * 1000.0,
+            _ => return Err(mismatch()),
+        },
         Unit::Brix => match u {
             "°Brix" | "Brix" | "°Bx" | "%Brix" => value,
             _ => return Err(mismatch()),
@@ -349,6 +370,7 @@ mod tests {
             unit: unit.map(Into::into),
             ts: None,
             depth_cm: None,
+            sensor: None,
         }
     }
 

@@ -232,8 +232,15 @@ elevation_m = 240.0
     assert_eq!(empty["missing"]["rain_mm"], "no rainfall readings");
     assert_eq!(empty["gdd_season_days_missing"], 1);
     close(num(empty, "gdd_season"), gdd, "season GDD carried over");
+    // With nothing known but that no water was entered, the depletion carries over and
+    // says what it lacked.
     assert_eq!(empty["balance_days_missing"], 1);
-    assert_eq!(empty["depletion_mm"], Value::Null);
+    close(num(empty, "depletion_mm"), depletion, "depletion carried over");
+    let why = empty["missing"]["depletion_mm"].as_str().unwrap();
+    assert!(
+        why.contains("etc_mm unknown") && why.contains("rain_mm unknown"),
+        "{why}"
+    );
 
     // The same table as CSV.
     let (status, csv) = http_get(daemon.http, &format!("{path}&format=csv")).unwrap();

@@ -1,19 +1,28 @@
-//! Daily agronomic indices per block, from the hourly rollups of the block's devices.
+//! Daily agronomic indices per block, from the raw readings of the block's devices.
 //!
-//! A day is a local day (`aggregate.utc_offset`). For each kind, a device counts for a day only
-//! when its readings cover at least `min_hours` of the day's 24 hours; where several devices
-//! count, the block's value is their mean, and the number used is reported. A day on which no
-//! device covers enough of it gets no number for the indices that need that kind: the field
-//! is null and `missing` says why, never a figure computed from a fraction of the day.
+//! A day is a local day (`aggregate.utc_offset`). Each device's day is formed over time, not
+//! over readings ([`super::daily`]): between two readings at most the device's gap limit apart
+//! the value moves on a straight line, so a station that reports more often by day biases no
+//! mean, and the day's mean is the time-weighted mean over all 24 hours. A device counts for a
+//! day only when its readings cover at least `min_hours` of them; radiation's silent hours
+//! while the sun is below the horizon are known to be 0 and count as covered. Readings
+//! orchardd flagged as spikes or stuck are left out (they stay stored) and counted per day.
+//! Where several devices count, the block's value is their mean, and the number used is
+//! reported. A day on which no device covers enough of it gets no number for the indices that
+//! need that kind: the field is null and `missing` says why, never a figure computed from a
+//! fraction of the day.
 //!
 //! Season sums (degree days, the water balance) run from the block's season start. A day
-//! without a number is left out of them and counted, so a season total is never silently short.
+//! without a degree-day figure is left out of the sum and counted. The water balance keeps
+//! every input it knows: a day without rainfall readings still takes its irrigation, with the
+//! rain counted as 0 and said in `missing`.
 
 use std::collections::{BTreeMap, HashMap};
 
 use serde::Serialize;
 use time::{Date, Month};
 
+use super::daily::{self, Past, Sample};
 use super::et0::{self, DayWeather, Method, Site};
 use super::water::{DayWater, RootZone, growing_degree_days};
 use crate::config::{AggregateSettings, BlockSettings, parse_month_day};
@@ -23,10 +32,10 @@ pub const HOUR_MS: i64 = 3_600_000;
 pub const DAY_MS: i64 = 86_400_000;
 /// The Julian day number of 1970-01-01.
 const UNIX_EPOCH_JULIAN_DAY: i64 = 2_440_588;
-/// A frost hour: the block's hourly mean air temperature at or below this, °C.
-const FROST_C: f64 = 0.0;
-/// A heat-stress hour: at or above this, °C.
-const HEAT_C: f64 = 35.0;
+/// Frost: air temperature at or below this, °C.
+pub const FROST_C: f64 = 0.0;
+/// Heat stress: at or above this, °C.
+pub const HEAT_C: f64 = 35.0;
 
 /// The kinds the indices are made from.
 pub const KINDS: &[Kind] = &[
@@ -34,21 +43,23 @@ pub const KINDS: &[Kind] = &[
     Kind::RelativeHumidity,
     Kind::WindSpeed,
     Kind::SolarRadiation,
+    Kind::Illuminance,
     Kind::LeafWetness,
     Kind::Rainfall,
     Kind::Irrigation,
 ];
 
-/// One hourly rollup of one of the block's devices.
+/// The readings of one of the block's series around one local day: those of the day and a
+/// gap limit's worth either side, in time order.
 #[derive(Debug, Clone, PartialEq)]
-pub struct Hour {
+pub struct SeriesReadings {
+    /// The device as the indices average it (a probe's depths are devices of their own).
     pub device: String,
     pub kind: Kind,
-    pub start_ms: i64,
-    pub count: i64,
-    pub min: f64,
-    pub max: f64,
-    pub sum: f64,
+    /// Readings further apart than this leave the time between them uncovered, ms.
+    pub gap_limit_ms: i64,
+    /// `(ts, value, flagged)`: flagged as a spike or stuck.
+    pub readings: Vec<(i64, f64, bool)>,
 }
 
 /// What the indices of one block depend on besides its readings.
@@ -56,6 +67,12 @@ pub struct Hour {
 pub struct BlockParams {
     /// Latitude and elevation, for ET0; `None` when the block is not configured.
     pub site: Option<Site>,
+    /// Degrees, east positive, for when the sun is up: the block's, or by default the
+    /// meridian of the UTC offset (120° E at +08:00).
+    pub longitude_deg: f64,
+    /// W/m² of solar radiation per lux of illuminance, to use an illuminance sensor for ET0
+    /// where no pyranometer reports (`aggregate.illuminance_to_solar`); `None`: never.
+    pub illuminance_to_solar: Option<f64>,
     pub gdd_base_c: f64,
     /// Month and day the season (degree-day sum, water balance) starts.
     pub season_start: (Month, u8),
@@ -119,6 +136,10 @@ impl Agronomy {
                 latitude_deg: b.latitude,
                 elevation_m: b.elevation_m,
             }),
+            longitude_deg: entry
+                .and_then(|b| b.longitude)
+                .unwrap_or_else(|| a.utc_offset_ms().unwrap_or(0) as f64 / HOUR_MS as f64 * 15.0),
+            illuminance_to_solar: a.illuminance_to_solar,
             gdd_base_c: pick(entry.and_then(|b| b.gdd_base_c), a.gdd_base_c),
             season_start: parse_month_day(season).unwrap_or((Month::January, 1)),
             min_hours: a.min_hours,
@@ -165,11 +186,11 @@ pub struct DayIndices {
     pub gdd_season_days_missing: u32,
     pub t_min_c: Option<f64>,
     pub t_max_c: Option<f64>,
-    /// Hours with the block's mean air temperature ≤ 0 °C.
+    /// Time the air temperature was at or below 0 °C, hours, from the readings.
     pub frost_hours: Option<f64>,
-    /// Hours with the block's mean air temperature ≥ 35 °C.
+    /// Time it was at or above 35 °C, hours.
     pub heat_hours: Option<f64>,
-    /// Hours the leaves were wet: the hourly share of wet time, summed.
+    /// Hours the leaves were wet: the time-weighted share of wet time over the day.
     pub leaf_wet_hours: Option<f64>,
     pub rain_mm: Option<f64>,
     /// Metered (an `irrigation` kind) plus entered through the API.
@@ -184,97 +205,151 @@ pub struct DayIndices {
     pub drained_mm: Option<f64>,
     /// Irrigation that would bring the block back to its target depletion.
     pub irrigation_needed_mm: Option<f64>,
-    /// Days of the season so far the balance could not be advanced (depletion carried over).
+    /// Days of the season so far on which the balance lacked an input (counted as 0).
     pub balance_days_missing: u32,
     /// Devices used per kind.
     pub devices: BTreeMap<&'static str, usize>,
-    /// Why a field is null, by field name.
+    /// Readings of the day flagged as spikes or stuck, left out of the indices, per kind.
+    pub left_out: BTreeMap<&'static str, u32>,
+    /// By field name: why the field is null, or what a field with a value was made without.
     pub missing: BTreeMap<&'static str, String>,
 }
 
 /// One kind's day across the block's devices.
 struct KindDay {
     devices: usize,
-    /// Mean of the devices' daily maxima and minima.
+    /// Means over the counted devices of their daily maxima, minima, sums, time-weighted
+    /// means and hours at or past the frost and heat thresholds.
     max: f64,
     min: f64,
-    /// Mean of the devices' daily sums and daily means.
     sum: f64,
     mean: f64,
-    /// Per local hour, the mean over devices of the hourly mean.
-    hourly: [Option<f64>; 24],
+    frost_hours: f64,
+    heat_hours: f64,
 }
 
-#[derive(Clone, Copy)]
-struct Slot {
-    count: i64,
-    min: f64,
-    max: f64,
-    sum: f64,
+/// One device's day of one kind.
+struct DeviceDay {
+    window: daily::Window,
+    frost_hours: f64,
+    heat_hours: f64,
 }
 
-type Devices = BTreeMap<String, [Option<Slot>; 24]>;
-
-/// A kind's devices for one day, those covering fewer than `min_hours` left out.
-fn summarize(kind: Kind, devices: Option<&Devices>, min_hours: u32) -> Result<KindDay, String> {
-    let empty = Devices::new();
-    let devices = devices.unwrap_or(&empty);
-    if devices.is_empty() {
-        return Err(format!("no {kind} readings"));
-    }
-    let covered = |slots: &[Option<Slot>; 24]| slots.iter().flatten().count() as u32;
-    let counted: Vec<&[Option<Slot>; 24]> = devices
-        .values()
-        .filter(|s| covered(s) >= min_hours)
-        .collect();
-    if counted.is_empty() {
-        let best = devices.values().map(covered).max().unwrap_or(0);
-        return Err(format!(
-            "{kind} readings cover at most {best} of the day's 24 hours; {min_hours} are needed"
-        ));
-    }
-    Ok(across(&counted))
+/// One day of one block: per kind, each device's day, and the readings left out.
+#[derive(Default)]
+struct BlockDay {
+    devices: HashMap<Kind, Vec<DeviceDay>>,
+    left_out: BTreeMap<&'static str, u32>,
 }
 
-fn across(counted: &[&[Option<Slot>; 24]]) -> KindDay {
-    let n = counted.len() as f64;
-    let mut day = KindDay {
-        devices: counted.len(),
-        max: 0.0,
-        min: 0.0,
-        sum: 0.0,
-        mean: 0.0,
-        hourly: [None; 24],
-    };
-    for slots in counted {
-        let present = || slots.iter().flatten();
-        day.max += present().map(|s| s.max).fold(f64::MIN, f64::max) / n;
-        day.min += present().map(|s| s.min).fold(f64::MAX, f64::min) / n;
-        let sum: f64 = present().map(|s| s.sum).sum();
-        day.sum += sum / n;
-        day.mean += sum / present().map(|s| s.count).sum::<i64>() as f64 / n;
-    }
-    for (h, out) in day.hourly.iter_mut().enumerate() {
-        let means: Vec<f64> = counted
-            .iter()
-            .filter_map(|slots| slots[h].map(|s| s.sum / s.count as f64))
-            .collect();
-        if !means.is_empty() {
-            *out = Some(means.iter().sum::<f64>() / means.len() as f64);
+impl BlockDay {
+    fn of(p: &BlockParams, day: Day, series: Vec<SeriesReadings>) -> Self {
+        let from = day.start_ms(p.utc_offset_ms);
+        let to = from + DAY_MS;
+        let mut out = BlockDay::default();
+        for s in series {
+            let mut clean = Vec::with_capacity(s.readings.len());
+            let mut flagged = 0u32;
+            for (ts, value, bad) in s.readings {
+                if !bad {
+                    clean.push(Sample { ts, value });
+                } else if (from..to).contains(&ts) {
+                    flagged += 1;
+                }
+            }
+            if flagged > 0 {
+                *out.left_out.entry(s.kind.name()).or_default() += flagged;
+            }
+            // Radiation is 0 while the sun is below the horizon, reported or not.
+            let dark = |ts: i64| match (s.kind, p.site) {
+                (Kind::SolarRadiation | Kind::Illuminance, Some(site))
+                    if !super::sun::is_up(site.latitude_deg, p.longitude_deg, ts) =>
+                {
+                    Some(0.0)
+                }
+                _ => None,
+            };
+            let window = daily::summarize(&clean, s.gap_limit_ms, from, to, dark);
+            let hours =
+                |past| daily::time_past(&clean, past, s.gap_limit_ms, from, to) / HOUR_MS as f64;
+            let (frost_hours, heat_hours) = if s.kind == Kind::AirTemperature {
+                (
+                    hours(Past::AtOrBelow(FROST_C)),
+                    hours(Past::AtOrAbove(HEAT_C)),
+                )
+            } else {
+                (0.0, 0.0)
+            };
+            out.devices.entry(s.kind).or_default().push(DeviceDay {
+                window,
+                frost_hours,
+                heat_hours,
+            });
         }
+        out
     }
-    day
+
+    /// A kind's devices for the day, those covering fewer than `min_hours` left out.
+    fn kind(&self, kind: Kind, min_hours: u32) -> Result<KindDay, String> {
+        let devices = self.devices.get(&kind).map_or(&[][..], Vec::as_slice);
+        if devices.iter().all(|d| d.window.readings == 0) {
+            return Err(match self.left_out.get(kind.name()) {
+                Some(n) => format!("every {kind} reading of the day ({n}) was flagged"),
+                None => format!("no {kind} readings"),
+            });
+        }
+        let counted: Vec<&DeviceDay> = devices
+            .iter()
+            .filter(|d| d.window.readings > 0 && d.window.covered_hours >= f64::from(min_hours))
+            .collect();
+        if counted.is_empty() {
+            let best = devices
+                .iter()
+                .map(|d| d.window.covered_hours)
+                .fold(0.0, f64::max);
+            return Err(format!(
+                "{kind} readings cover at most {} of the day's 24 hours; {min_hours} are needed",
+                (best * 10.0).floor() / 10.0
+            ));
+        }
+        Ok(across(&counted))
+    }
+
+    /// Metered irrigation: every meter counts, however much of the day it covers.
+    fn metered(&self) -> Option<KindDay> {
+        let meters: Vec<&DeviceDay> = self
+            .devices
+            .get(&Kind::Irrigation)?
+            .iter()
+            .filter(|d| d.window.readings > 0)
+            .collect();
+        (!meters.is_empty()).then(|| across(&meters))
+    }
 }
 
-/// The indices of every day in `[first, end)`. `hours_of(day)` gives the block's hourly
-/// rollups of one local day; it is asked for each day from the season start of `first`, one
-/// day at a time, so a season's worth is never in memory at once. `entered` is irrigation
+fn across(counted: &[&DeviceDay]) -> KindDay {
+    let n = counted.len() as f64;
+    let mean_of = |f: &dyn Fn(&DeviceDay) -> f64| counted.iter().map(|d| f(d)).sum::<f64>() / n;
+    KindDay {
+        devices: counted.len(),
+        max: mean_of(&|d| d.window.max),
+        min: mean_of(&|d| d.window.min),
+        sum: mean_of(&|d| d.window.sum),
+        mean: mean_of(&|d| d.window.mean),
+        frost_hours: mean_of(&|d| d.frost_hours),
+        heat_hours: mean_of(&|d| d.heat_hours),
+    }
+}
+
+/// The indices of every day in `[first, end)`. `readings_of(day)` gives the block's series
+/// around one local day; it is asked for each day from the season start of `first`, one day
+/// at a time, so a season's worth is never in memory at once. `entered` is irrigation
 /// entered through the API, mm per day.
 pub fn compute<E>(
     p: &BlockParams,
     first: Day,
     end: Day,
-    mut hours_of: impl FnMut(Day) -> Result<Vec<Hour>, E>,
+    mut readings_of: impl FnMut(Day) -> Result<Vec<SeriesReadings>, E>,
     entered: &HashMap<Day, f64>,
 ) -> Result<Vec<DayIndices>, E> {
     let mut out = Vec::new();
@@ -284,27 +359,9 @@ pub fn compute<E>(
         if p.season_start_of(day) == day {
             season = Season::default();
         }
-        let mut by_kind: HashMap<Kind, Devices> = HashMap::new();
-        for h in hours_of(day)? {
-            let slot = ((h.start_ms + p.utc_offset_ms).rem_euclid(DAY_MS) / HOUR_MS) as usize;
-            by_kind
-                .entry(h.kind)
-                .or_default()
-                .entry(h.device)
-                .or_insert([None; 24])[slot] = Some(Slot {
-                count: h.count,
-                min: h.min,
-                max: h.max,
-                sum: h.sum,
-            });
-        }
-        let kind = |k: Kind| summarize(k, by_kind.get(&k), p.min_hours);
-        let metered = by_kind.get(&Kind::Irrigation).map(|devices| {
-            let all: Vec<&[Option<Slot>; 24]> = devices.values().collect();
-            across(&all)
-        });
+        let block_day = BlockDay::of(p, day, readings_of(day)?);
         let entered = entered.get(&day).copied().unwrap_or(0.0);
-        let indices = one_day(p, day, &kind, metered, entered, &mut season);
+        let indices = one_day(p, day, &block_day, entered, &mut season);
         if day >= first {
             out.push(indices);
         }
@@ -325,26 +382,31 @@ struct Season {
 fn one_day(
     p: &BlockParams,
     day: Day,
-    kind: &dyn Fn(Kind) -> Result<KindDay, String>,
-    metered: Option<KindDay>,
+    block: &BlockDay,
     entered_mm: f64,
     season: &mut Season,
 ) -> DayIndices {
     let date = day.date();
     let mut devices = BTreeMap::new();
     let mut missing = BTreeMap::new();
-    let mut used = |k: Kind, r: Result<KindDay, String>| {
+    let mut used = |k: Kind| {
+        let r = block.kind(k, p.min_hours);
         if let Ok(d) = &r {
             devices.insert(k.name(), d.devices);
         }
         r
     };
-    let temp = used(Kind::AirTemperature, kind(Kind::AirTemperature));
-    let rh = used(Kind::RelativeHumidity, kind(Kind::RelativeHumidity));
-    let wind = used(Kind::WindSpeed, kind(Kind::WindSpeed));
-    let solar = used(Kind::SolarRadiation, kind(Kind::SolarRadiation));
-    let wet = used(Kind::LeafWetness, kind(Kind::LeafWetness));
-    let rain = used(Kind::Rainfall, kind(Kind::Rainfall));
+    let temp = used(Kind::AirTemperature);
+    let rh = used(Kind::RelativeHumidity);
+    let wind = used(Kind::WindSpeed);
+    let solar = used(Kind::SolarRadiation);
+    let lux = match (&solar, p.illuminance_to_solar) {
+        (Err(_), Some(_)) => Some(used(Kind::Illuminance)),
+        _ => None,
+    };
+    let wet = used(Kind::LeafWetness);
+    let rain = used(Kind::Rainfall);
+    let metered = block.metered();
     if let Some(m) = &metered {
         devices.insert(Kind::Irrigation.name(), m.devices);
     }
@@ -356,9 +418,6 @@ fn one_day(
             None
         }
     };
-    let hours_where = |t: &KindDay, hit: fn(f64) -> bool| {
-        t.hourly.iter().flatten().filter(|&&v| hit(v)).count() as f64
-    };
     let t = |f: &dyn Fn(&KindDay) -> f64| temp.as_ref().map(f).map_err(Clone::clone);
     let gdd = field(
         "gdd",
@@ -366,16 +425,30 @@ fn one_day(
     );
     let t_min_c = field("t_min_c", t(&|t| t.min));
     let t_max_c = field("t_max_c", t(&|t| t.max));
-    let frost_hours = field("frost_hours", t(&|t| hours_where(t, |v| v <= FROST_C)));
-    let heat_hours = field("heat_hours", t(&|t| hours_where(t, |v| v >= HEAT_C)));
-    let leaf_wet_hours = field(
-        "leaf_wet_hours",
-        wet.map(|w| w.hourly.iter().flatten().sum::<f64>() / 100.0),
+    let frost_hours = field("frost_hours", t(&|t| t.frost_hours));
+    let heat_hours = field("heat_hours", t(&|t| t.heat_hours));
+    let leaf_wet_hours = field("leaf_wet_hours", wet.map(|w| w.mean / 100.0 * 24.0));
+    let rain_mm = field(
+        "rain_mm",
+        rain.as_ref().map(|r| r.sum).map_err(Clone::clone),
     );
-    let rain_mm = field("rain_mm", rain.map(|r| r.sum));
     let irrigation_mm = metered.map_or(0.0, |m| m.sum) + entered_mm;
 
-    let (et0, method) = match reference_et(p, date, &temp, &rh, &wind, &solar) {
+    // Solar radiation as measured, or from illuminance when a conversion is configured.
+    let solar_mean = match (&solar, lux, p.illuminance_to_solar) {
+        (Ok(s), _, _) => Ok(s.mean),
+        (Err(_), Some(Ok(l)), Some(factor)) => {
+            missing.insert(
+                "solar_radiation",
+                format!(
+                    "no solar_radiation readings: estimated from illuminance at {factor} W/m² per lux (aggregate.illuminance_to_solar)"
+                ),
+            );
+            Ok(l.mean * factor)
+        }
+        (Err(e), _, _) => Err(e.clone()),
+    };
+    let (et0, method) = match reference_et(p, date, &temp, &rh, &wind, &solar_mean) {
         Ok((v, method, pm_why)) => {
             if let Some(why) = pm_why {
                 missing.insert("et0_penman_monteith", why);
@@ -398,27 +471,36 @@ fn one_day(
     } else {
         season.gdd_days_missing += 1;
     }
-    let balance = match (etc, rain_mm) {
-        (Some(etc_mm), Some(rain_mm)) => {
-            let b = p.zone.step(
-                season.depletion_mm,
-                DayWater {
-                    rain_mm,
-                    irrigation_mm,
-                    etc_mm,
-                },
-            );
-            season.depletion_mm = b.depletion_mm;
-            Some(b)
+    // Every known input goes into the balance; an unknown one counts as 0 and is said. Only
+    // a block without a site, whose ET0 can never be known, has no balance at all.
+    let balance = if p.site.is_none() {
+        let why = "the balance needs ET0, and no [[blocks]] entry gives this block's site";
+        for name in ["depletion_mm", "drained_mm", "irrigation_needed_mm"] {
+            missing.insert(name, why.into());
         }
-        _ => {
+        None
+    } else {
+        let mut unknown = Vec::new();
+        if etc.is_none() {
+            unknown.push("etc_mm unknown, counted as 0 mm: the depletion may be too low");
+        }
+        if rain_mm.is_none() {
+            unknown.push("rain_mm unknown, counted as 0 mm: the depletion may be too high");
+        }
+        if !unknown.is_empty() {
             season.balance_days_missing += 1;
-            let why = "the balance needs etc_mm and rain_mm; the depletion carries over unchanged";
-            for name in ["depletion_mm", "drained_mm", "irrigation_needed_mm"] {
-                missing.insert(name, why.into());
-            }
-            None
+            missing.insert("depletion_mm", unknown.join("; "));
         }
+        let b = p.zone.step(
+            season.depletion_mm,
+            DayWater {
+                rain_mm: rain_mm.unwrap_or(0.0),
+                irrigation_mm,
+                etc_mm: etc.unwrap_or(0.0),
+            },
+        );
+        season.depletion_mm = b.depletion_mm;
+        Some(b)
     };
 
     DayIndices {
@@ -445,19 +527,20 @@ fn one_day(
         irrigation_needed_mm: balance.map(|b| b.irrigation_needed_mm),
         balance_days_missing: season.balance_days_missing,
         devices,
+        left_out: block.left_out.clone(),
         missing,
     }
 }
 
 /// ET0 by Penman–Monteith when every input is there, else by Hargreaves, with the reason
-/// Penman–Monteith could not be used.
+/// Penman–Monteith could not be used. `solar_w_m2` is the day's mean radiation.
 fn reference_et(
     p: &BlockParams,
     date: Date,
     temp: &Result<KindDay, String>,
     rh: &Result<KindDay, String>,
     wind: &Result<KindDay, String>,
-    solar: &Result<KindDay, String>,
+    solar_w_m2: &Result<f64, String>,
 ) -> Result<(f64, Method, Option<String>), String> {
     let site = p.site.ok_or_else(|| {
         "no [[blocks]] entry gives this block's latitude and elevation".to_owned()
@@ -466,7 +549,7 @@ fn reference_et(
         .as_ref()
         .map_err(|e| format!("needs air_temperature: {e}"))?;
     let day_of_year = u32::from(date.ordinal());
-    match (rh, wind, solar) {
+    match (rh, wind, solar_w_m2) {
         (Ok(rh), Ok(wind), Ok(solar)) => {
             let w = DayWeather {
                 day_of_year,
@@ -475,16 +558,21 @@ fn reference_et(
                 rh_max: rh.max,
                 rh_min: rh.min,
                 wind_2m: et0::wind_at_2m(wind.mean, p.wind_height_m),
-                // Mean W/m² over the day to MJ m⁻² day⁻¹.
-                solar_mj: solar.mean * 0.0864,
+                // The day's mean W/m² (over all 24 hours) to MJ m⁻² day⁻¹.
+                solar_mj: solar * 0.0864,
             };
             Ok((et0::penman_monteith(site, &w), Method::PenmanMonteith, None))
         }
         _ => {
-            let why: Vec<&str> = [rh, wind, solar]
-                .into_iter()
-                .filter_map(|r| r.as_ref().err().map(String::as_str))
-                .collect();
+            let why: Vec<&str> = [
+                rh.as_ref().err(),
+                wind.as_ref().err(),
+                solar_w_m2.as_ref().err(),
+            ]
+            .into_iter()
+            .flatten()
+            .map(String::as_str)
+            .collect();
             Ok((
                 et0::hargreaves(site, day_of_year, t.max, t.min),
                 Method::Hargreaves,
@@ -499,6 +587,7 @@ mod tests {
     use super::*;
 
     const OFFSET: i64 = 8 * HOUR_MS;
+    const QUARTER: i64 = 15 * 60_000;
 
     fn params() -> BlockParams {
         BlockParams {
@@ -506,6 +595,8 @@ mod tests {
                 latitude_deg: 31.0,
                 elevation_m: 200.0,
             }),
+            longitude_deg: 109.5,
+            illuminance_to_solar: None,
             gdd_base_c: 13.0,
             season_start: (Month::March, 1),
             min_hours: 20,
@@ -519,18 +610,43 @@ mod tests {
         }
     }
 
+    /// One series' readings, every 15 minutes.
+    #[derive(Clone)]
+    struct Rows {
+        device: &'static str,
+        kind: Kind,
+        readings: Vec<(i64, f64, bool)>,
+    }
+
     /// `compute` over rows held in memory.
-    fn run(first: Day, end: Day, rows: &[Hour], entered: &HashMap<Day, f64>) -> Vec<DayIndices> {
-        let p = params();
-        let hours_of = |d: Day| {
+    fn run(
+        p: &BlockParams,
+        first: Day,
+        end: Day,
+        rows: &[Rows],
+        entered: &HashMap<Day, f64>,
+    ) -> Vec<DayIndices> {
+        let gap = HOUR_MS;
+        let readings_of = |d: Day| {
+            let from = d.start_ms(p.utc_offset_ms) - gap;
+            let to = from + DAY_MS + 2 * gap;
             Ok::<_, ()>(
                 rows.iter()
-                    .filter(|h| Day::of(h.start_ms, p.utc_offset_ms) == d)
-                    .cloned()
+                    .map(|r| SeriesReadings {
+                        device: r.device.into(),
+                        kind: r.kind,
+                        gap_limit_ms: gap,
+                        readings: r
+                            .readings
+                            .iter()
+                            .copied()
+                            .filter(|(ts, _, _)| (from..to).contains(ts))
+                            .collect(),
+                    })
                     .collect(),
             )
         };
-        compute(&p, first, end, hours_of, entered).unwrap()
+        compute(p, first, end, readings_of, entered).unwrap()
     }
 
     fn day(date: &str) -> Day {
@@ -538,28 +654,31 @@ mod tests {
         Day::from_date(d)
     }
 
-    /// A device's hourly readings of one kind for `hours` local hours of `d`.
-    fn hours(
-        device: &str,
+    /// A device's readings of one kind every 15 minutes over `days` local days from `d`,
+    /// `value(hour_of_day)` each, leaving out the local hours `silent` says.
+    fn rows(
+        device: &'static str,
         kind: Kind,
         d: Day,
-        hours: u32,
-        value: impl Fn(u32) -> f64,
-    ) -> Vec<Hour> {
-        (0..hours)
-            .map(|h| {
-                let v = value(h);
-                Hour {
-                    device: device.into(),
-                    kind,
-                    start_ms: d.start_ms(OFFSET) + i64::from(h) * HOUR_MS,
-                    count: 4,
-                    min: v - 1.0,
-                    max: v + 1.0,
-                    sum: 4.0 * v,
-                }
-            })
-            .collect()
+        days: i64,
+        value: impl Fn(i64) -> f64,
+        silent: impl Fn(i64) -> bool,
+    ) -> Rows {
+        let start = d.start_ms(OFFSET);
+        let readings = (0..days * 96)
+            .map(|i| (start + i * QUARTER, i / 4 % 24))
+            .filter(|(_, h)| !silent(*h))
+            .map(|(ts, h)| (ts, value(h), false))
+            .collect();
+        Rows {
+            device,
+            kind,
+            readings,
+        }
+    }
+
+    fn always(_: i64) -> bool {
+        false
     }
 
     #[test]
@@ -577,53 +696,122 @@ mod tests {
     #[test]
     fn two_devices_are_averaged_and_a_short_day_says_so() {
         let d = day("2026-03-02");
-        let mut rows = hours("a", Kind::AirTemperature, d, 24, |h| {
-            if h < 4 { -1.0 } else { 20.0 }
-        });
-        rows.extend(hours("b", Kind::AirTemperature, d, 24, |h| {
-            if h < 2 { -3.0 } else { 22.0 }
-        }));
+        let p = params();
+        let a = rows(
+            "a",
+            Kind::AirTemperature,
+            d,
+            2,
+            |h| if h < 4 { -1.0 } else { 20.0 },
+            always,
+        );
+        let b = rows(
+            "b",
+            Kind::AirTemperature,
+            d,
+            2,
+            |h| if h < 2 { -3.0 } else { 22.0 },
+            always,
+        );
         // A third device covers half the day and is left out.
-        rows.extend(hours("c", Kind::AirTemperature, d, 12, |_| 40.0));
-        let days = run(d, Day(d.0 + 1), &rows, &HashMap::new());
+        let c = rows("c", Kind::AirTemperature, d, 1, |_| 40.0, |h| h >= 12);
+        let days = run(&p, d, Day(d.0 + 1), &[a.clone(), b, c], &HashMap::new());
         let today = &days[0];
         assert_eq!(today.date, "2026-03-02");
         assert_eq!(today.devices["air_temperature"], 2);
-        // Maxima 21 and 23, minima −2 and −4: means 22 and −3.
-        assert_eq!((today.t_max_c, today.t_min_c), (Some(22.0), Some(-3.0)));
-        assert_eq!(today.gdd, Some(0.0f64.max((22.0 - 3.0) / 2.0 - 13.0)));
-        // Hours 0–1 average −2, hours 2–3 average 10.5: two frost hours.
-        assert_eq!(today.frost_hours, Some(2.0));
+        // Maxima 20 and 22, minima −1 and −3: means 21 and −2.
+        assert_eq!((today.t_max_c, today.t_min_c), (Some(21.0), Some(-2.0)));
+        assert_eq!(today.gdd, Some(0.0f64.max((21.0 - 2.0) / 2.0 - 13.0)));
+        // Device a is frozen 00:00–03:45 and crosses 0 °C within the next quarter hour
+        // (1/21 of it), and again in the last quarter before the next midnight; b is
+        // frozen 00:00–01:45, with 3/25 of a quarter hour at each end. Their mean:
+        let a_h = 3.75 + 2.0 * 0.25 / 21.0;
+        let b_h = 1.75 + 2.0 * 0.25 * 3.0 / 25.0;
+        let frost = today.frost_hours.unwrap();
+        assert!((frost - (a_h + b_h) / 2.0).abs() < 1e-9, "{frost}");
         assert_eq!(today.heat_hours, Some(0.0));
         assert!(today.rain_mm.is_none());
         assert_eq!(today.missing["rain_mm"], "no rainfall readings");
         assert_eq!(today.et0_method, Some("hargreaves"));
 
-        let short = hours("a", Kind::AirTemperature, d, 19, |_| 20.0);
-        let days = run(d, Day(d.0 + 1), &short, &HashMap::new());
+        // Silent from 19:00: 19 of 24 hours.
+        let short = rows("a", Kind::AirTemperature, d, 1, |_| 20.0, |h| h >= 19);
+        let days = run(&p, d, Day(d.0 + 1), &[short], &HashMap::new());
         assert_eq!(days[0].gdd, None);
         assert_eq!(
             days[0].missing["gdd"],
-            "air_temperature readings cover at most 19 of the day's 24 hours; 20 are needed"
+            "air_temperature readings cover at most 18.7 of the day's 24 hours; 20 are needed"
         );
         assert_eq!(days[0].gdd_season_days_missing, 2, "1 and 2 March");
         assert!(days[0].et0_mm.is_none() && days[0].etc_mm.is_none());
     }
 
+    /// Three days of a Fengjie weather station in early July, every 15 minutes, from the day
+    /// before `d`; `silent` leaves out hours of `d` only.
+    fn station(d: Day, silent: fn(i64) -> bool) -> Vec<Rows> {
+        let mut out = station_days(Day(d.0 - 1), 3);
+        let (from, to) = (d.start_ms(OFFSET), d.start_ms(OFFSET) + DAY_MS);
+        for r in &mut out {
+            r.readings
+                .retain(|&(ts, _, _)| !((from..to).contains(&ts) && silent((ts - from) / HOUR_MS)));
+        }
+        out
+    }
+
+    fn station_days(d: Day, n: i64) -> Vec<Rows> {
+        let wave = |h: i64, peak: f64| ((h as f64 - peak) / 24.0 * std::f64::consts::TAU).cos();
+        vec![
+            rows(
+                "ws",
+                Kind::AirTemperature,
+                d,
+                n,
+                move |h| 26.0 + 5.0 * wave(h, 15.0),
+                always,
+            ),
+            rows(
+                "ws",
+                Kind::RelativeHumidity,
+                d,
+                n,
+                move |h| 75.0 - 15.0 * wave(h, 15.0),
+                always,
+            ),
+            rows(
+                "ws",
+                Kind::WindSpeed,
+                d,
+                n,
+                move |h| 2.0 + 0.8 * wave(h, 14.0),
+                always,
+            ),
+            rows(
+                "ws",
+                Kind::SolarRadiation,
+                d,
+                n,
+                |h| {
+                    if (6..20).contains(&h) {
+                        750.0 * ((h as f64 - 5.5) / 14.0 * std::f64::consts::PI).sin()
+                    } else {
+                        0.0
+                    }
+                },
+                always,
+            ),
+        ]
+    }
+
     #[test]
     fn penman_monteith_when_every_input_is_measured() {
         let d = day("2026-07-06");
-        let mut rows = hours("ws", Kind::AirTemperature, d, 24, |h| {
-            21.5 + 6.0 * ((h as f64 - 9.0) / 24.0 * std::f64::consts::TAU).sin()
-        });
-        rows.extend(hours("ws", Kind::RelativeHumidity, d, 24, |h| {
-            70.0 - 15.0 * ((h as f64 - 9.0) / 24.0 * std::f64::consts::TAU).sin()
-        }));
-        rows.extend(hours("ws", Kind::WindSpeed, d, 24, |_| 2.0));
-        rows.extend(hours("ws", Kind::SolarRadiation, d, 24, |h| {
-            if (6..18).contains(&h) { 500.0 } else { 0.0 }
-        }));
-        let days = run(d, Day(d.0 + 1), &rows, &HashMap::new());
+        let days = run(
+            &params(),
+            d,
+            Day(d.0 + 1),
+            &station(d, always),
+            &HashMap::new(),
+        );
         let today = &days[0];
         assert_eq!(
             today.et0_method,
@@ -637,25 +825,70 @@ mod tests {
     }
 
     #[test]
+    fn a_station_silent_at_night_gives_the_same_et0_as_a_full_day() {
+        let d = day("2026-07-06");
+        let p = params();
+        let full = run(&p, d, Day(d.0 + 1), &station(d, always), &HashMap::new());
+        let gap = run(&p, d, Day(d.0 + 1), &station(d, |h| h < 4), &HashMap::new());
+        let (full, gap) = (&full[0], &gap[0]);
+        assert_eq!(gap.et0_method, Some("penman_monteith"), "{:?}", gap.missing);
+        let (a, b) = (full.et0_mm.unwrap(), gap.et0_mm.unwrap());
+        assert!((a - b).abs() < 0.05, "full day {a} mm, silent 00–04 {b} mm");
+    }
+
+    #[test]
+    fn a_flagged_spike_is_left_out_and_counted() {
+        let d = day("2026-07-06");
+        let p = params();
+        let clean = run(&p, d, Day(d.0 + 1), &station(d, always), &HashMap::new());
+        let mut spiky = station(d, always);
+        let at_13 = d.start_ms(OFFSET) + 13 * HOUR_MS;
+        for r in &mut spiky[0].readings {
+            if r.0 == at_13 {
+                *r = (r.0, 45.0, true);
+            }
+        }
+        let spiky = run(&p, d, Day(d.0 + 1), &spiky, &HashMap::new());
+        let (clean, spiky) = (&clean[0], &spiky[0]);
+        assert_eq!(spiky.t_max_c, clean.t_max_c);
+        assert_eq!(spiky.gdd, clean.gdd);
+        assert!((spiky.et0_mm.unwrap() - clean.et0_mm.unwrap()).abs() < 1e-3);
+        assert_eq!(spiky.left_out, BTreeMap::from([("air_temperature", 1)]));
+        assert!(clean.left_out.is_empty());
+    }
+
+    #[test]
     fn the_season_sums_and_the_balance_carry_from_day_to_day() {
         let start = day("2026-03-01");
-        let mut rows = Vec::new();
-        for i in 0..5 {
-            let d = Day(start.0 + i);
-            rows.extend(hours("t", Kind::AirTemperature, d, 24, |h| {
-                if h < 12 { 15.0 } else { 25.0 }
-            }));
-            // 1 mm an hour for two hours on day 3.
-            rows.extend(hours("r", Kind::Rainfall, d, 24, |h| {
-                if i == 3 && h < 2 { 0.25 } else { 0.0 }
-            }));
+        let p = params();
+        let temp = rows(
+            "t",
+            Kind::AirTemperature,
+            start,
+            5,
+            |h| if h < 12 { 15.0 } else { 25.0 },
+            always,
+        );
+        // 1 mm an hour for two hours on day 3 (0.25 mm a quarter).
+        let day3 = Day(start.0 + 3).start_ms(OFFSET);
+        let mut rain = rows("r", Kind::Rainfall, start, 5, |_| 0.0, always);
+        for r in &mut rain.readings {
+            if (day3..day3 + 2 * HOUR_MS).contains(&r.0) {
+                r.1 = 0.25;
+            }
         }
         let mut entered = HashMap::new();
         entered.insert(Day(start.0 + 2), 10.0);
-        let days = run(Day(start.0 + 1), Day(start.0 + 5), &rows, &entered);
+        let days = run(
+            &p,
+            Day(start.0 + 1),
+            Day(start.0 + 5),
+            &[temp, rain],
+            &entered,
+        );
         assert_eq!(days.len(), 4, "from 2 March on");
         let gdd: Vec<f64> = days.iter().map(|d| d.gdd.unwrap()).collect();
-        // Maxima 26, minima 14: (26 + 14) / 2 − 13 = 7 a day, from 1 March.
+        // Maxima 25, minima 15: (25 + 15) / 2 − 13 = 7 a day, from 1 March.
         assert_eq!(gdd, [7.0; 4]);
         assert_eq!(days[3].gdd_season, 35.0);
         assert_eq!(days[2].rain_mm, Some(2.0));
@@ -671,5 +904,38 @@ mod tests {
                 .clamp(0.0, 100.0);
             assert!((today.depletion_mm.unwrap() - expected).abs() < 1e-9);
         }
+    }
+
+    #[test]
+    fn irrigation_stays_in_the_balance_on_a_day_the_rain_gauge_is_silent() {
+        let start = day("2026-03-01");
+        let p = params();
+        let temp = rows(
+            "t",
+            Kind::AirTemperature,
+            start,
+            3,
+            |h| if h < 12 { 15.0 } else { 25.0 },
+            always,
+        );
+        // The gauge reports on 1 and 3 March, not on the 2nd.
+        let mut rain = rows("r", Kind::Rainfall, start, 3, |_| 0.0, always);
+        let (d2, d3) = (
+            Day(start.0 + 1).start_ms(OFFSET),
+            Day(start.0 + 2).start_ms(OFFSET),
+        );
+        rain.readings.retain(|r| !(d2..d3).contains(&r.0));
+        let entered = HashMap::from([(Day(start.0 + 1), 20.0)]);
+        let days = run(&p, start, Day(start.0 + 3), &[temp, rain], &entered);
+        let (d1, d2, d3) = (&days[0], &days[1], &days[2]);
+        assert_eq!(d2.rain_mm, None);
+        assert_eq!(d2.irrigation_mm, 20.0);
+        let expected = (d1.depletion_mm.unwrap() + d2.etc_mm.unwrap() - 20.0).clamp(0.0, 100.0);
+        assert!((d2.depletion_mm.unwrap() - expected).abs() < 1e-9);
+        assert!(d2.missing["depletion_mm"].contains("rain_mm unknown"));
+        assert_eq!(d2.balance_days_missing, 1);
+        let expected = d2.depletion_mm.unwrap() + d3.etc_mm.unwrap();
+        assert!((d3.depletion_mm.unwrap() - expected).abs() < 1e-9);
+        assert!(!d3.missing.contains_key("depletion_mm"));
     }
 }

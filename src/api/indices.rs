@@ -20,8 +20,8 @@ use super::params::Params;
 use super::readings::csv_response;
 use crate::aggregate::indices::{self, Day, DayIndices};
 use crate::model::{Ident, TimestampMs, truncate};
+use crate::store::block::BlockSeries;
 use crate::store::irrigation;
-use crate::store::rollups::BlockSeries;
 
 /// The longest span one request may ask for.
 const MAX_DAYS: i64 = 3660;
@@ -33,9 +33,6 @@ pub async fn indices(
     Query(raw): Query<HashMap<String, String>>,
 ) -> Result<Response, ApiError> {
     let p = Params::new(raw, &["orchard", "block", "from", "to", "format"])?;
-    if !s.rollups {
-        return Err(ApiError::rollups_off());
-    }
     let (orchard, block) = block_of(&p)?;
     let csv = p.csv()?;
     let params = s.agronomy.params(orchard.as_str(), block.as_str());
@@ -49,14 +46,15 @@ pub async fn indices(
         params.min_hours,
     );
     let (o, b) = (orchard.clone(), block.clone());
+    let default_interval = s.expected_interval;
     let days = s
         .pool
         .read(move |c| {
             let entered = irrigation::per_day(c, &o, &b, season, end)?;
-            let series = BlockSeries::of(c, &o, &b)?;
-            let hours_of =
-                |day: Day| series.hours(c, day.start_ms(offset), Day(day.0 + 1).start_ms(offset));
-            indices::compute(&params, first, end, hours_of, &entered)
+            let series = BlockSeries::of(c, &o, &b, default_interval)?;
+            let readings_of =
+                |day: Day| series.around(c, day.start_ms(offset), Day(day.0 + 1).start_ms(offset));
+            indices::compute(&params, first, end, readings_of, &entered)
         })
         .await?;
     if csv {

@@ -23,6 +23,11 @@ pub struct FieldTarget {
     /// For probes that report each depth as its own field (`water_SOIL_30`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub depth_cm: Option<u16>,
+    /// For a second sensor of the same kind on one device (an external probe beside the
+    /// built-in one): its readings go to their own series, of device `{device}-{sensor}`,
+    /// rather than clashing with the first sensor's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sensor: Option<String>,
 }
 
 impl FieldTarget {
@@ -31,6 +36,7 @@ impl FieldTarget {
             kind,
             unit: unit.map(str::to_owned),
             depth_cm: None,
+            sensor: None,
         }
     }
 }
@@ -42,14 +48,18 @@ pub struct FieldMap {
 }
 
 /// Field names of popular LoRaWAN orchard sensors and their codecs (Dragino LSE01/LHT65,
-/// SenseCAP, Milesight EM500, generic CayenneLPP-style names).
+/// SenseCAP, Milesight EM500, generic CayenneLPP-style names). Two fields that one device
+/// sends for two sensors of one kind never share a series: Dragino's external DS18B20 probe
+/// (`TempC_DS`) beside the LSE01's own soil probe (`temp_SOIL`) is device `{eui}-ds`. Names
+/// that are one sensor spelt by two codec versions (`Bat` and `BatV`) do map to one series;
+/// a payload carrying both with different values has the second quarantined as
+/// `conflicting_value`, never dropped.
 const LORAWAN_DEFAULTS: &[(&str, Kind, Option<&str>)] = &[
     ("temp_SOIL", Kind::SoilTemperature, Some("°C")),
     ("water_SOIL", Kind::SoilMoisture, Some("%")),
     ("conduct_SOIL", Kind::SoilEc, Some("µS/cm")),
     ("TempC_SHT", Kind::AirTemperature, Some("°C")),
     ("Hum_SHT", Kind::RelativeHumidity, Some("%")),
-    ("TempC_DS", Kind::SoilTemperature, Some("°C")),
     ("BatV", Kind::BatteryV, Some("V")),
     ("Bat", Kind::BatteryV, Some("V")),
     ("battery", Kind::BatteryV, Some("V")),
@@ -68,7 +78,10 @@ const LORAWAN_DEFAULTS: &[(&str, Kind, Option<&str>)] = &[
     ("rain", Kind::Rainfall, Some("mm")),
     ("wind_speed", Kind::WindSpeed, Some("m/s")),
     ("solar_radiation", Kind::SolarRadiation, Some("W/m2")),
-    ("illumination", Kind::SolarRadiation, Some("W/m2")),
+    // Illuminance sensors (SenseCAP, Milesight EM500-LGT) report lux, not W/m².
+    ("illumination", Kind::Illuminance, Some("lx")),
+    ("illuminance", Kind::Illuminance, Some("lx")),
+    ("ILL_lx", Kind::Illuminance, Some("lx")),
 ];
 
 /// SenML names (RFC 8428 section 12 examples and common practice).
@@ -103,7 +116,18 @@ impl FieldMap {
     }
 
     pub fn lorawan_defaults() -> Self {
-        Self::from_table(LORAWAN_DEFAULTS)
+        let mut map = Self::from_table(LORAWAN_DEFAULTS);
+        // Dragino's external DS18B20 probe: a sensor of its own beside the built-in ones.
+        for name in ["TempC_DS", "TempC_DS18B20"] {
+            map.fields.insert(
+                name.to_owned(),
+                FieldTarget {
+                    sensor: Some("ds".into()),
+                    ..FieldTarget::new(Kind::SoilTemperature, Some("°C"))
+                },
+            );
+        }
+        map
     }
 
     pub fn senml_defaults() -> Self {
@@ -151,6 +175,7 @@ impl FieldMap {
             unit: unit.or_else(|| target.unit.clone()),
             ts,
             depth_cm: target.depth_cm,
+            sensor: target.sensor.clone(),
         })
     }
 }
@@ -189,6 +214,7 @@ mod tests {
                 kind: Kind::SoilMoisture,
                 unit: None,
                 depth_cm: Some(30),
+                sensor: None,
             },
         )]);
         let map = FieldMap::lorawan_defaults().with(&overrides);

@@ -54,6 +54,7 @@ pub fn push_radio(best: Option<Gateway>, out: &mut Decoded) {
             unit: Some(unit.to_owned()),
             ts: None,
             depth_cm: None,
+            sensor: None,
         });
     }
 }

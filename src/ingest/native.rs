@@ -67,6 +67,7 @@ fn read_map(map: Map<String, Value>, out: &mut Decoded) {
                 unit: None,
                 ts: None,
                 depth_cm: None,
+                sensor: None,
             }),
         }
     }
@@ -140,6 +141,7 @@ fn read_fields(kind: Option<String>, fields: &Map<String, Value>) -> Result<RawR
         unit,
         ts,
         depth_cm,
+        sensor: None,
     })
 }
 

@@ -3,6 +3,7 @@
 //! One writer thread owns the only writing connection ([`writer`]); HTTP handlers read through
 //! a small pool of read-only connections ([`ReadPool`]), which WAL lets run beside the writer.
 
+pub mod block;
 pub mod devices;
 pub mod irrigation;
 pub mod outbox;

@@ -13,7 +13,7 @@ use serde::Serialize;
 
 use super::StoreError;
 use super::readings::{self, Agg, Row, Where, series_where};
-use crate::aggregate::indices::{self, DAY_MS, HOUR_MS, Hour};
+use crate::aggregate::indices::{DAY_MS, HOUR_MS};
 use crate::model::{Ident, Kind, TimestampMs};
 
 /// The rollup periods.
@@ -211,96 +211,6 @@ pub fn align(conn: &mut Connection, on: bool, utc_offset_ms: i64) -> Result<Alig
     )?;
     tx.commit()?;
     Ok(result)
-}
-
-/// The series of one block that the daily indices are made from, to read their hourly
-/// rollups a day at a time.
-pub struct BlockSeries {
-    /// Series id, the device as the indices average it, and the kind.
-    series: HashMap<i64, (String, Kind)>,
-    ids: String,
-}
-
-impl BlockSeries {
-    pub fn of(conn: &Connection, orchard: &Ident, block: &Ident) -> Result<Self, StoreError> {
-        let mut stmt = conn.prepare(
-            "SELECT id, device, depth_cm, kind FROM series WHERE orchard = ?1 AND block = ?2",
-        )?;
-        let mut series = HashMap::new();
-        let rows = stmt.query_map(params![orchard.as_str(), block.as_str()], |r| {
-            Ok((
-                r.get::<_, i64>(0)?,
-                r.get::<_, String>(1)?,
-                r.get::<_, Option<i64>>(2)?,
-                r.get::<_, String>(3)?,
-            ))
-        })?;
-        for row in rows {
-            let (id, device, depth, kind) = row?;
-            let Some(kind) = kind
-                .parse::<Kind>()
-                .ok()
-                .filter(|k| indices::KINDS.contains(k))
-            else {
-                continue;
-            };
-            // A probe at several depths is several devices as far as averaging goes.
-            let device = match depth {
-                Some(d) => format!("{device}@{d}cm"),
-                None => device,
-            };
-            series.insert(id, (device, kind));
-        }
-        let ids = series
-            .keys()
-            .map(i64::to_string)
-            .collect::<Vec<_>>()
-            .join(",");
-        Ok(Self { series, ids })
-    }
-
-    /// The hourly rollups of windows starting in `[from_ms, to_ms)`.
-    pub fn hours(
-        &self,
-        conn: &Connection,
-        from_ms: i64,
-        to_ms: i64,
-    ) -> Result<Vec<Hour>, StoreError> {
-        if self.series.is_empty() {
-            return Ok(Vec::new());
-        }
-        // The ids are integers this struct read from the store: safe to write into the SQL.
-        let mut stmt = conn.prepare_cached(&format!(
-            "SELECT series, start, count, min, max, sum FROM rollups \
-             WHERE series IN ({}) AND period = '1h' AND start >= ?1 AND start < ?2",
-            self.ids
-        ))?;
-        let rows = stmt.query_map(params![from_ms, to_ms], |r| {
-            Ok((
-                r.get::<_, i64>(0)?,
-                r.get(1)?,
-                r.get(2)?,
-                r.get(3)?,
-                r.get(4)?,
-                r.get(5)?,
-            ))
-        })?;
-        let mut out = Vec::new();
-        for row in rows {
-            let (id, start_ms, count, min, max, sum) = row?;
-            let (device, kind) = &self.series[&id];
-            out.push(Hour {
-                device: device.clone(),
-                kind: *kind,
-                start_ms,
-                count,
-                min,
-                max,
-                sum,
-            });
-        }
-        Ok(out)
-    }
 }
 
 /// A stored rollup, as the API shows it.
