@@ -45,6 +45,9 @@ pub struct Last {
     pub value: f64,
     /// How many readings in a row ended with this value.
     pub repeats: u32,
+    /// While the newest readings are spikes, the reading before them: the next one is
+    /// judged against it, so the reading after a lone glitch is not a spike too.
+    pub before_spike: Option<(TimestampMs, f64)>,
 }
 
 #[derive(Debug)]
@@ -79,6 +82,7 @@ impl Health {
                     ts: TimestampMs(*ts),
                     value: *value,
                     repeats,
+                    before_spike: None,
                 },
             );
         }
@@ -102,6 +106,7 @@ impl Health {
                     ts,
                     value,
                     repeats: 1,
+                    before_spike: None,
                 },
             );
             return flags;
@@ -113,10 +118,19 @@ impl Health {
         if gap_ms > 2.0 * expected_interval.as_millis() as f64 {
             flags.insert(Flags::AFTER_GAP);
         }
-        if let Some((step, per_hour)) = max_change(kind)
-            && (value - last.value).abs() > step + per_hour * gap_ms / 3_600_000.0
-        {
-            flags.insert(Flags::SPIKE);
+        if let Some((step, per_hour)) = max_change(kind) {
+            let too_far = |(t, v): (TimestampMs, f64)| {
+                (value - v).abs() > step + per_hour * (ts.0 - t.0) as f64 / 3_600_000.0
+            };
+            let reference = last.before_spike.unwrap_or((last.ts, last.value));
+            // Far from the reading before a spike, but near the spike: the level really moved.
+            let moved = last.before_spike.is_some() && !too_far((last.ts, last.value));
+            if too_far(reference) && !moved {
+                flags.insert(Flags::SPIKE);
+                last.before_spike = Some(reference);
+            } else {
+                last.before_spike = None;
+            }
         }
         last.repeats = if value == last.value {
             last.repeats + 1
@@ -157,6 +171,28 @@ mod tests {
         assert_eq!(flags[1], Flags::default());
         assert!(flags[2].contains(Flags::SPIKE), "+11.5 °C in 10 min");
         assert!(!flags[3].contains(Flags::SPIKE));
+    }
+
+    #[test]
+    fn after_a_lone_glitch_the_next_reading_is_judged_against_the_one_before_it() {
+        let mut h = Health::new(12);
+        let flags = series(
+            &mut h,
+            Kind::AirTemperature,
+            &[(0, 30.0), (15, 45.0), (30, 30.4), (45, 30.6)],
+        );
+        assert!(flags[1].contains(Flags::SPIKE));
+        assert_eq!(flags[2], Flags::default(), "back at 30.4: no spike");
+        assert_eq!(flags[3], Flags::default());
+        // A level that stays where it jumped is real from its second reading on.
+        let mut h = Health::new(12);
+        let flags = series(
+            &mut h,
+            Kind::SoilMoisture,
+            &[(0, 20.0), (10, 45.0), (20, 45.2), (30, 45.1)],
+        );
+        assert!(flags[1].contains(Flags::SPIKE));
+        assert_eq!(&flags[2..], &[Flags::default(); 2]);
     }
 
     #[test]

@@ -32,6 +32,9 @@ pub enum Reason {
     RateLimited,
     /// A publish to the MQTT endpoint outside its user's topic patterns (`broker.users`).
     NotAuthorized,
+    /// A reading for a series and time the store already holds with a different value
+    /// (two fields mapped to one kind, or a device that re-sent a changed value).
+    ConflictingValue,
 }
 
 impl Reason {
@@ -50,6 +53,7 @@ impl Reason {
         Reason::NonNumeric,
         Reason::RateLimited,
         Reason::NotAuthorized,
+        Reason::ConflictingValue,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -68,6 +72,7 @@ impl Reason {
             Reason::NonNumeric => "non_numeric",
             Reason::RateLimited => "rate_limited",
             Reason::NotAuthorized => "not_authorized",
+            Reason::ConflictingValue => "conflicting_value",
         }
     }
 

@@ -235,7 +235,11 @@ elevation_m = 240.0
     // With nothing known but that no water was entered, the depletion carries over and
     // says what it lacked.
     assert_eq!(empty["balance_days_missing"], 1);
-    close(num(empty, "depletion_mm"), depletion, "depletion carried over");
+    close(
+        num(empty, "depletion_mm"),
+        depletion,
+        "depletion carried over",
+    );
     let why = empty["missing"]["depletion_mm"].as_str().unwrap();
     assert!(
         why.contains("etc_mm unknown") && why.contains("rain_mm unknown"),

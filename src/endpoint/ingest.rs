@@ -82,6 +82,7 @@ impl IngestPort {
             rejections: vec![rejection],
             payload: Some(payload),
             expected_interval: std::time::Duration::from_secs(15 * 60),
+            device_intervals: Vec::new(),
         };
         self.submit(envelope).await
     }

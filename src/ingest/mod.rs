@@ -121,11 +121,12 @@ impl Decoder {
             rejections: Vec::new(),
             payload: None,
             expected_interval: self.expected_interval,
+            device_intervals: Vec::new(),
         };
         if let Err(whole) = self.judge(topic, &payload, &mut env) {
             env.rejections.push(whole);
         }
-        if !env.rejections.is_empty() {
+        if !env.rejections.is_empty() || clashes(&env.readings) {
             env.payload = Some(payload);
         }
         env
@@ -187,7 +188,7 @@ impl Decoder {
     ) {
         let device = Some(origin.device.as_str());
         if let Some(interval) = entry.and_then(|e| e.expected_interval) {
-            env.expected_interval = interval;
+            env.device_intervals.push((origin.device.clone(), interval));
         }
         let default_ts = group.ts.unwrap_or(env.received_at);
         let default_depth = entry.and_then(DeviceEntry::default_depth);
@@ -201,6 +202,19 @@ impl Decoder {
             }
         }
     }
+}
+
+/// Whether two readings of one message share a series and time with different values: the
+/// writer will quarantine the second as `conflicting_value`, and staff need the payload.
+fn clashes(readings: &[crate::model::Reading]) -> bool {
+    if readings.len() < 2 {
+        return false;
+    }
+    let mut seen = std::collections::HashMap::with_capacity(readings.len());
+    readings.iter().any(|r| {
+        seen.insert((&r.series, r.ts), r.value)
+            .is_some_and(|v| v != r.value)
+    })
 }
 
 /// One decoder per format; each yields a group of raw readings per device it names.
@@ -225,7 +239,14 @@ fn identity<'r>(
     registry: &'r crate::registry::Registry,
 ) -> Result<(Origin, Option<&'r DeviceEntry>), Rejection> {
     if let Some(origin) = topic_origin {
-        return Ok((origin.clone(), registry.get(origin.device.as_str())));
+        // Device ids are case-insensitive: `Probe-7` in a topic is the registry's `probe-7`,
+        // and its readings are stored under the registry's spelling, as a DevEUI's are.
+        let entry = registry.get(origin.device.as_str());
+        let mut origin = origin.clone();
+        if let Some(e) = entry {
+            origin.device = Ident::clone(&e.id);
+        }
+        return Ok((origin, entry));
     }
     let Some(id) = device else {
         return Err(Rejection::new(

@@ -254,6 +254,7 @@ mod tests {
             rejections: Vec::new(),
             payload: None,
             expected_interval: Duration::from_secs(600),
+            device_intervals: Vec::new(),
         }
     }
 

@@ -94,8 +94,8 @@ pub fn last_seen(
     conn: &Connection,
 ) -> Result<std::collections::HashMap<String, TimestampMs>, StoreError> {
     let mut stmt = conn.prepare(
-        "SELECT s.device, max((SELECT max(ts) FROM readings WHERE series = s.id)) \
-         FROM series s GROUP BY s.device",
+        "SELECT lower(s.device), max((SELECT max(ts) FROM readings WHERE series = s.id)) \
+         FROM series s GROUP BY lower(s.device)",
     )?;
     let rows = stmt
         .query_map([], |r| {

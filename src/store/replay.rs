@@ -12,7 +12,7 @@ use rusqlite::{Connection, params};
 use serde::Serialize;
 
 use super::StoreError;
-use super::writer::{Envelope, SeriesIds, insert_reading, quarantine};
+use super::writer::{Envelope, Inserted, SeriesIds, conflict, insert_reading, quarantine};
 use crate::model::{Flags, TimestampMs};
 use crate::validate::Reason;
 
@@ -58,27 +58,32 @@ pub fn replay(
     for (topic, received_at, payload) in held {
         report.messages += 1;
         let mut env = decode(&topic, Bytes::from(payload), TimestampMs(received_at));
+        let mut conflicts = Vec::new();
         for r in &env.readings {
             let series = ids.get(&tx, r)?;
-            if insert_reading(&tx, series, r, Flags::default())? {
-                report.readings_recovered += 1;
-                if let Some(offset) = rollups {
-                    fold.add(series, r.ts, r.value, offset);
+            match insert_reading(&tx, series, r, Flags::default())? {
+                Inserted::New => {
+                    report.readings_recovered += 1;
+                    if let Some(offset) = rollups {
+                        fold.add(series, r.ts, r.value, offset);
+                    }
+                    if forwarding {
+                        super::outbox::add(&tx, series, r.ts, TimestampMs::now())?;
+                    }
                 }
-                if forwarding {
-                    super::outbox::add(&tx, series, r.ts, TimestampMs::now())?;
-                }
-            } else {
-                report.duplicates += 1;
+                Inserted::Duplicate => report.duplicates += 1,
+                Inserted::Conflict(stored) => conflicts.push(conflict(r, stored)),
             }
         }
-        // Other unknown devices of the same message are still held under their own entries.
-        env.rejections.retain(|r| r.reason != Reason::UnknownDevice);
-        for r in &env.rejections {
+        // What the message holds for other devices was judged, and quarantined where it
+        // failed, when it first arrived; only this device's rejections are new.
+        env.rejections
+            .retain(|r| r.reason != Reason::UnknownDevice && r.device.as_deref() == Some(device));
+        for r in env.rejections.iter().chain(&conflicts) {
             *report.rejected.entry(r.reason.to_string()).or_default() += 1;
         }
-        if !env.rejections.is_empty() {
-            quarantine(&tx, &env)?;
+        if !env.rejections.is_empty() || !conflicts.is_empty() {
+            quarantine(&tx, &env, &conflicts)?;
         }
     }
     fold.write(&tx)?;

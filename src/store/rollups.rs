@@ -390,6 +390,7 @@ mod answers_from_rollups {
             rejections: Vec::new(),
             payload: None,
             expected_interval: Duration::from_secs(600),
+            device_intervals: Vec::new(),
         }
     }
 

@@ -18,7 +18,7 @@ use super::StoreError;
 use super::rollups::Fold;
 use crate::health::Health;
 use crate::metrics::Metrics;
-use crate::model::{Flags, Reading, SeriesKey, TimestampMs};
+use crate::model::{Flags, Ident, Reading, SeriesKey, TimestampMs};
 use crate::validate::Rejection;
 
 /// Payload bytes kept for a rejected message whose size was the problem.
@@ -37,8 +37,21 @@ pub struct Envelope {
     pub rejections: Vec<Rejection>,
     /// The raw payload, kept only when something in it was rejected.
     pub payload: Option<Bytes>,
-    /// How often the device normally reports, for the `after_gap` health flag.
+    /// How often a device normally reports, for the `after_gap` health flag...
     pub expected_interval: Duration,
+    /// ...unless its registry entry says otherwise: one entry per device of the message
+    /// that has its own interval (a SenML pack can name several).
+    pub device_intervals: Vec<(Ident, Duration)>,
+}
+
+impl Envelope {
+    /// How often the device of `r` normally reports.
+    pub fn interval_of(&self, r: &Reading) -> Duration {
+        self.device_intervals
+            .iter()
+            .find(|(d, _)| *d == r.series.device)
+            .map_or(self.expected_interval, |(_, i)| *i)
+    }
 }
 
 /// Progress the watchdog can see: when the writer started its current commit, or 0 when idle.
@@ -61,6 +74,8 @@ pub struct BatchOutcome {
     pub accepted: u64,
     pub duplicates: u64,
     pub quarantined: u64,
+    /// Readings quarantined as `conflicting_value` (also in `quarantined`).
+    pub conflicts: u64,
 }
 
 pub struct Writer {
@@ -179,6 +194,9 @@ impl Writer {
             .observe((outcome.accepted + outcome.duplicates) as f64);
         m.readings_accepted.inc_by(outcome.accepted);
         m.readings_duplicate.inc_by(outcome.duplicates);
+        for _ in 0..outcome.conflicts {
+            m.reject(crate::validate::Reason::ConflictingValue);
+        }
         for env in envelopes {
             for r in &env.readings {
                 let age = (now.0 - r.ts.0).max(0) as f64 / 1000.0;
@@ -195,6 +213,7 @@ impl Writer {
         let tx = self.conn.transaction()?;
         let mut outcome = BatchOutcome::default();
         let mut rollups = Fold::default();
+        let mut conflicts = Vec::new();
         for env in envelopes {
             for r in &env.readings {
                 let series = self.series_ids.get(&tx, r)?;
@@ -204,22 +223,26 @@ impl Writer {
                 }
                 let flags =
                     self.health
-                        .judge(series, r.series.kind, r.ts, r.value, env.expected_interval);
-                if insert_reading(&tx, series, r, flags)? {
-                    outcome.accepted += 1;
-                    if self.rollups {
-                        rollups.add(series, r.ts, r.value, self.utc_offset_ms);
+                        .judge(series, r.series.kind, r.ts, r.value, env.interval_of(r));
+                match insert_reading(&tx, series, r, flags)? {
+                    Inserted::New => {
+                        outcome.accepted += 1;
+                        if self.rollups {
+                            rollups.add(series, r.ts, r.value, self.utc_offset_ms);
+                        }
+                        if self.outbox {
+                            super::outbox::add(&tx, series, r.ts, env.received_at)?;
+                        }
                     }
-                    if self.outbox {
-                        super::outbox::add(&tx, series, r.ts, env.received_at)?;
-                    }
-                } else {
-                    outcome.duplicates += 1;
+                    Inserted::Duplicate => outcome.duplicates += 1,
+                    Inserted::Conflict(stored) => conflicts.push(conflict(r, stored)),
                 }
             }
-            if !env.rejections.is_empty() {
-                quarantine(&tx, env)?;
-                outcome.quarantined += env.rejections.len() as u64;
+            if !env.rejections.is_empty() || !conflicts.is_empty() {
+                quarantine(&tx, env, &conflicts)?;
+                outcome.quarantined += (env.rejections.len() + conflicts.len()) as u64;
+                outcome.conflicts += conflicts.len() as u64;
+                conflicts.clear();
             }
         }
         rollups.write(&tx)?;
@@ -228,19 +251,62 @@ impl Writer {
     }
 }
 
-/// Inserts one reading; false when the store already had it (a redelivery).
+/// What became of a reading offered to the store.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(crate) enum Inserted {
+    New,
+    /// The store had this very reading: a redelivery.
+    Duplicate,
+    /// The store had another value for this series and time, given here; it is kept.
+    Conflict(f64),
+}
+
+/// Inserts one reading unless the store has one for its series and time already.
 pub(crate) fn insert_reading(
     tx: &Transaction<'_>,
     series: i64,
     r: &Reading,
     flags: Flags,
-) -> Result<bool, StoreError> {
+) -> Result<Inserted, StoreError> {
     let inserted = tx
         .prepare_cached(
             "INSERT OR IGNORE INTO readings (series, ts, value, flags) VALUES (?1, ?2, ?3, ?4)",
         )?
         .execute(params![series, r.ts.0, r.value, flags.0])?;
-    Ok(inserted == 1)
+    if inserted == 1 {
+        return Ok(Inserted::New);
+    }
+    let stored: f64 = tx
+        .prepare_cached("SELECT value FROM readings WHERE series = ?1 AND ts = ?2")?
+        .query_row(params![series, r.ts.0], |row| row.get(0))?;
+    // The same payload decodes to the same bits; a unit conversion may differ in the last.
+    let same = (stored - r.value).abs() <= 1e-9 * stored.abs().max(1.0);
+    Ok(if same {
+        Inserted::Duplicate
+    } else {
+        Inserted::Conflict(stored)
+    })
+}
+
+/// The quarantine entry of a reading whose series and time hold another value.
+pub(crate) fn conflict(r: &Reading, stored: f64) -> Rejection {
+    let s = &r.series;
+    let depth = s
+        .depth_cm
+        .map(|d| format!(" at {d} cm"))
+        .unwrap_or_default();
+    Rejection {
+        reason: crate::validate::Reason::ConflictingValue,
+        detail: format!(
+            "{}{depth} of {} at {}: {} {unit} differs from the {stored} {unit} stored for that time, which is kept (two fields mapped to one kind, or a re-sent changed value)",
+            s.kind,
+            s.device,
+            r.ts.to_rfc3339(),
+            r.value,
+            unit = s.kind.unit(),
+        ),
+        device: Some(s.device.to_string()),
+    }
 }
 
 /// The newest `n` readings of a series, newest first, to seed its health state.
@@ -328,7 +394,12 @@ fn series_id(
     Ok(id)
 }
 
-pub(crate) fn quarantine(tx: &Transaction<'_>, env: &Envelope) -> Result<(), StoreError> {
+/// Quarantines the envelope's rejections and `more` found while storing it, with its payload.
+pub(crate) fn quarantine(
+    tx: &Transaction<'_>,
+    env: &Envelope,
+    more: &[Rejection],
+) -> Result<(), StoreError> {
     let payload = env.payload.as_deref().unwrap_or_default();
     // Keep a sample, not all of it, of what is too large or a flood.
     let oversized = env.rejections.iter().any(|r| {
@@ -349,7 +420,7 @@ pub(crate) fn quarantine(tx: &Transaction<'_>, env: &Envelope) -> Result<(), Sto
         "INSERT INTO quarantine (received_at, topic, reason, detail, payload_id, source, device) \
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
     )?;
-    for r in &env.rejections {
+    for r in env.rejections.iter().chain(more) {
         insert.execute(params![
             env.received_at.0,
             env.topic,
