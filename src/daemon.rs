@@ -170,6 +170,11 @@ pub async fn run(settings: Settings) -> Result<(), DaemonError> {
         tokio::spawn(retention(
             admin.clone(),
             settings.store.clone(),
+            Arc::new(Agronomy {
+                aggregate: settings.aggregate.clone(),
+                blocks: settings.blocks.clone(),
+            }),
+            settings.health.expected_interval,
             shutdown.clone(),
         ));
     }
@@ -226,8 +231,15 @@ fn utc_offset_ms(settings: &Settings) -> i64 {
     settings.aggregate.utc_offset_ms().unwrap_or(0)
 }
 
-/// Deletes raw readings past `store.raw_retention`, every `store.retention_interval`.
-async fn retention(admin: Admin, store: crate::config::StoreSettings, shutdown: CancellationToken) {
+/// Deletes raw readings past `store.raw_retention`, every `store.retention_interval`, keeping
+/// the day summaries the daily indices need of what it deletes.
+async fn retention(
+    admin: Admin,
+    store: crate::config::StoreSettings,
+    agronomy: Arc<Agronomy>,
+    default_interval: std::time::Duration,
+    shutdown: CancellationToken,
+) {
     let mut tick = tokio::time::interval(store.retention_interval);
     loop {
         tokio::select! {
@@ -237,10 +249,15 @@ async fn retention(admin: Admin, store: crate::config::StoreSettings, shutdown: 
         let cutoff = crate::model::TimestampMs(
             crate::model::TimestampMs::now().0 - store.raw_retention.as_millis() as i64,
         );
-        match admin
-            .write(move |c| store::retention::apply(c, cutoff))
-            .await
-        {
+        let agronomy = agronomy.clone();
+        let apply = move |c: &mut rusqlite::Connection| {
+            let summaries = store::retention::Summaries {
+                agronomy: &agronomy,
+                default_interval,
+            };
+            store::retention::apply(c, cutoff, Some(&summaries))
+        };
+        match admin.write(apply).await {
             Ok(0) => {}
             Ok(n) => tracing::info!(deleted = n, "retention: old raw readings deleted"),
             Err(e) => tracing::error!(error = %e, "retention failed"),

@@ -383,17 +383,7 @@ async fn retention_never_deletes_a_reading_influxdb_has_not_taken_yet() {
         extra: v1_to(&influxd.url()),
         ..DaemonConfig::embedded()
     };
-    let retention = vec![
-        (
-            "ORCHARDD__STORE__RAW_RETENTION".to_string(),
-            "1h".to_string(),
-        ),
-        (
-            "ORCHARDD__STORE__RETENTION_INTERVAL".to_string(),
-            "300ms".to_string(),
-        ),
-    ];
-    let daemon = Daemon::start_with_env(dir.path(), &cfg, retention);
+    let daemon = Daemon::start(dir.path(), &cfg);
     daemon.wait_ready();
     let publisher = Publisher::connect(cfg.broker_port(), "gw").await;
     let now = now_ms();
@@ -410,6 +400,23 @@ async fn retention_never_deletes_a_reading_influxdb_has_not_taken_yet() {
     wait_for(Duration::from_secs(20), "three readings stored", || {
         (daemon.stored_readings().len() == 3).then_some(())
     });
+    drop(publisher);
+    drop(daemon);
+    // Back with an hour's retention (and, as check-config requires, readings accepted up to
+    // an hour old), so that the first two are past it.
+    let retention = vec![
+        (
+            "ORCHARDD__STORE__RAW_RETENTION".to_string(),
+            "1h".to_string(),
+        ),
+        ("ORCHARDD__VALIDATE__MAX_AGE".to_string(), "1h".to_string()),
+        (
+            "ORCHARDD__STORE__RETENTION_INTERVAL".to_string(),
+            "300ms".to_string(),
+        ),
+    ];
+    let daemon = Daemon::start_with_env(dir.path(), &cfg, retention);
+    daemon.wait_ready();
     // Several retention runs while InfluxDB is down: the old readings wait for it.
     std::thread::sleep(Duration::from_secs(2));
     assert_eq!(

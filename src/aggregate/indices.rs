@@ -60,6 +60,8 @@ pub struct SeriesReadings {
     pub gap_limit_ms: i64,
     /// `(ts, value, flagged)`: flagged as a spike or stuck.
     pub readings: Vec<(i64, f64, bool)>,
+    /// The day as summarised before retention deleted its readings; used instead of them.
+    pub summary: Option<DeviceDay>,
 }
 
 /// What the indices of one block depend on besides its readings.
@@ -228,11 +230,57 @@ struct KindDay {
     heat_hours: f64,
 }
 
-/// One device's day of one kind.
-struct DeviceDay {
-    window: daily::Window,
-    frost_hours: f64,
-    heat_hours: f64,
+/// One device's day of one kind: what the indices take from its readings.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct DeviceDay {
+    pub window: daily::Window,
+    pub frost_hours: f64,
+    pub heat_hours: f64,
+    /// Readings of the day flagged as spikes or stuck, left out.
+    pub left_out: u32,
+}
+
+impl DeviceDay {
+    /// The day `day` of one series from its readings.
+    pub fn of(p: &BlockParams, day: Day, s: &SeriesReadings) -> Self {
+        let from = day.start_ms(p.utc_offset_ms);
+        let to = from + DAY_MS;
+        let mut clean = Vec::with_capacity(s.readings.len());
+        let mut left_out = 0u32;
+        for &(ts, value, bad) in &s.readings {
+            if !bad {
+                clean.push(Sample { ts, value });
+            } else if (from..to).contains(&ts) {
+                left_out += 1;
+            }
+        }
+        // Radiation is 0 while the sun is below the horizon, reported or not.
+        let dark = |ts: i64| match (s.kind, p.site) {
+            (Kind::SolarRadiation | Kind::Illuminance, Some(site))
+                if !super::sun::is_up(site.latitude_deg, p.longitude_deg, ts) =>
+            {
+                Some(0.0)
+            }
+            _ => None,
+        };
+        let window = daily::summarize(&clean, s.gap_limit_ms, from, to, dark);
+        let hours =
+            |past| daily::time_past(&clean, past, s.gap_limit_ms, from, to) / HOUR_MS as f64;
+        let (frost_hours, heat_hours) = if s.kind == Kind::AirTemperature {
+            (
+                hours(Past::AtOrBelow(FROST_C)),
+                hours(Past::AtOrAbove(HEAT_C)),
+            )
+        } else {
+            (0.0, 0.0)
+        };
+        DeviceDay {
+            window,
+            frost_hours,
+            heat_hours,
+            left_out,
+        }
+    }
 }
 
 /// One day of one block: per kind, each device's day, and the readings left out.
@@ -244,47 +292,13 @@ struct BlockDay {
 
 impl BlockDay {
     fn of(p: &BlockParams, day: Day, series: Vec<SeriesReadings>) -> Self {
-        let from = day.start_ms(p.utc_offset_ms);
-        let to = from + DAY_MS;
         let mut out = BlockDay::default();
         for s in series {
-            let mut clean = Vec::with_capacity(s.readings.len());
-            let mut flagged = 0u32;
-            for (ts, value, bad) in s.readings {
-                if !bad {
-                    clean.push(Sample { ts, value });
-                } else if (from..to).contains(&ts) {
-                    flagged += 1;
-                }
+            let d = s.summary.unwrap_or_else(|| DeviceDay::of(p, day, &s));
+            if d.left_out > 0 {
+                *out.left_out.entry(s.kind.name()).or_default() += d.left_out;
             }
-            if flagged > 0 {
-                *out.left_out.entry(s.kind.name()).or_default() += flagged;
-            }
-            // Radiation is 0 while the sun is below the horizon, reported or not.
-            let dark = |ts: i64| match (s.kind, p.site) {
-                (Kind::SolarRadiation | Kind::Illuminance, Some(site))
-                    if !super::sun::is_up(site.latitude_deg, p.longitude_deg, ts) =>
-                {
-                    Some(0.0)
-                }
-                _ => None,
-            };
-            let window = daily::summarize(&clean, s.gap_limit_ms, from, to, dark);
-            let hours =
-                |past| daily::time_past(&clean, past, s.gap_limit_ms, from, to) / HOUR_MS as f64;
-            let (frost_hours, heat_hours) = if s.kind == Kind::AirTemperature {
-                (
-                    hours(Past::AtOrBelow(FROST_C)),
-                    hours(Past::AtOrAbove(HEAT_C)),
-                )
-            } else {
-                (0.0, 0.0)
-            };
-            out.devices.entry(s.kind).or_default().push(DeviceDay {
-                window,
-                frost_hours,
-                heat_hours,
-            });
+            out.devices.entry(s.kind).or_default().push(d);
         }
         out
     }
@@ -642,6 +656,7 @@ mod tests {
                             .copied()
                             .filter(|(ts, _, _)| (from..to).contains(ts))
                             .collect(),
+                        summary: None,
                     })
                     .collect(),
             )

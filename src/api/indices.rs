@@ -52,8 +52,7 @@ pub async fn indices(
         .read(move |c| {
             let entered = irrigation::per_day(c, &o, &b, season, end)?;
             let series = BlockSeries::of(c, &o, &b, default_interval)?;
-            let readings_of =
-                |day: Day| series.around(c, day.start_ms(offset), Day(day.0 + 1).start_ms(offset));
+            let readings_of = |day: Day| series.around(c, day, offset);
             indices::compute(&params, first, end, readings_of, &entered)
         })
         .await?;

@@ -1,4 +1,5 @@
-//! The raw readings one block's daily indices are made from, read a day at a time.
+//! The raw readings one block's daily indices are made from, read a day at a time, and the
+//! summaries of the days whose readings retention has deleted (`series_days`).
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -6,11 +7,87 @@ use std::time::Duration;
 use rusqlite::{Connection, params};
 
 use super::StoreError;
-use crate::aggregate::indices::{self, DAY_MS, HOUR_MS, SeriesReadings};
+use crate::aggregate::daily::Window;
+use crate::aggregate::indices::{self, DAY_MS, Day, DeviceDay, HOUR_MS, SeriesReadings};
 use crate::model::{Flags, Ident, Kind};
 
 /// The shortest gap limit: readings an hour apart always cover the hour between them.
 const MIN_GAP_LIMIT_MS: i64 = HOUR_MS;
+
+/// Readings of a device that reports every `interval_ms` further apart than this leave the
+/// time between them uncovered: twice the interval, at least an hour, at most two days.
+pub fn gap_limit_ms(interval_ms: i64) -> i64 {
+    (2 * interval_ms).clamp(MIN_GAP_LIMIT_MS, 2 * DAY_MS)
+}
+
+/// Flags that leave a reading out of the indices.
+fn left_out(flags: u8) -> bool {
+    flags & (Flags::SPIKE.0 | Flags::STUCK.0) != 0
+}
+
+/// One series' readings in `[from_ms, to_ms)`, in time order, those to leave out marked.
+pub fn readings_of(
+    conn: &Connection,
+    series: i64,
+    from_ms: i64,
+    to_ms: i64,
+) -> Result<Vec<(i64, f64, bool)>, StoreError> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT ts, value, flags FROM readings WHERE series = ?1 AND ts >= ?2 AND ts < ?3 ORDER BY ts",
+    )?;
+    let rows = stmt
+        .query_map(params![series, from_ms, to_ms], |r| {
+            Ok((r.get(0)?, r.get(1)?, left_out(r.get(2)?)))
+        })?
+        .collect::<Result<_, _>>()?;
+    Ok(rows)
+}
+
+/// Keeps the summary of one series' day, unless one is kept already.
+pub fn keep_summary(
+    conn: &Connection,
+    series: i64,
+    day: Day,
+    utc_offset_ms: i64,
+    d: &DeviceDay,
+) -> Result<(), StoreError> {
+    let w = &d.window;
+    let finite = |v: f64| v.is_finite().then_some(v);
+    conn.prepare_cached(
+        "INSERT OR IGNORE INTO series_days (series, day, utc_offset_ms, covered_hours, readings, \
+         left_out, min, max, sum, mean, frost_hours, heat_hours) \
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
+    )?
+    .execute(params![
+        series,
+        day.0,
+        utc_offset_ms,
+        w.covered_hours,
+        w.readings,
+        d.left_out,
+        finite(w.min),
+        finite(w.max),
+        w.sum,
+        finite(w.mean),
+        d.frost_hours,
+        d.heat_hours
+    ])?;
+    Ok(())
+}
+
+/// Whether a summary of the series' day is kept.
+pub fn has_summary(
+    conn: &Connection,
+    series: i64,
+    day: Day,
+    utc_offset_ms: i64,
+) -> Result<bool, StoreError> {
+    Ok(conn
+        .prepare_cached(
+            "SELECT EXISTS (SELECT 1 FROM series_days WHERE series = ?1 AND day = ?2 AND utc_offset_ms = ?3)",
+        )?
+        .query_row(params![series, day.0, utc_offset_ms], |r| r.get(0))?)
+}
 
 struct Series {
     /// The device as the indices average it.
@@ -66,8 +143,8 @@ impl BlockSeries {
                 Some(d) => format!("{device}@{d}cm"),
                 None => device,
             };
-            let interval_ms = interval_ms.unwrap_or(default_interval.as_millis() as i64);
-            let gap_limit_ms = (2 * interval_ms).clamp(MIN_GAP_LIMIT_MS, 2 * DAY_MS);
+            let gap_limit_ms =
+                gap_limit_ms(interval_ms.unwrap_or(default_interval.as_millis() as i64));
             series.insert(
                 id,
                 Series {
@@ -90,17 +167,20 @@ impl BlockSeries {
         })
     }
 
-    /// Each series' readings in `[from_ms, to_ms)` and a gap limit either side, in time
-    /// order, with those flagged as spikes or stuck marked.
+    /// Each series' readings of the local day `day` and a gap limit either side, in time
+    /// order, with those flagged as spikes or stuck marked; and the kept summary of the day
+    /// where retention has deleted its readings.
     pub fn around(
         &self,
         conn: &Connection,
-        from_ms: i64,
-        to_ms: i64,
+        day: Day,
+        utc_offset_ms: i64,
     ) -> Result<Vec<SeriesReadings>, StoreError> {
         if self.series.is_empty() {
             return Ok(Vec::new());
         }
+        let from_ms = day.start_ms(utc_offset_ms);
+        let to_ms = from_ms + DAY_MS;
         // The ids are integers this struct read from the store: safe to write into the SQL.
         let mut stmt = conn.prepare_cached(&format!(
             "SELECT series, ts, value, flags FROM readings \
@@ -118,7 +198,6 @@ impl BlockSeries {
                 ))
             },
         )?;
-        let bad = Flags(Flags::SPIKE.0 | Flags::STUCK.0);
         let mut out: Vec<SeriesReadings> = Vec::new();
         let mut current = None;
         for row in rows {
@@ -135,13 +214,65 @@ impl BlockSeries {
                     kind: s.kind,
                     gap_limit_ms: s.gap_limit_ms,
                     readings: Vec::new(),
+                    summary: None,
                 });
             }
-            let flagged = Flags(flags & bad.0) != Flags::default();
             if let Some(last) = out.last_mut() {
-                last.readings.push((ts, value, flagged));
+                last.readings.push((ts, value, left_out(flags)));
             }
         }
+        self.add_summaries(conn, day, utc_offset_ms, &mut out)?;
         Ok(out)
+    }
+
+    fn add_summaries(
+        &self,
+        conn: &Connection,
+        day: Day,
+        utc_offset_ms: i64,
+        out: &mut Vec<SeriesReadings>,
+    ) -> Result<(), StoreError> {
+        let mut stmt = conn.prepare_cached(&format!(
+            "SELECT series, covered_hours, readings, left_out, min, max, sum, mean, frost_hours, \
+             heat_hours FROM series_days WHERE series IN ({}) AND day = ?1 AND utc_offset_ms = ?2",
+            self.ids
+        ))?;
+        let rows = stmt.query_map(params![day.0, utc_offset_ms], |r| {
+            let nan = |v: Option<f64>| v.unwrap_or(f64::NAN);
+            Ok((
+                r.get::<_, i64>(0)?,
+                DeviceDay {
+                    window: Window {
+                        covered_hours: r.get(1)?,
+                        readings: r.get(2)?,
+                        min: nan(r.get(4)?),
+                        max: nan(r.get(5)?),
+                        sum: r.get(6)?,
+                        mean: nan(r.get(7)?),
+                    },
+                    left_out: r.get(3)?,
+                    frost_hours: r.get(8)?,
+                    heat_hours: r.get(9)?,
+                },
+            ))
+        })?;
+        for row in rows {
+            let (id, summary) = row?;
+            let s = &self.series[&id];
+            match out
+                .iter_mut()
+                .find(|r| r.device == s.device && r.kind == s.kind)
+            {
+                Some(r) => r.summary = Some(summary),
+                None => out.push(SeriesReadings {
+                    device: s.device.clone(),
+                    kind: s.kind,
+                    gap_limit_ms: s.gap_limit_ms,
+                    readings: Vec::new(),
+                    summary: Some(summary),
+                }),
+            }
+        }
+        Ok(())
     }
 }

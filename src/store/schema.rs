@@ -153,6 +153,25 @@ const MIGRATIONS: &[&str] = &[
     r#"
     CREATE INDEX outbox_by_ts ON outbox (ts);
     "#,
+    // 9: a day of one series as the daily indices use it, kept by retention before it deletes
+    // the day's readings, so a season's indices outlive its raw readings.
+    r#"
+    CREATE TABLE series_days (
+        series        INTEGER NOT NULL,
+        day           INTEGER NOT NULL,
+        utc_offset_ms INTEGER NOT NULL,
+        covered_hours REAL NOT NULL,
+        readings      INTEGER NOT NULL,
+        left_out      INTEGER NOT NULL,
+        min           REAL,
+        max           REAL,
+        sum           REAL NOT NULL,
+        mean          REAL,
+        frost_hours   REAL NOT NULL,
+        heat_hours    REAL NOT NULL,
+        PRIMARY KEY (series, day, utc_offset_ms)
+    ) WITHOUT ROWID;
+    "#,
 ];
 
 /// The schema version this build of orchardd writes.
