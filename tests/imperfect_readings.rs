@@ -269,12 +269,15 @@ topic = "senml/#"
 fn check_config_refuses_a_retention_shorter_than_the_oldest_accepted_reading() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("o.toml");
-    std::fs::write(&path, "[store]\nraw_retention = \"7d\"\n").unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_orchardd"))
-        .args(["check-config", "--config"])
-        .arg(&path)
-        .output()
-        .unwrap();
+    let check = |toml: &str| {
+        std::fs::write(&path, toml).unwrap();
+        Command::new(env!("CARGO_BIN_EXE_orchardd"))
+            .args(["check-config", "--config"])
+            .arg(&path)
+            .output()
+            .unwrap()
+    };
+    let out = check("[store]\nraw_retention = \"7d\"\n");
     assert!(!out.status.success());
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
@@ -282,12 +285,7 @@ fn check_config_refuses_a_retention_shorter_than_the_oldest_accepted_reading() {
         "{stdout}"
     );
     // As long as validate.max_age (30 days by default), or longer, is fine.
-    std::fs::write(&path, "[store]\nraw_retention = \"30d\"\n").unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_orchardd"))
-        .args(["check-config", "--config"])
-        .arg(&path)
-        .output()
-        .unwrap();
+    let out = check("[store]\nraw_retention = \"30d\"\n");
     assert!(
         out.status.success(),
         "{}",

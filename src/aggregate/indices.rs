@@ -696,6 +696,18 @@ mod tests {
         false
     }
 
+    /// Air temperature of 15 °C before noon and 25 °C after, for `days` days from `d`.
+    fn cool_nights(device: &'static str, d: Day, days: i64) -> Rows {
+        rows(
+            device,
+            Kind::AirTemperature,
+            d,
+            days,
+            |h| if h < 12 { 15.0 } else { 25.0 },
+            always,
+        )
+    }
+
     #[test]
     fn seasons_start_on_their_day_and_days_follow_the_local_calendar() {
         let p = params();
@@ -876,14 +888,7 @@ mod tests {
     fn the_season_sums_and_the_balance_carry_from_day_to_day() {
         let start = day("2026-03-01");
         let p = params();
-        let temp = rows(
-            "t",
-            Kind::AirTemperature,
-            start,
-            5,
-            |h| if h < 12 { 15.0 } else { 25.0 },
-            always,
-        );
+        let temp = cool_nights("t", start, 5);
         // 1 mm an hour for two hours on day 3 (0.25 mm a quarter).
         let day3 = Day(start.0 + 3).start_ms(OFFSET);
         let mut rain = rows("r", Kind::Rainfall, start, 5, |_| 0.0, always);
@@ -925,14 +930,7 @@ mod tests {
     fn irrigation_stays_in_the_balance_on_a_day_the_rain_gauge_is_silent() {
         let start = day("2026-03-01");
         let p = params();
-        let temp = rows(
-            "t",
-            Kind::AirTemperature,
-            start,
-            3,
-            |h| if h < 12 { 15.0 } else { 25.0 },
-            always,
-        );
+        let temp = cool_nights("t", start, 3);
         // The gauge reports on 1 and 3 March, not on the 2nd.
         let mut rain = rows("r", Kind::Rainfall, start, 3, |_| 0.0, always);
         let (d2, d3) = (
