@@ -50,6 +50,7 @@ pub struct Metrics {
     pub mqtt_subscriptions: Gauge,
     pub mqtt_retained: Gauge,
     pub mqtt_deliveries_dropped: Counter,
+    pub mqtt_protocol_errors: Counter,
     pub forward_backlog_readings: Gauge,
     pub forward_backlog_seconds: Gauge,
     pub forward_batches: Counter,
@@ -84,6 +85,7 @@ impl Default for Metrics {
             mqtt_subscriptions: Gauge::default(),
             mqtt_retained: Gauge::default(),
             mqtt_deliveries_dropped: Counter::default(),
+            mqtt_protocol_errors: Counter::default(),
             forward_backlog_readings: Gauge::default(),
             forward_backlog_seconds: Gauge::default(),
             forward_batches: Counter::default(),
@@ -196,6 +198,11 @@ impl Default for Metrics {
             "mqtt_deliveries_dropped",
             "Messages for a subscriber dropped because its queue was full",
             m.mqtt_deliveries_dropped.clone(),
+        );
+        registry.register(
+            "mqtt_protocol_errors",
+            "Endpoint connections closed because the client sent a packet MQTT does not allow",
+            m.mqtt_protocol_errors.clone(),
         );
         registry.register(
             "forward_backlog_readings",

@@ -882,3 +882,39 @@ fn the_tls_listener_takes_mqtts_and_stores_what_arrives_over_it() {
     let rows = daemon.get_ok("/api/v1/readings?device=probe-3");
     assert_eq!(rows["readings"].as_array().unwrap().len(), 2, "{rows}");
 }
+
+#[test]
+fn a_packet_mqtt_does_not_allow_closes_the_connection_and_is_counted() {
+    let (_dir, daemon, port) = started();
+    // CONNECT 3.1.1, clean session, id "raw", then a PUBLISH whose topic is not UTF-8.
+    let connect = [
+        0x10, 15, 0, 4, b'M', b'Q', b'T', b'T', 4, 0x02, 0, 60, 0, 3, b'r', b'a', b'w',
+    ];
+    let bad_publish = [0x30, 6, 0, 2, 0xff, 0xfe, b'h', b'i'];
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    std::io::Write::write_all(&mut s, &connect).unwrap();
+    let mut connack = [0u8; 4];
+    std::io::Read::read_exact(&mut s, &mut connack).unwrap();
+    assert_eq!(connack, [0x20, 2, 0, 0]);
+    std::io::Write::write_all(&mut s, &bad_publish).unwrap();
+    let mut rest = Vec::new();
+    let _ = std::io::Read::read_to_end(&mut s, &mut rest);
+    assert!(rest.is_empty(), "closed without an answer: {rest:?}");
+    wait_for(
+        Duration::from_secs(10),
+        "the protocol error counted",
+        || (daemon.metric("orchardd_mqtt_protocol_errors_total") == 1.0).then_some(()),
+    );
+    assert!(daemon.log_text().contains("protocol error"));
+    // The endpoint goes on serving others.
+    published(
+        port,
+        &[
+            "-t",
+            "orchards/o/b/d/telemetry",
+            "-m",
+            r#"{"air_temperature": 20}"#,
+        ],
+    );
+}

@@ -161,6 +161,14 @@ impl Conn {
         });
     }
 
+    /// The connection is being closed for a packet MQTT does not allow (a malformed frame, a
+    /// topic that is not UTF-8, a packet over `broker.max_packet_bytes`): nothing of it can be
+    /// stored, so it is counted and logged with the client and the reason.
+    pub fn protocol_error(&self, error: &dyn std::fmt::Display) {
+        self.shared.metrics.mqtt_protocol_errors.inc();
+        tracing::warn!(client = %self.client, %error, "mqtt endpoint: protocol error; closing the connection");
+    }
+
     /// The connection ended: publish the will unless the client said goodbye.
     pub fn ended(&self) {
         if self.closed.is_cancelled() {

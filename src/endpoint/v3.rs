@@ -5,8 +5,8 @@ use std::rc::Rc;
 use std::sync::Arc;
 
 use ntex_bytes::ByteString;
-use ntex_mqtt::Control;
 use ntex_mqtt::v3;
+use ntex_mqtt::{Control, Reason};
 use ntex_util::time::Seconds;
 
 use super::conn::{Conn, Outbound, qos_of};
@@ -15,12 +15,16 @@ use super::{EndpointError, Shared, users::Login};
 
 pub(super) type Session = v3::Session<Rc<Conn>>;
 
-/// Control messages: a stopped connection publishes its will and leaves the hub.
+/// Control messages: a stopped connection publishes its will and leaves the hub; one stopped
+/// for a protocol error is counted.
 pub(super) fn control(
     session: &Session,
     c: Control<EndpointError>,
 ) -> Result<Option<v3::codec::Encoded>, EndpointError> {
-    if let Control::Stop(_) = c {
+    if let Control::Stop(reason) = c {
+        if let Reason::Protocol(e) = &reason {
+            session.protocol_error(e.get_ref());
+        }
         session.ended();
     }
     Ok(None)

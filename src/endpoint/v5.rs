@@ -7,8 +7,8 @@ use std::rc::Rc;
 use std::sync::Arc;
 
 use ntex_bytes::ByteString;
-use ntex_mqtt::Control;
 use ntex_mqtt::v5::{self, codec};
+use ntex_mqtt::{Control, Reason};
 
 use super::conn::{Conn, Outbound, Outcome, qos_of};
 use super::hub::{Delivery, Message, Properties, QoS, SessionRequest, SubOptions};
@@ -27,12 +27,16 @@ impl TryFrom<EndpointError> for v5::PublishAck {
     }
 }
 
-/// Control messages: a stopped connection publishes its will and leaves the hub.
+/// Control messages: a stopped connection publishes its will and leaves the hub; one stopped
+/// for a protocol error is counted.
 pub(super) fn control(
     session: &Session,
     c: Control<EndpointError>,
 ) -> Result<Option<v5::codec::Encoded>, EndpointError> {
-    if let Control::Stop(_) = c {
+    if let Control::Stop(reason) = c {
+        if let Reason::Protocol(e) = &reason {
+            session.protocol_error(e.get_ref());
+        }
         session.ended();
     }
     Ok(None)
