@@ -34,6 +34,26 @@ pub struct Settings {
     pub aggregate: AggregateSettings,
     /// Where each block is and how it is grown, for its daily indices.
     pub blocks: Vec<BlockSettings>,
+    pub alerts: AlertSettings,
+    /// The alert rules read from `alerts.rules_dir` when the settings were loaded.
+    #[serde(skip)]
+    pub rules: std::sync::Arc<Vec<crate::alerts::rules::Rule>>,
+}
+
+/// `[alerts]`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AlertSettings {
+    /// The directory of rule files (`*.toml`, each a list of `[[rule]]`); none there, no rules.
+    pub rules_dir: PathBuf,
+}
+
+impl Default for AlertSettings {
+    fn default() -> Self {
+        Self {
+            rules_dir: PathBuf::from("config/rules"),
+        }
+    }
 }
 
 impl Default for Settings {
@@ -60,6 +80,8 @@ impl Default for Settings {
             query: Default::default(),
             aggregate: Default::default(),
             blocks: Vec::new(),
+            alerts: AlertSettings::default(),
+            rules: Default::default(),
         }
     }
 }
@@ -672,8 +694,13 @@ impl Settings {
                 None
             }
         };
-        if let Some(s) = &settings {
+        let mut settings = settings;
+        if let Some(s) = &mut settings {
             problems.extend(s.semantic_problems());
+            match crate::alerts::rules::load_dir(&s.alerts.rules_dir) {
+                Ok(rules) => s.rules = std::sync::Arc::new(rules),
+                Err(p) => problems.extend(p),
+            }
         }
         problems.sort();
         problems.dedup();

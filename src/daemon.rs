@@ -79,6 +79,7 @@ pub async fn run(settings: Settings) -> Result<(), DaemonError> {
     let shutdown = CancellationToken::new();
     tokio::spawn(stop_on_signal(shutdown.clone()));
 
+    let admin = Admin::open(&settings.store)?;
     let heartbeat = Arc::new(Heartbeat::default());
     let writer = Writer::new(
         writer_conn,
@@ -90,6 +91,11 @@ pub async fn run(settings: Settings) -> Result<(), DaemonError> {
     .with_outbox(settings.influx.enabled)
     .with_utc_offset(utc_offset_ms(&settings))
     .with_rollups(settings.aggregate.rollups);
+    let alerts_changed = Arc::new(tokio::sync::Notify::new());
+    let writer = writer.with_rules(settings.rules.clone(), alerts_changed.clone());
+    if !settings.rules.is_empty() {
+        tracing::info!(rules = settings.rules.len(), dir = %settings.alerts.rules_dir.display(), "alert rules loaded");
+    }
 
     let (subscribed_tx, subscribed_rx) = watch::channel(false);
     let decoder = Decoder::from_settings(&settings, registry_rx)
@@ -123,6 +129,12 @@ pub async fn run(settings: Settings) -> Result<(), DaemonError> {
             max_send: settings.broker.max_send,
         });
         let running = endpoint::start(listeners, &settings.broker, shared.clone())?;
+        tokio::spawn(crate::alerts::notify::run(
+            shared.clone(),
+            admin.clone(),
+            alerts_changed.clone(),
+            shutdown.clone(),
+        ));
         tokio::spawn(endpoint::sweep_sessions(shared, shutdown.clone()));
         metrics.mqtt_connected.set(1);
         subscribed_tx.send_replace(true);
@@ -152,7 +164,6 @@ pub async fn run(settings: Settings) -> Result<(), DaemonError> {
         (ingest, writer)
     };
 
-    let admin = Admin::open(&settings.store)?;
     let forwarder = if settings.influx.enabled {
         let forwarder = Forwarder {
             writer: InfluxWriter::new(&settings.influx).map_err(DaemonError::Influx)?,

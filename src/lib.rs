@@ -6,6 +6,7 @@
 //! queries. [`daemon`] wires them together, [`config`] types the settings.
 
 pub mod aggregate;
+pub mod alerts;
 pub mod api;
 pub mod bench;
 pub mod cli;

@@ -1,5 +1,6 @@
 //! The HTTP API (axum): health, metrics and the `/api/v1` queries.
 
+mod alerts;
 mod devices;
 mod error;
 mod indices;
@@ -72,6 +73,10 @@ pub fn router(state: AppState) -> Router {
         .route("/api/v1/quarantine/replay", post(quarantine::replay))
         .route("/api/v1/devices", get(devices::list))
         .route("/api/v1/devices/{id}", get(devices::get).put(devices::put))
+        .route("/api/v1/alerts", get(alerts::list))
+        .route("/api/v1/alerts/{id}", get(alerts::get))
+        .route("/api/v1/alerts/{id}/ack", post(alerts::ack))
+        .route("/api/v1/alerts/{id}/resolve", post(alerts::resolve))
         .fallback(|| async { ApiError::not_found("no such endpoint; see the README for the API") })
         .with_state(state)
 }

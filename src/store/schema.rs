@@ -172,6 +172,63 @@ const MIGRATIONS: &[&str] = &[
         PRIMARY KEY (series, day, utc_offset_ms)
     ) WITHOUT ROWID;
     "#,
+    // 10: alerts. Rule progress per (rule, scope), the alerts with their lifecycle events,
+    // and the notification outbox keyed (event, channel). At most one alert per (rule, scope)
+    // is open: the partial unique index says so, whatever races the code has.
+    r#"
+    CREATE TABLE rule_progress (
+        rule     TEXT NOT NULL,
+        scope    TEXT NOT NULL,
+        progress TEXT NOT NULL,
+        PRIMARY KEY (rule, scope)
+    ) WITHOUT ROWID;
+    CREATE TABLE alerts (
+        id           INTEGER PRIMARY KEY,
+        rule         TEXT NOT NULL,
+        rule_version TEXT NOT NULL,
+        scope        TEXT NOT NULL,
+        orchard      TEXT NOT NULL,
+        block        TEXT NOT NULL,
+        device       TEXT NOT NULL,
+        kind         TEXT NOT NULL,
+        severity     TEXT NOT NULL,
+        state        TEXT NOT NULL,
+        since        INTEGER NOT NULL,
+        fired_at     INTEGER NOT NULL,
+        value        REAL NOT NULL,
+        threshold    REAL NOT NULL,
+        action_en    TEXT NOT NULL,
+        action_zh    TEXT NOT NULL,
+        acked_by     TEXT,
+        acked_at     INTEGER,
+        ack_note     TEXT,
+        resolved_at  INTEGER,
+        resolved_by  TEXT,
+        resolve_note TEXT,
+        previous     INTEGER
+    );
+    CREATE UNIQUE INDEX one_open_alert ON alerts (rule, scope) WHERE state != 'resolved';
+    CREATE INDEX alerts_by_state ON alerts (state, severity);
+    CREATE TABLE alert_events (
+        id    INTEGER PRIMARY KEY,
+        alert INTEGER NOT NULL REFERENCES alerts (id),
+        event TEXT NOT NULL,
+        at    INTEGER NOT NULL,
+        who   TEXT,
+        note  TEXT,
+        value REAL
+    );
+    CREATE INDEX alert_events_by_alert ON alert_events (alert, id);
+    CREATE TABLE alert_outbox (
+        event        INTEGER NOT NULL REFERENCES alert_events (id),
+        channel      TEXT NOT NULL,
+        attempts     INTEGER NOT NULL DEFAULT 0,
+        delivered_at INTEGER,
+        last_error   TEXT,
+        PRIMARY KEY (event, channel)
+    ) WITHOUT ROWID;
+    CREATE INDEX alert_outbox_pending ON alert_outbox (channel, event) WHERE delivered_at IS NULL;
+    "#,
 ];
 
 /// The schema version this build of orchardd writes.

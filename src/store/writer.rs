@@ -16,6 +16,9 @@ use tokio::sync::mpsc;
 
 use super::StoreError;
 use super::rollups::Fold;
+use crate::alerts::rules::Rule;
+use crate::alerts::store as alerts;
+use crate::alerts::threshold::{Change, Progress};
 use crate::health::Health;
 use crate::metrics::Metrics;
 use crate::model::{Flags, Ident, Reading, SeriesKey, TimestampMs};
@@ -76,6 +79,8 @@ pub struct BatchOutcome {
     pub quarantined: u64,
     /// Readings quarantined as `conflicting_value` (also in `quarantined`).
     pub conflicts: u64,
+    /// Alerts opened or resolved.
+    pub alert_changes: u64,
 }
 
 pub struct Writer {
@@ -91,6 +96,11 @@ pub struct Writer {
     metrics: Arc<Metrics>,
     heartbeat: Arc<Heartbeat>,
     max_batch_readings: usize,
+    /// The alert rules, evaluated on each new reading in the transaction that stores it.
+    rules: Arc<Vec<Rule>>,
+    progress: RuleProgress,
+    /// Told after a commit that opened or resolved an alert: the notifiers have work.
+    alerts_changed: Option<Arc<tokio::sync::Notify>>,
 }
 
 impl Writer {
@@ -111,7 +121,18 @@ impl Writer {
             metrics,
             heartbeat,
             max_batch_readings,
+            rules: Arc::default(),
+            progress: HashMap::new(),
+            alerts_changed: None,
         }
+    }
+
+    /// Evaluate these alert rules, and tell `changed` after a commit that fired or resolved
+    /// an alert.
+    pub fn with_rules(mut self, rules: Arc<Vec<Rule>>, changed: Arc<tokio::sync::Notify>) -> Self {
+        self.rules = rules;
+        self.alerts_changed = Some(changed);
+        self
     }
 
     /// Also record every new reading for the InfluxDB forwarder.
@@ -169,6 +190,7 @@ impl Writer {
                     // Forget what the failed transaction may have taught: re-learn from the store.
                     self.series_ids = SeriesIds::default();
                     self.health = Health::new(self.health.stuck_after());
+                    self.progress.clear();
                     tracing::error!(error = %e, retry_in = ?delay, "store commit failed; nothing is acknowledged until it succeeds");
                     std::thread::sleep(delay);
                     delay = (delay * 2).min(Duration::from_secs(10));
@@ -186,6 +208,11 @@ impl Writer {
         let result = self.commit_inner(envelopes);
         self.heartbeat.busy_since_ms.store(0, Ordering::Relaxed);
         let outcome = result?;
+        if outcome.alert_changes > 0
+            && let Some(n) = &self.alerts_changed
+        {
+            n.notify_one();
+        }
 
         let now = TimestampMs::now();
         let m = &self.metrics;
@@ -227,6 +254,16 @@ impl Writer {
                 match insert_reading(&tx, series, r, flags)? {
                     Inserted::New => {
                         outcome.accepted += 1;
+                        if !self.rules.is_empty() {
+                            outcome.alert_changes += evaluate(
+                                &self.rules,
+                                &mut self.progress,
+                                &tx,
+                                series,
+                                r,
+                                env.interval_of(r),
+                            )?;
+                        }
                         if self.rollups {
                             rollups.add(series, r.ts, r.value, self.utc_offset_ms);
                         }
@@ -249,6 +286,69 @@ impl Writer {
         tx.commit()?;
         Ok(outcome)
     }
+}
+
+/// Per rule and series: its progress and the time of the series' newest reading.
+type RuleProgress = HashMap<(usize, i64), (Progress, Option<i64>)>;
+
+/// Moves every rule that watches the reading's series on by the reading; returns how many
+/// alerts it opened or resolved. A reading older than the series' newest is not judged (its
+/// window has moved on).
+fn evaluate(
+    rules: &[Rule],
+    progress: &mut RuleProgress,
+    tx: &Transaction<'_>,
+    series: i64,
+    r: &Reading,
+    interval: Duration,
+) -> Result<u64, StoreError> {
+    let s = &r.series;
+    let gap_limit_ms = 2 * interval.as_millis() as i64;
+    let mut changes = 0;
+    for (i, rule) in rules.iter().enumerate() {
+        if !rule.applies(s.kind, &s.orchard, &s.block, &s.device) {
+            continue;
+        }
+        let scope = alerts::scope_of(s);
+        let (p, last) = match progress.get(&(i, series)) {
+            Some(known) => *known,
+            None => {
+                let p = alerts::progress(tx, &rule.id, &scope)?.unwrap_or(Progress::Quiet);
+                let last: Option<i64> = tx
+                    .prepare_cached("SELECT max(ts) FROM readings WHERE series = ?1 AND ts < ?2")?
+                    .query_row(params![series, r.ts.0], |row| row.get(0))?;
+                (p, last)
+            }
+        };
+        if last.is_some_and(|l| r.ts.0 <= l) {
+            continue;
+        }
+        // Staff may have resolved the alert meanwhile: then the rule starts counting afresh.
+        let p = match p {
+            Progress::Firing { .. } | Progress::Clearing { .. }
+                if !alerts::is_open(tx, &rule.id, &scope)? =>
+            {
+                Progress::Quiet
+            }
+            p => p,
+        };
+        let (next, change) = rule.threshold.step(p, last, r.ts.0, r.value, gap_limit_ms);
+        if next != p {
+            alerts::save_progress(tx, &rule.id, &scope, &next)?;
+        }
+        let changed = match change {
+            Some(Change::Fire { since }) => {
+                alerts::fire(tx, rule, s, since, r.ts.0, r.value)?.is_some()
+            }
+            Some(Change::Resolve { .. }) => {
+                alerts::resolve(tx, &rule.id, s, r.ts.0, r.value)?.is_some()
+            }
+            None => false,
+        };
+        changes += u64::from(changed);
+        progress.insert((i, series), (next, Some(r.ts.0)));
+    }
+    Ok(changes)
 }
 
 /// What became of a reading offered to the store.

@@ -601,6 +601,11 @@ impl Publisher {
     }
 }
 
+/// Epoch ms as the API writes times.
+pub fn rfc3339(ms: i64) -> String {
+    orchardd::model::TimestampMs(ms).to_rfc3339()
+}
+
 pub fn now_ms() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)

@@ -1,0 +1,8 @@
+//! Alerts: planting decisions and sensor faults from the readings, as rules in TOML
+//! ([`rules`]) whose progress runs on reading time ([`threshold`]) and is committed with the
+//! readings that move it ([`store`]).
+
+pub mod notify;
+pub mod rules;
+pub mod store;
+pub mod threshold;

@@ -1,0 +1,470 @@
+//! Alert rules in TOML: `config/rules/*.toml`, each file a list of `[[rule]]` tables.
+//!
+//! ```toml
+//! [[rule]]
+//! id = "frost"
+//! kind = "threshold"
+//! measure = "air_temperature"
+//! severity = "critical"
+//! below = -2.2
+//! for = "4h"
+//! clear_above = 0.5
+//! clear_for = "30m"
+//! action.en = "Frost in {block}: {value:.1} °C since {since}. Start frost protection."
+//! action.zh = "{block} 霜冻：{value:.1} °C（自 {since}）。请启动防霜措施。"
+//! ```
+//!
+//! Every problem is reported with the file and the key path (`citrus.toml: rule[2].below`).
+
+use std::path::Path;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use super::threshold::{Side, Threshold};
+use crate::config::Problem;
+use crate::model::{Ident, Kind};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Severity {
+    Warning,
+    Minor,
+    Major,
+    Critical,
+}
+
+impl Severity {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Severity::Warning => "warning",
+            Severity::Minor => "minor",
+            Severity::Major => "major",
+            Severity::Critical => "critical",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+enum RuleKind {
+    Threshold,
+}
+
+/// The action text of an alert, in each language.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Action {
+    pub en: String,
+    pub zh: String,
+}
+
+/// One `[[rule]]` as written.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Spec {
+    id: String,
+    kind: RuleKind,
+    measure: Kind,
+    severity: Severity,
+    #[serde(default)]
+    below: Option<f64>,
+    #[serde(default)]
+    above: Option<f64>,
+    #[serde(default, rename = "for", with = "humantime_serde")]
+    enter_for: Option<Duration>,
+    #[serde(default)]
+    clear_above: Option<f64>,
+    #[serde(default)]
+    clear_below: Option<f64>,
+    #[serde(default, with = "humantime_serde")]
+    clear_for: Option<Duration>,
+    #[serde(default)]
+    orchards: Vec<Ident>,
+    #[serde(default)]
+    blocks: Vec<Ident>,
+    #[serde(default)]
+    devices: Vec<Ident>,
+    action: Action,
+    #[serde(default = "yes")]
+    enabled: bool,
+    /// Where the threshold comes from, and how sure it is: for staff, not for orchardd.
+    #[serde(default)]
+    source: Option<String>,
+    #[serde(default)]
+    confidence: Option<String>,
+}
+
+fn yes() -> bool {
+    true
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct File {
+    #[serde(default)]
+    rule: Vec<toml::Value>,
+}
+
+/// A checked rule.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Rule {
+    pub id: String,
+    /// Changes whenever the rule's text does, so an alert says which version fired it.
+    pub version: String,
+    pub measure: Kind,
+    pub severity: Severity,
+    pub threshold: Threshold,
+    pub orchards: Vec<Ident>,
+    pub blocks: Vec<Ident>,
+    pub devices: Vec<Ident>,
+    pub action: Action,
+}
+
+impl Rule {
+    /// Whether the rule watches this series.
+    pub fn applies(&self, kind: Kind, orchard: &Ident, block: &Ident, device: &Ident) -> bool {
+        let any = |list: &[Ident], v: &Ident| list.is_empty() || list.contains(v);
+        kind == self.measure
+            && any(&self.orchards, orchard)
+            && any(&self.blocks, block)
+            && any(&self.devices, device)
+    }
+}
+
+/// The placeholders an action text may use.
+pub const PLACEHOLDERS: &[&str] = &["orchard", "block", "device", "value", "threshold", "since"];
+
+/// Fills `{name}` and `{name:.N}` in an action text; `values(name)` gives text or a number.
+pub fn render(template: &str, values: impl Fn(&str) -> Option<Filled>) -> String {
+    let mut out = String::with_capacity(template.len());
+    let mut rest = template;
+    while let Some(open) = rest.find('{') {
+        out.push_str(&rest[..open]);
+        let Some(close) = rest[open..].find('}') else {
+            out.push_str(&rest[open..]);
+            return out;
+        };
+        let inner = &rest[open + 1..open + close];
+        let (name, decimals) = match inner.split_once(":.") {
+            Some((n, d)) => (n, d.parse::<usize>().ok()),
+            None => (inner, None),
+        };
+        match values(name) {
+            Some(Filled::Text(t)) => out.push_str(&t),
+            Some(Filled::Number(v)) => match decimals {
+                Some(d) => out.push_str(&format!("{v:.d$}")),
+                None => out.push_str(&v.to_string()),
+            },
+            None => out.push_str(&rest[open..=open + close]),
+        }
+        rest = &rest[open + close + 1..];
+    }
+    out.push_str(rest);
+    out
+}
+
+/// A placeholder's value.
+pub enum Filled {
+    Text(String),
+    Number(f64),
+}
+
+/// The placeholders of `template` that [`PLACEHOLDERS`] does not know.
+fn unknown_placeholders(template: &str) -> Vec<String> {
+    let mut unknown = Vec::new();
+    let mut rest = template;
+    while let Some(open) = rest.find('{') {
+        let Some(close) = rest[open..].find('}') else {
+            break;
+        };
+        let inner = &rest[open + 1..open + close];
+        let name = inner.split_once(":.").map_or(inner, |(n, _)| n);
+        if !PLACEHOLDERS.contains(&name) {
+            unknown.push(name.to_owned());
+        }
+        rest = &rest[open + close + 1..];
+    }
+    unknown
+}
+
+/// A stable 64-bit FNV-1a of the rule's text, as hex.
+fn version_of(text: &str) -> String {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in text.bytes() {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    format!("{h:016x}")
+}
+
+/// Loads every `*.toml` in `dir`, in name order. A directory that does not exist holds no
+/// rules. Returns the enabled rules, or every problem found.
+pub fn load_dir(dir: &Path) -> Result<Vec<Rule>, Vec<Problem>> {
+    let mut problems = Vec::new();
+    let mut rules: Vec<Rule> = Vec::new();
+    let entries = match std::fs::read_dir(dir) {
+        Ok(e) => e,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => {
+            return Err(vec![Problem {
+                key: dir.display().to_string(),
+                message: format!("cannot read the rules directory: {e}"),
+            }]);
+        }
+    };
+    let mut files: Vec<_> = entries
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|x| x == "toml"))
+        .collect();
+    files.sort();
+    for path in files {
+        let name = path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let text = match std::fs::read_to_string(&path) {
+            Ok(t) => t,
+            Err(e) => {
+                problems.push(Problem {
+                    key: name,
+                    message: format!("cannot be read: {e}"),
+                });
+                continue;
+            }
+        };
+        for rule in parse(&name, &text, &mut problems) {
+            if rules.iter().any(|r| r.id == rule.id) {
+                problems.push(Problem {
+                    key: format!("{name}: rule `{}`", rule.id),
+                    message: "the id is used by another rule; ids must be unique".into(),
+                });
+            } else {
+                rules.push(rule);
+            }
+        }
+    }
+    if problems.is_empty() {
+        Ok(rules)
+    } else {
+        Err(problems)
+    }
+}
+
+/// The enabled rules of one file, with its problems added to `problems`.
+pub fn parse(file: &str, text: &str, problems: &mut Vec<Problem>) -> Vec<Rule> {
+    let doc: File = match toml::from_str(text) {
+        Ok(d) => d,
+        Err(e) => {
+            problems.push(Problem {
+                key: file.to_owned(),
+                message: e.message().to_owned(),
+            });
+            return Vec::new();
+        }
+    };
+    let mut out = Vec::new();
+    for (i, value) in doc.rule.into_iter().enumerate() {
+        let key = |field: &str| format!("{file}: rule[{i}].{field}");
+        let mut problem = |field: &str, message: String| {
+            problems.push(Problem {
+                key: key(field),
+                message,
+            })
+        };
+        let version = version_of(&value.to_string());
+        let spec: Spec = match value.try_into() {
+            Ok(s) => s,
+            Err(e) => {
+                let e: toml::de::Error = e;
+                problems.push(Problem {
+                    key: format!("{file}: rule[{i}]"),
+                    message: e.message().to_owned(),
+                });
+                continue;
+            }
+        };
+        if Ident::parse(&spec.id).is_err() {
+            problem("id", "must be 1 to 64 of A-Z a-z 0-9 _ -".into());
+        }
+        let RuleKind::Threshold = spec.kind;
+        let (side, enter) = match (spec.below, spec.above) {
+            (Some(b), None) => (Side::Below, b),
+            (None, Some(a)) => (Side::Above, a),
+            _ => {
+                problem(
+                    "below",
+                    "a threshold rule needs exactly one of `below` and `above`".into(),
+                );
+                continue;
+            }
+        };
+        let clear = match (side, spec.clear_above, spec.clear_below) {
+            (Side::Below, c, None) => c.unwrap_or(enter),
+            (Side::Above, None, c) => c.unwrap_or(enter),
+            (Side::Below, _, Some(_)) => {
+                problem(
+                    "clear_below",
+                    "a `below` rule clears with `clear_above`".into(),
+                );
+                continue;
+            }
+            (Side::Above, Some(_), _) => {
+                problem(
+                    "clear_above",
+                    "an `above` rule clears with `clear_below`".into(),
+                );
+                continue;
+            }
+        };
+        if side.opposite().past(enter, clear) && clear != enter {
+            problem(
+                if side == Side::Below {
+                    "clear_above"
+                } else {
+                    "clear_below"
+                },
+                format!("must be on the far side of the threshold {enter}, or equal to it"),
+            );
+        }
+        let (lo, hi) = spec.measure.range();
+        for (field, v) in [("threshold", enter), ("clear", clear)] {
+            if !(lo..=hi).contains(&v) {
+                problem(
+                    field,
+                    format!(
+                        "{v} is outside the plausible range of {} ({lo}–{hi} {})",
+                        spec.measure,
+                        spec.measure.unit()
+                    ),
+                );
+            }
+        }
+        for (lang, text) in [("en", &spec.action.en), ("zh", &spec.action.zh)] {
+            let unknown = unknown_placeholders(text);
+            if !unknown.is_empty() {
+                problem(
+                    &format!("action.{lang}"),
+                    format!(
+                        "unknown placeholder {}; use {}",
+                        unknown
+                            .iter()
+                            .map(|u| format!("{{{u}}}"))
+                            .collect::<Vec<_>>()
+                            .join(", "),
+                        PLACEHOLDERS
+                            .iter()
+                            .map(|p| format!("{{{p}}}"))
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    ),
+                );
+            }
+        }
+        let _ = (&spec.source, &spec.confidence);
+        if spec.enabled {
+            out.push(Rule {
+                id: spec.id,
+                version,
+                measure: spec.measure,
+                severity: spec.severity,
+                threshold: Threshold {
+                    side,
+                    enter,
+                    enter_for_ms: spec.enter_for.unwrap_or_default().as_millis() as i64,
+                    clear,
+                    clear_for_ms: spec.clear_for.unwrap_or_default().as_millis() as i64,
+                },
+                orchards: spec.orchards,
+                blocks: spec.blocks,
+                devices: spec.devices,
+                action: spec.action,
+            });
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const FROST: &str = r#"
+[[rule]]
+id = "frost"
+kind = "threshold"
+measure = "air_temperature"
+severity = "critical"
+below = -2.2
+for = "4h"
+clear_above = 0.5
+clear_for = "30m"
+blocks = ["B1"]
+action.en = "Frost in {block}: {value:.1} °C."
+action.zh = "{block} 霜冻：{value:.1} °C。"
+source = "UF/IFAS"
+"#;
+
+    #[test]
+    fn a_threshold_rule_is_read_with_its_durations_and_hysteresis() {
+        let mut problems = Vec::new();
+        let rules = parse("citrus.toml", FROST, &mut problems);
+        assert!(problems.is_empty(), "{problems:?}");
+        let r = &rules[0];
+        assert_eq!(r.threshold.side, Side::Below);
+        assert_eq!(r.threshold.enter_for_ms, 4 * 3_600_000);
+        assert_eq!((r.threshold.enter, r.threshold.clear), (-2.2, 0.5));
+        let o: Ident = "o".parse().unwrap();
+        let (b1, b2): (Ident, Ident) = ("B1".parse().unwrap(), "B2".parse().unwrap());
+        assert!(r.applies(Kind::AirTemperature, &o, &b1, &o));
+        assert!(!r.applies(Kind::AirTemperature, &o, &b2, &o));
+        assert!(!r.applies(Kind::SoilTemperature, &o, &b1, &o));
+        let text = render(&r.action.en, |n| match n {
+            "block" => Some(Filled::Text("B1".into())),
+            "value" => Some(Filled::Number(-2.345)),
+            _ => None,
+        });
+        assert_eq!(text, "Frost in B1: -2.3 °C.");
+    }
+
+    #[test]
+    fn every_problem_is_named_by_file_and_key() {
+        let bad = FROST
+            .replace("below = -2.2", "below = -2.2\nabove = 30")
+            .replace("{value:.1}", "{temperature}")
+            .replace("clear_for = \"30m\"", "clear_for = \"soon\"");
+        let mut problems = Vec::new();
+        parse("citrus.toml", &bad, &mut problems);
+        let keys: Vec<&str> = problems.iter().map(|p| p.key.as_str()).collect();
+        assert_eq!(keys, ["citrus.toml: rule[0]"], "{problems:?}");
+        let bad = FROST
+            .replace("below = -2.2", "below = -2.2\nabove = 30")
+            .replace("{value:.1}", "{temperature}");
+        let mut problems = Vec::new();
+        parse("citrus.toml", &bad, &mut problems);
+        assert_eq!(problems[0].key, "citrus.toml: rule[0].below");
+        let bad = FROST.replace("{value:.1}", "{temperature}");
+        let mut problems = Vec::new();
+        parse("citrus.toml", &bad, &mut problems);
+        let keys: Vec<&str> = problems.iter().map(|p| p.key.as_str()).collect();
+        assert_eq!(
+            keys,
+            [
+                "citrus.toml: rule[0].action.en",
+                "citrus.toml: rule[0].action.zh"
+            ]
+        );
+        assert!(problems[0].message.contains("{temperature}"));
+    }
+
+    #[test]
+    fn the_version_follows_the_rule_text() {
+        let mut problems = Vec::new();
+        let a = parse("a.toml", FROST, &mut problems);
+        let b = parse("a.toml", &FROST.replace("-2.2", "-2.0"), &mut problems);
+        let c = parse("a.toml", FROST, &mut problems);
+        assert_ne!(a[0].version, b[0].version);
+        assert_eq!(a[0].version, c[0].version);
+    }
+}

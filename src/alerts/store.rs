@@ -1,0 +1,491 @@
+//! Alerts in the store: rule progress, alerts with their lifecycle events, and the outbox of
+//! notifications, written in the transaction of the readings that caused them.
+//!
+//! One open alert per `(rule, scope)` is the schema's (a partial unique index over alerts
+//! not yet resolved), not code's: two batches racing for one scope open one alert.
+
+use rusqlite::{Connection, OptionalExtension, Transaction, params};
+use serde::Serialize;
+
+use super::rules::{Filled, Rule, render};
+use super::threshold::Progress;
+use crate::model::{SeriesKey, TimestampMs};
+use crate::store::StoreError;
+
+/// The notification channels every event goes to.
+pub const CHANNELS: &[&str] = &["mqtt"];
+
+/// What an alert is about: one series of one device.
+pub fn scope_of(s: &SeriesKey) -> String {
+    let depth = s.depth_cm.map(|d| format!("@{d}cm")).unwrap_or_default();
+    format!("{}/{}/{}{depth}", s.orchard, s.block, s.device)
+}
+
+pub fn progress(
+    tx: &Transaction<'_>,
+    rule: &str,
+    scope: &str,
+) -> Result<Option<Progress>, StoreError> {
+    let text: Option<String> = tx
+        .prepare_cached("SELECT progress FROM rule_progress WHERE rule = ?1 AND scope = ?2")?
+        .query_row(params![rule, scope], |r| r.get(0))
+        .optional()?;
+    Ok(text.and_then(|t| serde_json::from_str(&t).ok()))
+}
+
+pub fn save_progress(
+    tx: &Transaction<'_>,
+    rule: &str,
+    scope: &str,
+    p: &Progress,
+) -> Result<(), StoreError> {
+    let text = serde_json::to_string(p).unwrap_or_default();
+    tx.prepare_cached(
+        "INSERT INTO rule_progress (rule, scope, progress) VALUES (?1, ?2, ?3) \
+         ON CONFLICT (rule, scope) DO UPDATE SET progress = excluded.progress",
+    )?
+    .execute(params![rule, scope, text])?;
+    Ok(())
+}
+
+/// Whether an alert of `rule` is open for the scope.
+pub fn is_open(tx: &Transaction<'_>, rule: &str, scope: &str) -> Result<bool, StoreError> {
+    Ok(tx
+        .prepare_cached(
+            "SELECT EXISTS (SELECT 1 FROM alerts WHERE rule = ?1 AND scope = ?2 AND state != 'resolved')",
+        )?
+        .query_row(params![rule, scope], |r| r.get(0))?)
+}
+
+/// Opens the alert of `rule` for the reading that made it fire, unless one is open for the
+/// scope already. Returns the new alert's id.
+pub fn fire(
+    tx: &Transaction<'_>,
+    rule: &Rule,
+    series: &SeriesKey,
+    since: i64,
+    at: i64,
+    value: f64,
+) -> Result<Option<i64>, StoreError> {
+    let scope = scope_of(series);
+    let fill = |name: &str| {
+        Some(match name {
+            "orchard" => Filled::Text(series.orchard.to_string()),
+            "block" => Filled::Text(series.block.to_string()),
+            "device" => Filled::Text(series.device.to_string()),
+            "value" => Filled::Number(value),
+            "threshold" => Filled::Number(rule.threshold.enter),
+            "since" => Filled::Text(TimestampMs(since).to_rfc3339()),
+            _ => return None,
+        })
+    };
+    let previous: Option<i64> = tx
+        .prepare_cached("SELECT max(id) FROM alerts WHERE rule = ?1 AND scope = ?2")?
+        .query_row(params![rule.id, scope], |r| r.get(0))?;
+    let inserted = tx
+        .prepare_cached(
+            "INSERT INTO alerts (rule, rule_version, scope, orchard, block, device, kind, severity, \
+             state, since, fired_at, value, threshold, action_en, action_zh, previous) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, 'firing', ?9, ?10, ?11, ?12, ?13, ?14, ?15) \
+             ON CONFLICT DO NOTHING",
+        )?
+        .execute(params![
+            rule.id,
+            rule.version,
+            scope,
+            series.orchard.as_str(),
+            series.block.as_str(),
+            series.device.as_str(),
+            series.kind.name(),
+            rule.severity.as_str(),
+            since,
+            at,
+            value,
+            rule.threshold.enter,
+            render(&rule.action.en, fill),
+            render(&rule.action.zh, fill),
+            previous,
+        ])?;
+    if inserted == 0 {
+        return Ok(None);
+    }
+    let id = tx.last_insert_rowid();
+    event(tx, id, "fired", at, None, None, Some(value))?;
+    Ok(Some(id))
+}
+
+/// Resolves the open alert of `rule` for the scope, if there is one, as the readings say.
+pub fn resolve(
+    tx: &Transaction<'_>,
+    rule: &str,
+    series: &SeriesKey,
+    at: i64,
+    value: f64,
+) -> Result<Option<i64>, StoreError> {
+    let id: Option<i64> = tx
+        .prepare_cached(
+            "UPDATE alerts SET state = 'resolved', resolved_at = ?3 \
+             WHERE rule = ?1 AND scope = ?2 AND state != 'resolved' RETURNING id",
+        )?
+        .query_row(params![rule, scope_of(series), at], |r| r.get(0))
+        .optional()?;
+    if let Some(id) = id {
+        event(tx, id, "resolved", at, None, None, Some(value))?;
+    }
+    Ok(id)
+}
+
+fn event(
+    tx: &Transaction<'_>,
+    alert: i64,
+    kind: &str,
+    at: i64,
+    who: Option<&str>,
+    note: Option<&str>,
+    value: Option<f64>,
+) -> Result<i64, StoreError> {
+    tx.prepare_cached(
+        "INSERT INTO alert_events (alert, event, at, who, note, value) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+    )?
+    .execute(params![alert, kind, at, who, note, value])?;
+    let id = tx.last_insert_rowid();
+    for channel in CHANNELS {
+        tx.prepare_cached("INSERT INTO alert_outbox (event, channel) VALUES (?1, ?2)")?
+            .execute(params![id, channel])?;
+    }
+    Ok(id)
+}
+
+/// What staff do to an alert.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StaffAction {
+    Acknowledge,
+    Resolve,
+}
+
+/// Why staff could not do it.
+#[derive(Debug, thiserror::Error)]
+pub enum ActionError {
+    #[error("no alert {0}")]
+    NotFound(i64),
+    #[error("alert {0} is resolved already")]
+    Resolved(i64),
+    #[error("alert {0} is acknowledged already")]
+    Acknowledged(i64),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+impl From<rusqlite::Error> for ActionError {
+    fn from(e: rusqlite::Error) -> Self {
+        ActionError::Store(e.into())
+    }
+}
+
+/// Acknowledges (stops repeats, keeps the alert open) or resolves an alert for a person.
+pub fn act(
+    conn: &mut Connection,
+    id: i64,
+    action: StaffAction,
+    who: &str,
+    note: Option<&str>,
+) -> Result<(), ActionError> {
+    let tx = conn.transaction()?;
+    let state: Option<String> = tx
+        .query_row("SELECT state FROM alerts WHERE id = ?1", [id], |r| r.get(0))
+        .optional()?;
+    let now = TimestampMs::now().0;
+    match (state.as_deref(), action) {
+        (None, _) => return Err(ActionError::NotFound(id)),
+        (Some("resolved"), _) => return Err(ActionError::Resolved(id)),
+        (Some("acknowledged"), StaffAction::Acknowledge) => {
+            return Err(ActionError::Acknowledged(id));
+        }
+        (Some(_), StaffAction::Acknowledge) => {
+            tx.execute(
+                "UPDATE alerts SET state = 'acknowledged', acked_by = ?2, acked_at = ?3, ack_note = ?4 WHERE id = ?1",
+                params![id, who, now, note],
+            )?;
+            event(&tx, id, "acknowledged", now, Some(who), note, None)?;
+        }
+        (Some(_), StaffAction::Resolve) => {
+            tx.execute(
+                "UPDATE alerts SET state = 'resolved', resolved_at = ?2, resolved_by = ?3, resolve_note = ?4 WHERE id = ?1",
+                params![id, now, who, note],
+            )?;
+            event(&tx, id, "resolved", now, Some(who), note, None)?;
+            // The readings' progress forgets the firing, so the rule can fire again.
+            tx.execute(
+                "DELETE FROM rule_progress WHERE (rule, scope) IN (SELECT rule, scope FROM alerts WHERE id = ?1)",
+                [id],
+            )?;
+        }
+    }
+    tx.commit()?;
+    Ok(())
+}
+
+/// An alert as the API shows it.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Alert {
+    pub id: i64,
+    pub rule: String,
+    pub rule_version: String,
+    pub scope: String,
+    pub orchard: String,
+    pub block: String,
+    pub device: String,
+    pub kind: String,
+    pub severity: String,
+    pub state: String,
+    /// When the condition started to hold, and when it had held long enough (reading time).
+    pub since: String,
+    pub fired_at: String,
+    pub value: f64,
+    pub threshold: f64,
+    pub action: Action,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub acknowledged: Option<ByWhom>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub resolved_at: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub resolved_by: Option<ByWhom>,
+    /// The alert of the same rule and scope before this one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub previous: Option<i64>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Action {
+    pub en: String,
+    pub zh: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ByWhom {
+    pub by: String,
+    pub at: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub note: Option<String>,
+}
+
+const COLUMNS: &str = "id, rule, rule_version, scope, orchard, block, device, kind, severity, state, \
+     since, fired_at, value, threshold, action_en, action_zh, acked_by, acked_at, ack_note, \
+     resolved_at, resolved_by, resolve_note, previous";
+
+fn alert_of(r: &rusqlite::Row<'_>) -> rusqlite::Result<Alert> {
+    let time = |ms: i64| TimestampMs(ms).to_rfc3339();
+    let acked_by: Option<String> = r.get(16)?;
+    let resolved_by: Option<String> = r.get(20)?;
+    let resolved_at: Option<i64> = r.get(19)?;
+    Ok(Alert {
+        id: r.get(0)?,
+        rule: r.get(1)?,
+        rule_version: r.get(2)?,
+        scope: r.get(3)?,
+        orchard: r.get(4)?,
+        block: r.get(5)?,
+        device: r.get(6)?,
+        kind: r.get(7)?,
+        severity: r.get(8)?,
+        state: r.get(9)?,
+        since: time(r.get(10)?),
+        fired_at: time(r.get(11)?),
+        value: r.get(12)?,
+        threshold: r.get(13)?,
+        action: Action {
+            en: r.get(14)?,
+            zh: r.get(15)?,
+        },
+        acknowledged: match acked_by {
+            Some(by) => Some(ByWhom {
+                by,
+                at: time(r.get(17)?),
+                note: r.get(18)?,
+            }),
+            None => None,
+        },
+        resolved_at: resolved_at.map(time),
+        resolved_by: match (resolved_by, resolved_at) {
+            (Some(by), Some(at)) => Some(ByWhom {
+                by,
+                at: time(at),
+                note: r.get(21)?,
+            }),
+            _ => None,
+        },
+        previous: r.get(22)?,
+    })
+}
+
+/// Which alerts to list.
+#[derive(Debug, Clone, Default)]
+pub struct Filter {
+    /// `open` (firing or acknowledged), `firing`, `acknowledged` or `resolved`.
+    pub state: Option<String>,
+    pub orchard: Option<String>,
+    pub block: Option<String>,
+    pub severity: Option<String>,
+    pub limit: usize,
+}
+
+/// Alerts, most severe first, then newest.
+pub fn list(conn: &Connection, f: &Filter) -> Result<Vec<Alert>, StoreError> {
+    let mut sql = format!("SELECT {COLUMNS} FROM alerts WHERE 1");
+    let mut args: Vec<String> = Vec::new();
+    match f.state.as_deref() {
+        Some("open") => sql.push_str(" AND state != 'resolved'"),
+        Some(s) => {
+            args.push(s.to_owned());
+            sql.push_str(&format!(" AND state = ?{}", args.len()));
+        }
+        None => {}
+    }
+    for (col, v) in [
+        ("orchard", &f.orchard),
+        ("block", &f.block),
+        ("severity", &f.severity),
+    ] {
+        if let Some(v) = v {
+            args.push(v.clone());
+            sql.push_str(&format!(" AND {col} = ?{}", args.len()));
+        }
+    }
+    sql.push_str(&format!(
+        " ORDER BY CASE severity WHEN 'critical' THEN 0 WHEN 'major' THEN 1 WHEN 'minor' THEN 2 ELSE 3 END, \
+         id DESC LIMIT {}",
+        f.limit
+    ));
+    let mut stmt = conn.prepare(&sql)?;
+    let rows = stmt
+        .query_map(rusqlite::params_from_iter(args), alert_of)?
+        .collect::<Result<_, _>>()?;
+    Ok(rows)
+}
+
+/// One lifecycle event and its deliveries.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Event {
+    pub id: i64,
+    pub event: String,
+    pub at: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub by: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub note: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub value: Option<f64>,
+    pub deliveries: Vec<Delivery>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Delivery {
+    pub channel: String,
+    pub attempts: i64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub delivered_at: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub last_error: Option<String>,
+}
+
+/// An alert with its events and their deliveries.
+pub fn get(conn: &Connection, id: i64) -> Result<Option<(Alert, Vec<Event>)>, StoreError> {
+    let alert = conn
+        .query_row(
+            &format!("SELECT {COLUMNS} FROM alerts WHERE id = ?1"),
+            [id],
+            alert_of,
+        )
+        .optional()?;
+    let Some(alert) = alert else {
+        return Ok(None);
+    };
+    let mut events: Vec<Event> = conn
+        .prepare(
+            "SELECT id, event, at, who, note, value FROM alert_events WHERE alert = ?1 ORDER BY id",
+        )?
+        .query_map([id], |r| {
+            Ok(Event {
+                id: r.get(0)?,
+                event: r.get(1)?,
+                at: TimestampMs(r.get(2)?).to_rfc3339(),
+                by: r.get(3)?,
+                note: r.get(4)?,
+                value: r.get(5)?,
+                deliveries: Vec::new(),
+            })
+        })?
+        .collect::<Result<_, _>>()?;
+    let mut stmt = conn.prepare(
+        "SELECT channel, attempts, delivered_at, last_error FROM alert_outbox WHERE event = ?1 ORDER BY channel",
+    )?;
+    for e in &mut events {
+        e.deliveries = stmt
+            .query_map([e.id], |r| {
+                Ok(Delivery {
+                    channel: r.get(0)?,
+                    attempts: r.get(1)?,
+                    delivered_at: r
+                        .get::<_, Option<i64>>(2)?
+                        .map(|t| TimestampMs(t).to_rfc3339()),
+                    last_error: r.get(3)?,
+                })
+            })?
+            .collect::<Result<_, _>>()?;
+    }
+    Ok(Some((alert, events)))
+}
+
+/// An event waiting for a channel, with its alert.
+#[derive(Debug, Clone)]
+pub struct Pending {
+    pub event: i64,
+    pub kind: String,
+    pub at: i64,
+    pub alert: Alert,
+}
+
+/// The oldest events not yet delivered on `channel`.
+pub fn pending(conn: &Connection, channel: &str, limit: usize) -> Result<Vec<Pending>, StoreError> {
+    let ids: Vec<(i64, String, i64, i64)> = conn
+        .prepare_cached(
+            "SELECT e.id, e.event, e.at, e.alert FROM alert_outbox o JOIN alert_events e ON e.id = o.event \
+             WHERE o.channel = ?1 AND o.delivered_at IS NULL ORDER BY e.id LIMIT ?2",
+        )?
+        .query_map(params![channel, limit as i64], |r| {
+            Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
+        })?
+        .collect::<Result<_, _>>()?;
+    let mut out = Vec::with_capacity(ids.len());
+    for (event, kind, at, alert) in ids {
+        if let Some((alert, _)) = get(conn, alert)? {
+            out.push(Pending {
+                event,
+                kind,
+                at,
+                alert,
+            });
+        }
+    }
+    Ok(out)
+}
+
+/// Records one delivery attempt of an event on a channel.
+pub fn attempted(
+    conn: &Connection,
+    event: i64,
+    channel: &str,
+    result: Result<(), String>,
+) -> Result<(), StoreError> {
+    let now = TimestampMs::now().0;
+    let (delivered, error) = match result {
+        Ok(()) => (Some(now), None),
+        Err(e) => (None, Some(e)),
+    };
+    conn.prepare_cached(
+        "UPDATE alert_outbox SET attempts = attempts + 1, delivered_at = ?3, last_error = ?4 \
+         WHERE event = ?1 AND channel = ?2",
+    )?
+    .execute(params![event, channel, delivered, error])?;
+    Ok(())
+}

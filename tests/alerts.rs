@@ -1,0 +1,293 @@
+//! Alert rules through the real endpoint: a frost night fires one critical alert that a real
+//! MQTT subscriber (Debian's `mosquitto_sub`) hears, and resolves it after sunrise; a value
+//! oscillating around the threshold gives one alert; `kill -9` in the middle of a duration
+//! neither loses nor restarts it; staff acknowledge and resolve through the API.
+
+mod support;
+
+use std::io::Write;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use serde_json::{Value, json};
+use support::{Daemon, DaemonConfig, http_request, require_binary, wait_for};
+
+const MIN: i64 = 60_000;
+
+const RULES: &str = r#"
+[[rule]]
+id = "frost"
+kind = "threshold"
+measure = "air_temperature"
+severity = "critical"
+below = 0.0
+for = "30m"
+clear_above = 1.0
+clear_for = "30m"
+action.en = "Frost in {block} ({device}): {value:.1} °C, below {threshold} °C since {since}. Start frost protection."
+action.zh = "{block}（{device}）霜冻：{value:.1} °C。请启动防霜措施。"
+source = "test"
+"#;
+
+fn publish_lines(port: u16, topic: &str, lines: &[String]) {
+    let bin = require_binary("mosquitto_pub", "mosquitto-clients");
+    let mut child = Command::new(bin)
+        .args([
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &port.to_string(),
+            "-q",
+            "1",
+            "-l",
+            "-t",
+            topic,
+        ])
+        .stdin(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    for l in lines {
+        writeln!(stdin, "{l}").unwrap();
+    }
+    drop(stdin);
+    assert!(child.wait().unwrap().success());
+}
+
+/// One air-temperature message every 10 minutes from `start`.
+fn every_10_min(start: i64, values: &[f64]) -> Vec<String> {
+    values
+        .iter()
+        .enumerate()
+        .map(|(i, v)| {
+            json!({"ts": start + i as i64 * 10 * MIN, "readings": {"air_temperature": v}})
+                .to_string()
+        })
+        .collect()
+}
+
+fn start(dir: &std::path::Path) -> (Daemon, DaemonConfig) {
+    let rules = dir.join("rules");
+    std::fs::create_dir_all(&rules).unwrap();
+    std::fs::write(rules.join("frost.toml"), RULES).unwrap();
+    let cfg = DaemonConfig {
+        // The test's own rule file; everything else as shipped.
+        extra: format!("[alerts]\nrules_dir = \"{}\"\n", rules.display()),
+        ..DaemonConfig::shipped_defaults_embedded()
+    };
+    let daemon = Daemon::start(dir, &cfg);
+    daemon.wait_ready();
+    (daemon, cfg)
+}
+
+fn alerts(daemon: &Daemon, query: &str) -> Vec<Value> {
+    daemon.get_ok(&format!("/api/v1/alerts?{query}"))["alerts"]
+        .as_array()
+        .unwrap()
+        .clone()
+}
+
+#[test]
+fn a_frost_night_fires_one_critical_alert_that_a_subscriber_hears_and_resolves_after_sunrise() {
+    let dir = tempfile::tempdir().unwrap();
+    let (daemon, cfg) = start(dir.path());
+    let port = cfg.broker_port();
+    let sub = Command::new(require_binary("mosquitto_sub", "mosquitto-clients"))
+        .args(["-h", "127.0.0.1", "-p", &port.to_string(), "-q", "1"])
+        .args(["-t", "orchards/fengjie/alerts", "-C", "2", "-W", "60"])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Let the subscription be in place before the night begins.
+    std::thread::sleep(Duration::from_millis(500));
+
+    // Last night: 3 °C at 22:00, below 0 from 01:00 to 05:50, warming by 0.5 °C each ten
+    // minutes after sunrise.
+    let night = support::now_ms() - 24 * 60 * MIN;
+    let values: Vec<f64> = (0..60)
+        .map(|i| match i {
+            0..18 => 3.0 - i as f64 * 0.15,
+            18..48 => -0.5 - ((i - 18) % 5) as f64 * 0.3,
+            _ => 0.5 + (i - 48) as f64 * 0.5,
+        })
+        .collect();
+    publish_lines(
+        port,
+        "orchards/fengjie/B1/ws1/telemetry",
+        &every_10_min(night, &values),
+    );
+
+    let out = sub.wait_with_output().unwrap();
+    let heard: Vec<Value> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(heard.len(), 2, "fired and resolved: {heard:?}");
+    assert_eq!(heard[0]["event"], "fired");
+    assert_eq!(heard[1]["event"], "resolved");
+    let fired = &heard[0]["alert"];
+    assert_eq!(fired["id"], heard[1]["alert"]["id"]);
+    assert_eq!(fired["severity"], "critical");
+    assert_eq!(fired["scope"], "fengjie/B1/ws1");
+    // It fired at 01:30 (30 minutes below 0 from 01:00) with the reading then.
+    let at = |i: i64| support::rfc3339(night + i * 10 * MIN);
+    assert_eq!(fired["since"], at(18));
+    assert_eq!(fired["fired_at"], at(21));
+    let action = fired["action"]["en"].as_str().unwrap();
+    assert!(action.starts_with("Frost in B1 (ws1): -"), "{action}");
+    assert!(action.contains("below 0 °C"), "{action}");
+    assert!(fired["action"]["zh"].as_str().unwrap().contains("霜冻"));
+    // Resolved when 1 °C or more had held for 30 minutes: from 06:10, at 06:40.
+    assert_eq!(heard[1]["alert"]["resolved_at"], at(52));
+
+    let all = alerts(&daemon, "");
+    assert_eq!(all.len(), 1, "one cause, one alert: {all:?}");
+    let id = all[0]["id"].as_i64().unwrap();
+    let detail = daemon.get_ok(&format!("/api/v1/alerts/{id}"));
+    let events: Vec<&str> = detail["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["event"].as_str().unwrap())
+        .collect();
+    assert_eq!(events, ["fired", "resolved"]);
+    for e in detail["events"].as_array().unwrap() {
+        assert_eq!(e["deliveries"][0]["channel"], "mqtt");
+        assert!(e["deliveries"][0]["delivered_at"].is_string(), "{e}");
+    }
+    assert!(alerts(&daemon, "state=open").is_empty());
+}
+
+#[test]
+fn oscillation_gives_one_alert_kill_9_keeps_a_duration_and_staff_answer_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut daemon, cfg) = start(dir.path());
+    let port = cfg.broker_port();
+    let base = support::now_ms() - 12 * 60 * MIN;
+
+    // Below 0 for half an hour, then ±0.3 °C around 0 for six hours: one alert, still
+    // firing (it never reaches the 1 °C that clears it), no flapping.
+    let mut wobble = vec![-0.5, -0.6, -0.5, -0.6];
+    wobble.extend((0..36).map(|i| if i % 2 == 0 { 0.3 } else { -0.3 }));
+    publish_lines(
+        port,
+        "orchards/fengjie/B2/ws2/telemetry",
+        &every_10_min(base, &wobble),
+    );
+    wait_for(Duration::from_secs(20), "the wobble's alert", || {
+        (alerts(&daemon, "state=firing").len() == 1).then_some(())
+    });
+    let open = alerts(&daemon, "state=open");
+    assert_eq!(open.len(), 1, "{open:?}");
+    assert_eq!(open[0]["scope"], "fengjie/B2/ws2");
+
+    // 20 of the 30 minutes below 0 on ws3, then kill -9.
+    let cold = base + 7 * 60 * MIN;
+    publish_lines(
+        port,
+        "orchards/fengjie/B3/ws3/telemetry",
+        &every_10_min(cold, &[-1.0, -1.1, -1.2]),
+    );
+    wait_for(Duration::from_secs(20), "three readings stored", || {
+        (daemon.metric("orchardd_readings_accepted_total") >= 43.0).then_some(())
+    });
+    daemon.kill9();
+    daemon.restart();
+    daemon.wait_ready();
+    assert_eq!(alerts(&daemon, "block=B3").len(), 0, "not yet");
+    // The fourth reading completes the 30 minutes counted before the kill.
+    let fourth = json!({"ts": cold + 30 * MIN, "readings": {"air_temperature": -1.3}}).to_string();
+    publish_lines(port, "orchards/fengjie/B3/ws3/telemetry", &[fourth]);
+    wait_for(Duration::from_secs(20), "ws3's alert", || {
+        (alerts(&daemon, "block=B3").len() == 1).then_some(())
+    });
+    let b3 = &alerts(&daemon, "block=B3")[0];
+    assert_eq!(
+        b3["since"],
+        support::rfc3339(cold),
+        "the duration kept its start"
+    );
+
+    // Staff acknowledge the wobble's alert (it stays open), then resolve it.
+    let id = open[0]["id"].as_i64().unwrap();
+    let post = |path: &str, body: &str| {
+        http_request(
+            daemon.http,
+            "POST",
+            &format!("/api/v1/alerts/{id}/{path}"),
+            body,
+        )
+        .unwrap()
+    };
+    let (status, body) = post("ack", r#"{"by": "Li Wei", "note": "fans on"}"#);
+    assert_eq!(status, 200, "{body}");
+    let acked: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(acked["state"], "acknowledged");
+    assert_eq!(acked["acknowledged"]["by"], "Li Wei");
+    assert_eq!(acked["acknowledged"]["note"], "fans on");
+    let (status, _) = post("ack", r#"{"by": "Li Wei"}"#);
+    assert_eq!(status, 409, "acknowledged already");
+    assert_eq!(alerts(&daemon, "state=open").len(), 2);
+    let (status, body) = post("resolve", r#"{"by": "Li Wei", "note": "sun up"}"#);
+    assert_eq!(status, 200, "{body}");
+    let (status, _) = post("resolve", r#"{"by": "Li Wei"}"#);
+    assert_eq!(status, 409, "resolved already");
+    let (status, _) = post("ack", "not json");
+    assert_eq!(status, 400);
+    let (status, _) = daemon.get("/api/v1/alerts/999999");
+    assert_eq!(status, 404);
+    let (status, _) = daemon.get("/api/v1/alerts?state=sleeping");
+    assert_eq!(status, 400);
+    let events: Vec<String> = daemon.get_ok(&format!("/api/v1/alerts/{id}"))["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| {
+            format!(
+                "{} {}",
+                e["event"].as_str().unwrap(),
+                e["by"].as_str().unwrap_or("-")
+            )
+        })
+        .collect();
+    assert_eq!(
+        events,
+        ["fired -", "acknowledged Li Wei", "resolved Li Wei"]
+    );
+
+    // Still freezing after staff resolved it: a new alert, linked to the last.
+    let later = every_10_min(base + 40 * 10 * MIN, &[-1.0, -1.1, -1.2, -1.3]);
+    publish_lines(port, "orchards/fengjie/B2/ws2/telemetry", &later);
+    wait_for(Duration::from_secs(20), "the re-fire", || {
+        (alerts(&daemon, "block=B2&state=firing").len() == 1).then_some(())
+    });
+    let again = &alerts(&daemon, "block=B2&state=firing")[0];
+    assert_ne!(again["id"], id);
+    assert_eq!(again["previous"], id);
+}
+
+#[test]
+fn check_config_names_the_rule_file_and_key_of_every_problem() {
+    let dir = tempfile::tempdir().unwrap();
+    let rules = dir.path().join("rules");
+    std::fs::create_dir_all(&rules).unwrap();
+    std::fs::write(
+        rules.join("citrus.toml"),
+        RULES.replace("below = 0.0", "below = 0.0\nabove = 35.0"),
+    )
+    .unwrap();
+    let config = dir.path().join("o.toml");
+    std::fs::write(
+        &config,
+        format!("[alerts]\nrules_dir = \"{}\"\n", rules.display()),
+    )
+    .unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_orchardd"))
+        .args(["check-config", "--config"])
+        .arg(&config)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("`citrus.toml: rule[0].below`"), "{stdout}");
+}
