@@ -267,6 +267,53 @@ fn oscillation_gives_one_alert_kill_9_keeps_a_duration_and_staff_answer_it() {
 }
 
 #[test]
+fn a_condition_already_true_when_a_rule_arrives_fires_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let rules = dir.path().join("rules");
+    std::fs::create_dir_all(&rules).unwrap();
+    let cfg = DaemonConfig {
+        extra: format!("[alerts]\nrules_dir = \"{}\"\n", rules.display()),
+        ..DaemonConfig::shipped_defaults_embedded()
+    };
+    let mut daemon = Daemon::start(dir.path(), &cfg);
+    daemon.wait_ready();
+    let port = cfg.broker_port();
+    // 40 minutes below 0 while no rule watches.
+    let t = support::now_ms() - 6 * 60 * MIN;
+    let cold = every_10_min(t, &[-1.0, -1.1, -1.2, -1.3, -1.4]);
+    publish_lines(port, "orchards/fengjie/B1/ws1/telemetry", &cold);
+    wait_for(Duration::from_secs(20), "stored", || {
+        (daemon.stored_readings().len() == 5).then_some(())
+    });
+    // The frost rule arrives with a restart; the next reading finds it already true.
+    assert!(daemon.sigterm().success());
+    std::fs::write(rules.join("frost.toml"), RULES).unwrap();
+    daemon.restart();
+    daemon.wait_ready();
+    let next = every_10_min(t + 50 * MIN, &[-1.5]);
+    publish_lines(port, "orchards/fengjie/B1/ws1/telemetry", &next);
+    wait_for(Duration::from_secs(20), "the alert", || {
+        (alerts(&daemon, "state=firing").len() == 1).then_some(())
+    });
+    let a = &alerts(&daemon, "")[0];
+    assert_eq!(a["since"], support::rfc3339(t));
+    assert_eq!(a["fired_at"], support::rfc3339(t + 30 * MIN));
+    // Once: another restart and reading change nothing.
+    assert!(daemon.sigterm().success());
+    daemon.restart();
+    daemon.wait_ready();
+    publish_lines(
+        port,
+        "orchards/fengjie/B1/ws1/telemetry",
+        &every_10_min(t + 60 * MIN, &[-1.6]),
+    );
+    wait_for(Duration::from_secs(20), "stored", || {
+        (daemon.stored_readings().len() == 7).then_some(())
+    });
+    assert_eq!(alerts(&daemon, "").len(), 1);
+}
+
+#[test]
 fn check_config_names_the_rule_file_and_key_of_every_problem() {
     let dir = tempfile::tempdir().unwrap();
     let rules = dir.path().join("rules");

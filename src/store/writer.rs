@@ -312,13 +312,25 @@ fn evaluate(
         let scope = alerts::scope_of(s);
         let (p, last) = match progress.get(&(i, series)) {
             Some(known) => *known,
-            None => {
-                let p = alerts::progress(tx, &rule.id, &scope)?.unwrap_or(Progress::Quiet);
-                let last: Option<i64> = tx
-                    .prepare_cached("SELECT max(ts) FROM readings WHERE series = ?1 AND ts < ?2")?
-                    .query_row(params![series, r.ts.0], |row| row.get(0))?;
-                (p, last)
-            }
+            None => match alerts::progress(tx, &rule.id, &scope)? {
+                Some(p) => {
+                    let last: Option<i64> = tx
+                        .prepare_cached(
+                            "SELECT max(ts) FROM readings WHERE series = ?1 AND ts < ?2",
+                        )?
+                        .query_row(params![series, r.ts.0], |row| row.get(0))?;
+                    (p, last)
+                }
+                // A rule new to this series (just added, or orchardd's first start with it)
+                // starts from the series' recent readings: a condition that already holds
+                // is not made to wait for readings still to come.
+                None => {
+                    let (p, last, fired) = catch_up(tx, rule, series, r, gap_limit_ms)?;
+                    alerts::save_progress(tx, &rule.id, &scope, &p)?;
+                    changes += fired;
+                    (p, last)
+                }
+            },
         };
         if last.is_some_and(|l| r.ts.0 <= l) {
             continue;
@@ -336,19 +348,55 @@ fn evaluate(
         if next != p {
             alerts::save_progress(tx, &rule.id, &scope, &next)?;
         }
-        let changed = match change {
-            Some(Change::Fire { since }) => {
-                alerts::fire(tx, rule, s, since, r.ts.0, r.value)?.is_some()
-            }
-            Some(Change::Resolve { .. }) => {
-                alerts::resolve(tx, &rule.id, s, r.ts.0, r.value)?.is_some()
-            }
-            None => false,
-        };
-        changes += u64::from(changed);
+        changes += u64::from(apply(tx, rule, s, change, r.ts.0, r.value)?);
         progress.insert((i, series), (next, Some(r.ts.0)));
     }
     Ok(changes)
+}
+
+/// Opens or resolves the alert a reading `(ts, value)` of `series` changed; true if it did.
+fn apply(
+    tx: &Transaction<'_>,
+    rule: &Rule,
+    series: &SeriesKey,
+    change: Option<Change>,
+    ts: i64,
+    value: f64,
+) -> Result<bool, StoreError> {
+    Ok(match change {
+        Some(Change::Fire { since }) => alerts::fire(tx, rule, series, since, ts, value)?.is_some(),
+        Some(Change::Resolve { .. }) => alerts::resolve(tx, &rule.id, series, ts, value)?.is_some(),
+        None => false,
+    })
+}
+
+/// Runs a rule over the readings of `series` that precede `r` by up to its longest duration
+/// and a gap limit, as though it had watched them; returns where that leaves it, the newest
+/// of those readings, and the alerts it opened or resolved on the way.
+fn catch_up(
+    tx: &Transaction<'_>,
+    rule: &Rule,
+    series: i64,
+    r: &Reading,
+    gap_limit_ms: i64,
+) -> Result<(Progress, Option<i64>, u64), StoreError> {
+    let t = &rule.threshold;
+    let reach = t.enter_for_ms.max(t.clear_for_ms) + gap_limit_ms;
+    let earlier: Vec<(i64, f64)> = tx
+        .prepare_cached(
+            "SELECT ts, value FROM readings WHERE series = ?1 AND ts >= ?2 AND ts < ?3 ORDER BY ts",
+        )?
+        .query_map(params![series, r.ts.0 - reach, r.ts.0], |row| {
+            Ok((row.get(0)?, row.get(1)?))
+        })?
+        .collect::<Result<_, _>>()?;
+    let (mut p, mut last, mut changes) = (Progress::Quiet, None, 0);
+    for (ts, value) in earlier {
+        let (next, change) = t.step(p, last, ts, value, gap_limit_ms);
+        changes += u64::from(apply(tx, rule, &r.series, change, ts, value)?);
+        (p, last) = (next, Some(ts));
+    }
+    Ok((p, last, changes))
 }
 
 /// What became of a reading offered to the store.
