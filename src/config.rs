@@ -43,17 +43,11 @@ pub struct Settings {
 /// `[alerts]`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
+#[derive(Default)]
 pub struct AlertSettings {
-    /// The directory of rule files (`*.toml`, each a list of `[[rule]]`); none there, no rules.
-    pub rules_dir: PathBuf,
-}
-
-impl Default for AlertSettings {
-    fn default() -> Self {
-        Self {
-            rules_dir: PathBuf::from("config/rules"),
-        }
-    }
+    /// The directory of rule files (`*.toml`, each a list of `[[rule]]`). Unset: the citrus
+    /// rule pack built into orchardd (`config/rules/citrus.toml`).
+    pub rules_dir: Option<PathBuf>,
 }
 
 impl Default for Settings {
@@ -697,7 +691,11 @@ impl Settings {
         let mut settings = settings;
         if let Some(s) = &mut settings {
             problems.extend(s.semantic_problems());
-            match crate::alerts::rules::load_dir(&s.alerts.rules_dir) {
+            let rules = match &s.alerts.rules_dir {
+                Some(dir) => crate::alerts::rules::load_dir(dir),
+                None => crate::alerts::rules::built_in(),
+            };
+            match rules {
                 Ok(rules) => s.rules = std::sync::Arc::new(rules),
                 Err(p) => problems.extend(p),
             }

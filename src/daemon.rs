@@ -93,8 +93,12 @@ pub async fn run(settings: Settings) -> Result<(), DaemonError> {
     .with_rollups(settings.aggregate.rollups);
     let alerts_changed = Arc::new(tokio::sync::Notify::new());
     let writer = writer.with_rules(settings.rules.clone(), alerts_changed.clone());
-    if !settings.rules.is_empty() {
-        tracing::info!(rules = settings.rules.len(), dir = %settings.alerts.rules_dir.display(), "alert rules loaded");
+    {
+        let from = settings.alerts.rules_dir.as_ref().map_or_else(
+            || "the built-in citrus pack".to_owned(),
+            |d| d.display().to_string(),
+        );
+        tracing::info!(rules = settings.rules.len(), %from, "alert rules loaded");
     }
 
     let (subscribed_tx, subscribed_rx) = watch::channel(false);

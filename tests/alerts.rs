@@ -314,6 +314,32 @@ fn a_condition_already_true_when_a_rule_arrives_fires_once() {
 }
 
 #[test]
+fn the_shipped_citrus_pack_warns_of_frost_and_then_of_a_damaging_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = DaemonConfig::shipped_defaults_embedded();
+    let daemon = Daemon::start(dir.path(), &cfg);
+    daemon.wait_ready();
+    // Four and a half hours between -2.5 and -3.3 °C.
+    let t = support::now_ms() - 8 * 60 * MIN;
+    let values: Vec<f64> = (0..28).map(|i| -2.5 - (i % 5) as f64 * 0.2).collect();
+    publish_lines(
+        cfg.broker_port(),
+        "orchards/fengjie/B1/ws1/telemetry",
+        &every_10_min(t, &values),
+    );
+    wait_for(Duration::from_secs(20), "both frost alerts", || {
+        (alerts(&daemon, "state=firing").len() == 2).then_some(())
+    });
+    let open = alerts(&daemon, "state=firing");
+    // Most severe first.
+    assert_eq!(open[0]["rule"], "frost-critical");
+    assert_eq!(open[0]["severity"], "critical");
+    assert_eq!(open[0]["fired_at"], support::rfc3339(t + 4 * 60 * MIN));
+    assert_eq!(open[1]["rule"], "frost-warning");
+    assert_eq!(open[1]["fired_at"], support::rfc3339(t + 10 * MIN));
+}
+
+#[test]
 fn check_config_names_the_rule_file_and_key_of_every_problem() {
     let dir = tempfile::tempdir().unwrap();
     let rules = dir.path().join("rules");

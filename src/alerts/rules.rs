@@ -198,6 +198,20 @@ fn version_of(text: &str) -> String {
     format!("{h:016x}")
 }
 
+/// The citrus rule pack that ships in the binary.
+pub const CITRUS: &str = include_str!("../../config/rules/citrus.toml");
+
+/// The rules orchardd runs when `alerts.rules_dir` is not set: the citrus pack.
+pub fn built_in() -> Result<Vec<Rule>, Vec<Problem>> {
+    let mut problems = Vec::new();
+    let rules = parse("citrus.toml (built in)", CITRUS, &mut problems);
+    if problems.is_empty() {
+        Ok(rules)
+    } else {
+        Err(problems)
+    }
+}
+
 /// Loads every `*.toml` in `dir`, in name order. A directory that does not exist holds no
 /// rules. Returns the enabled rules, or every problem found.
 pub fn load_dir(dir: &Path) -> Result<Vec<Rule>, Vec<Problem>> {
@@ -456,6 +470,23 @@ source = "UF/IFAS"
             ]
         );
         assert!(problems[0].message.contains("{temperature}"));
+    }
+
+    #[test]
+    fn the_built_in_citrus_pack_is_valid_and_says_where_each_threshold_comes_from() {
+        let rules = built_in().unwrap();
+        let ids: Vec<&str> = rules.iter().map(|r| r.id.as_str()).collect();
+        assert_eq!(ids, ["frost-warning", "frost-critical", "heat-stress"]);
+        let critical = &rules[1];
+        assert_eq!(critical.threshold.enter, -2.2);
+        assert_eq!(critical.threshold.enter_for_ms, 4 * 3_600_000);
+        let doc: toml::Value = toml::from_str(CITRUS).unwrap();
+        for r in doc["rule"].as_array().unwrap() {
+            assert!(
+                r.get("source").is_some() && r.get("confidence").is_some(),
+                "{r}"
+            );
+        }
     }
 
     #[test]
