@@ -53,11 +53,16 @@ fn run_blocking(args: &BenchArgs, runtime: &Handle) -> Result<(), String> {
     let mut outcomes = Vec::new();
     for &broker in &args.broker {
         for &sync in &args.synchronous {
-            for &rollups in &args.rollups {
+            for (&rollups, &rules) in args
+                .rollups
+                .iter()
+                .flat_map(|r| args.rules.iter().map(move |p| (r, p)))
+            {
                 let scenario = Scenario {
                     broker,
                     sync,
                     rollups: rollups == Switch::On,
+                    rules: rules == Switch::On,
                 };
                 eprintln!(
                     "bench: {scenario}: {} messages from {} devices…",
@@ -66,6 +71,13 @@ fn run_blocking(args: &BenchArgs, runtime: &Handle) -> Result<(), String> {
                 );
                 let mut settings = base.clone();
                 settings.aggregate.rollups = scenario.rollups;
+                if !scenario.rules {
+                    // A rules directory with no files in it: no rules at all.
+                    let none = std::env::temp_dir().join("orchardd-bench-no-rules");
+                    std::fs::create_dir_all(&none)
+                        .map_err(|e| format!("bench: {}: {e}", none.display()))?;
+                    settings.alerts.rules_dir = Some(none);
+                }
                 let outcome = measure(&exe, &settings, args, &load, scenario, runtime)?;
                 eprintln!(
                     "bench: {scenario}: {} readings/s sustained",
@@ -131,6 +143,8 @@ struct Scenario {
     sync: Synchronous,
     /// `aggregate.rollups`: the cost of keeping them is the difference between two runs.
     rollups: bool,
+    /// The built-in citrus rule pack, or no rules.
+    rules: bool,
 }
 
 impl Scenario {
@@ -152,8 +166,13 @@ impl Scenario {
 impl std::fmt::Display for Scenario {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let (broker, sync) = (self.broker_name(), self.sync_name());
-        let rollups = if self.rollups { "on" } else { "off" };
-        write!(f, "{broker} broker, synchronous={sync}, rollups {rollups}")
+        let on = |b: bool| if b { "on" } else { "off" };
+        write!(
+            f,
+            "{broker} broker, synchronous={sync}, rollups {}, rules {}",
+            on(self.rollups),
+            on(self.rules)
+        )
     }
 }
 
@@ -463,6 +482,7 @@ mod tests {
             connections: 4,
             synchronous: vec![Synchronous::Full],
             rollups: vec![Switch::On],
+            rules: vec![Switch::On],
             rate: Some(20 * READINGS_PER_MESSAGE * 100),
             mosquitto_max_inflight: 1000,
             config: None,

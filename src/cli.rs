@@ -139,6 +139,10 @@ pub struct BenchArgs {
     /// what they cost.
     #[arg(long, value_enum, value_delimiter = ',', default_value = "on")]
     pub rollups: Vec<Switch>,
+    /// Run the built-in citrus rule pack (`on`, the default), no rules (`off`), or `on,off`
+    /// to measure what evaluating alert rules on the ingest path costs.
+    #[arg(long, value_enum, value_delimiter = ',', default_value = "on")]
+    pub rules: Vec<Switch>,
     /// Offered load in readings/s, spread evenly over the devices. Without it the simulator
     /// publishes as fast as the broker acknowledges (a saturation run).
     #[arg(long)]

@@ -75,7 +75,8 @@ impl Default for Settings {
             aggregate: Default::default(),
             blocks: Vec::new(),
             alerts: AlertSettings::default(),
-            rules: Default::default(),
+            // Checked by a test: the pack always parses.
+            rules: std::sync::Arc::new(crate::alerts::rules::built_in().unwrap_or_default()),
         }
     }
 }

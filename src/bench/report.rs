@@ -72,7 +72,13 @@ fn table(outcomes: &[Outcome]) -> String {
     for o in outcomes {
         let s = &o.scenario;
         let rollups = if s.rollups { "" } else { " / no rollups" };
-        let _ = write!(out, " {} / {}{rollups} |", s.broker_name(), s.sync_name());
+        let rules = if s.rules { "" } else { " / no rules" };
+        let _ = write!(
+            out,
+            " {} / {}{rollups}{rules} |",
+            s.broker_name(),
+            s.sync_name()
+        );
     }
     out.push_str("\n|---|");
     out.push_str(&"---:|".repeat(outcomes.len()));
