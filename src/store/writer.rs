@@ -326,7 +326,11 @@ fn evaluate(
                 // is not made to wait for readings still to come.
                 None => {
                     let (p, last, fired) = catch_up(tx, rule, series, r, gap_limit_ms)?;
-                    alerts::save_progress(tx, &rule.id, &scope, &p)?;
+                    // No stored progress means quiet; store it only when the catch-up found
+                    // more, so that a restart does not open the same alerts again.
+                    if p != Progress::Quiet || fired > 0 {
+                        alerts::save_progress(tx, &rule.id, &scope, &p)?;
+                    }
                     changes += fired;
                     (p, last)
                 }
