@@ -692,11 +692,7 @@ impl Settings {
         let mut settings = settings;
         if let Some(s) = &mut settings {
             problems.extend(s.semantic_problems());
-            let rules = match &s.alerts.rules_dir {
-                Some(dir) => crate::alerts::rules::load_dir(dir),
-                None => crate::alerts::rules::built_in(),
-            };
-            match rules {
+            match crate::alerts::rules::load(s.alerts.rules_dir.as_deref()) {
                 Ok(rules) => s.rules = std::sync::Arc::new(rules),
                 Err(p) => problems.extend(p),
             }

@@ -92,7 +92,12 @@ pub async fn run(settings: Settings) -> Result<(), DaemonError> {
     .with_utc_offset(utc_offset_ms(&settings))
     .with_rollups(settings.aggregate.rollups);
     let alerts_changed = Arc::new(tokio::sync::Notify::new());
-    let writer = writer.with_rules(settings.rules.clone(), alerts_changed.clone());
+    let (rules_tx, rules_rx) = watch::channel(settings.rules.clone());
+    let writer = writer.with_rules(rules_rx, alerts_changed.clone());
+    tokio::spawn(reload_rules_on_hangup(
+        settings.alerts.rules_dir.clone(),
+        rules_tx,
+    ));
     {
         let from = settings.alerts.rules_dir.as_ref().map_or_else(
             || "the built-in citrus pack".to_owned(),
@@ -324,6 +329,38 @@ async fn notify_ready(mut subscribed: watch::Receiver<bool>, shutdown: Cancellat
             tracing::info!("orchardd ready");
         },
         _ = shutdown.cancelled() => {}
+    }
+}
+
+/// On SIGHUP, reads the rules again and hands them to the writer; rules with problems are
+/// refused, each problem logged, and the running ones kept.
+async fn reload_rules_on_hangup(
+    dir: Option<std::path::PathBuf>,
+    rules: watch::Sender<Arc<Vec<crate::alerts::rules::Rule>>>,
+) {
+    let mut hup = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot listen for SIGHUP; rules reload only on restart");
+            return;
+        }
+    };
+    while hup.recv().await.is_some() {
+        match crate::alerts::rules::load(dir.as_deref()) {
+            Ok(new) => {
+                tracing::info!(rules = new.len(), "SIGHUP: alert rules read again");
+                rules.send_replace(Arc::new(new));
+            }
+            Err(problems) => {
+                for p in &problems {
+                    tracing::error!(problem = %p, "SIGHUP: alert rules refused");
+                }
+                tracing::error!(
+                    problems = problems.len(),
+                    "SIGHUP: the new alert rules have problems; the running rules stay"
+                );
+            }
+        }
     }
 }
 

@@ -340,6 +340,61 @@ fn the_shipped_citrus_pack_warns_of_frost_and_then_of_a_damaging_one() {
 }
 
 #[test]
+fn sighup_reloads_the_rules_keeping_progress_and_refuses_a_broken_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let (daemon, cfg) = start(dir.path());
+    let port = cfg.broker_port();
+    let topic = "orchards/fengjie/B1/ws1/telemetry";
+    let t = support::now_ms() - 6 * 60 * MIN;
+    publish_lines(port, topic, &every_10_min(t, &[-1.0, -1.1, -1.2]));
+    wait_for(Duration::from_secs(20), "stored", || {
+        (daemon.stored_readings().len() == 3).then_some(())
+    });
+    // The rule changes (a new severity), its id does not: its 20 minutes are kept.
+    let file = dir.path().join("rules").join("frost.toml");
+    std::fs::write(
+        &file,
+        RULES.replace("severity = \"critical\"", "severity = \"major\""),
+    )
+    .unwrap();
+    support::signal(daemon.pid(), "HUP");
+    wait_for(Duration::from_secs(10), "the reload", || {
+        daemon
+            .log_text()
+            .contains("alert rules read again")
+            .then_some(())
+    });
+    publish_lines(port, topic, &every_10_min(t + 30 * MIN, &[-1.3]));
+    wait_for(Duration::from_secs(20), "the alert", || {
+        (alerts(&daemon, "state=firing").len() == 1).then_some(())
+    });
+    let a = &alerts(&daemon, "")[0];
+    assert_eq!(a["severity"], "major");
+    assert_eq!(a["since"], support::rfc3339(t));
+
+    // A broken file is refused, with its problem, and the running rules stay.
+    std::fs::write(&file, RULES.replace("below = 0.0", "below = \"cold\"")).unwrap();
+    support::signal(daemon.pid(), "HUP");
+    wait_for(Duration::from_secs(10), "the refusal", || {
+        daemon
+            .log_text()
+            .contains("the running rules stay")
+            .then_some(())
+    });
+    assert!(daemon.log_text().contains("frost.toml: rule[0]"));
+    publish_lines(
+        port,
+        topic,
+        &every_10_min(t + 40 * MIN, &[2.0, 2.1, 2.2, 2.3]),
+    );
+    wait_for(
+        Duration::from_secs(20),
+        "resolved by the running rule",
+        || (alerts(&daemon, "state=resolved").len() == 1).then_some(()),
+    );
+}
+
+#[test]
 fn check_config_names_the_rule_file_and_key_of_every_problem() {
     let dir = tempfile::tempdir().unwrap();
     let rules = dir.path().join("rules");

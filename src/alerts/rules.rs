@@ -198,6 +198,14 @@ fn version_of(text: &str) -> String {
     format!("{h:016x}")
 }
 
+/// The rules of `dir`, or the built-in pack when there is none.
+pub fn load(dir: Option<&Path>) -> Result<Vec<Rule>, Vec<Problem>> {
+    match dir {
+        Some(dir) => load_dir(dir),
+        None => built_in(),
+    }
+}
+
 /// The citrus rule pack that ships in the binary.
 pub const CITRUS: &str = include_str!("../../config/rules/citrus.toml");
 

@@ -98,6 +98,8 @@ pub struct Writer {
     max_batch_readings: usize,
     /// The alert rules, evaluated on each new reading in the transaction that stores it.
     rules: Arc<Vec<Rule>>,
+    /// New rules, on SIGHUP.
+    reloaded: Option<tokio::sync::watch::Receiver<Arc<Vec<Rule>>>>,
     progress: RuleProgress,
     /// Told after a commit that opened or resolved an alert: the notifiers have work.
     alerts_changed: Option<Arc<tokio::sync::Notify>>,
@@ -122,17 +124,35 @@ impl Writer {
             heartbeat,
             max_batch_readings,
             rules: Arc::default(),
+            reloaded: None,
             progress: HashMap::new(),
             alerts_changed: None,
         }
     }
 
-    /// Evaluate these alert rules, and tell `changed` after a commit that fired or resolved
-    /// an alert.
-    pub fn with_rules(mut self, rules: Arc<Vec<Rule>>, changed: Arc<tokio::sync::Notify>) -> Self {
-        self.rules = rules;
+    /// Evaluate the alert rules `rules` holds (taking new ones between batches), and tell
+    /// `changed` after a commit that fired or resolved an alert.
+    pub fn with_rules(
+        mut self,
+        mut rules: tokio::sync::watch::Receiver<Arc<Vec<Rule>>>,
+        changed: Arc<tokio::sync::Notify>,
+    ) -> Self {
+        self.rules = rules.borrow_and_update().clone();
+        self.reloaded = Some(rules);
         self.alerts_changed = Some(changed);
         self
+    }
+
+    /// Takes reloaded rules. Progress is kept in the store by rule id, so a rule whose id
+    /// stays goes on where it was; the in-memory part is read again.
+    fn take_reloaded_rules(&mut self) {
+        if let Some(rx) = &mut self.reloaded
+            && rx.has_changed().unwrap_or(false)
+        {
+            self.rules = rx.borrow_and_update().clone();
+            self.progress.clear();
+            tracing::info!(rules = self.rules.len(), "writer: alert rules reloaded");
+        }
     }
 
     /// Also record every new reading for the InfluxDB forwarder.
@@ -237,6 +257,7 @@ impl Writer {
     }
 
     fn commit_inner(&mut self, envelopes: &[Envelope]) -> Result<BatchOutcome, StoreError> {
+        self.take_reloaded_rules();
         let tx = self.conn.transaction()?;
         let mut outcome = BatchOutcome::default();
         let mut rollups = Fold::default();
