@@ -48,6 +48,20 @@ pub struct AlertSettings {
     /// The directory of rule files (`*.toml`, each a list of `[[rule]]`). Unset: the citrus
     /// rule pack built into orchardd (`config/rules/citrus.toml`).
     pub rules_dir: Option<PathBuf>,
+    /// Generic webhooks: every alert event POSTed as JSON, signed.
+    pub webhooks: Vec<WebhookSettings>,
+}
+
+/// `[[alerts.webhooks]]`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WebhookSettings {
+    /// Names the channel (`webhook:{name}`) in the delivery log.
+    pub name: String,
+    pub url: String,
+    /// Signs each body: `X-Orchardd-Signature: sha256=` and the hex HMAC-SHA256 of the body.
+    #[serde(default)]
+    pub secret: Option<String>,
 }
 
 impl Default for Settings {
@@ -894,6 +908,29 @@ impl Settings {
                 b.wind_height_m,
                 &mut problem,
             );
+        }
+        for (i, w) in self.alerts.webhooks.iter().enumerate() {
+            let key = |k: &str| format!("alerts.webhooks[{i}].{k}");
+            if crate::model::Ident::parse(&w.name).is_err() {
+                problem(&key("name"), "must be 1 to 64 of A-Z a-z 0-9 _ -".into());
+            }
+            if self.alerts.webhooks[..i].iter().any(|o| o.name == w.name) {
+                problem(
+                    &key("name"),
+                    format!("`{}` is used by another webhook", w.name),
+                );
+            }
+            if !(w.url.starts_with("http://") || w.url.starts_with("https://"))
+                || reqwest::Url::parse(&w.url).is_err()
+            {
+                problem(&key("url"), "must be an http:// or https:// URL".into());
+            }
+            if w.secret.as_deref().is_some_and(str::is_empty) {
+                problem(
+                    &key("secret"),
+                    "must not be empty; leave it out for no signature".into(),
+                );
+            }
         }
         if !self.store.raw_retention.is_zero() && self.store.raw_retention < self.validate.max_age {
             problem(

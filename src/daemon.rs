@@ -39,6 +39,8 @@ pub enum DaemonError {
     Mqtt(String),
     #[error("{0}")]
     Influx(String),
+    #[error("alerts: {0}")]
+    Alerts(String),
     #[error("registry.file {0}")]
     Registry(#[from] registry::RegistryError),
     #[error("a pipeline task failed: {0}")]
@@ -80,6 +82,20 @@ pub async fn run(settings: Settings) -> Result<(), DaemonError> {
     tokio::spawn(stop_on_signal(shutdown.clone()));
 
     let admin = Admin::open(&settings.store)?;
+    // The channels alert events are delivered on in this run.
+    let mut channels: Vec<String> = Vec::new();
+    if settings.broker.embedded {
+        channels.push("mqtt".into());
+    }
+    let mut webhooks = Vec::new();
+    for w in &settings.alerts.webhooks {
+        let hook = crate::alerts::notify::Webhook::new(w.clone()).map_err(DaemonError::Alerts)?;
+        channels.push(crate::alerts::notify::Channel::name(&hook));
+        webhooks.push(hook);
+    }
+    admin
+        .write(move |c| crate::alerts::store::set_channels(c, &channels))
+        .await?;
     let heartbeat = Arc::new(Heartbeat::default());
     let writer = Writer::new(
         writer_conn,
@@ -91,7 +107,8 @@ pub async fn run(settings: Settings) -> Result<(), DaemonError> {
     .with_outbox(settings.influx.enabled)
     .with_utc_offset(utc_offset_ms(&settings))
     .with_rollups(settings.aggregate.rollups);
-    let alerts_changed = Arc::new(tokio::sync::Notify::new());
+    // Bumped by whoever opens, answers or resolves an alert: the notifiers have work.
+    let alerts_changed = Arc::new(watch::Sender::new(0u64));
     let (rules_tx, rules_rx) = watch::channel(settings.rules.clone());
     let writer = writer.with_rules(rules_rx, alerts_changed.clone());
     tokio::spawn(reload_rules_on_hangup(
@@ -139,9 +156,9 @@ pub async fn run(settings: Settings) -> Result<(), DaemonError> {
         });
         let running = endpoint::start(listeners, &settings.broker, shared.clone())?;
         tokio::spawn(crate::alerts::notify::run(
-            shared.clone(),
+            crate::alerts::notify::Mqtt(shared.clone()),
             admin.clone(),
-            alerts_changed.clone(),
+            alerts_changed.subscribe(),
             shutdown.clone(),
         ));
         tokio::spawn(endpoint::sweep_sessions(shared, shutdown.clone()));
@@ -198,6 +215,14 @@ pub async fn run(settings: Settings) -> Result<(), DaemonError> {
             shutdown.clone(),
         ));
     }
+    for hook in webhooks {
+        tokio::spawn(crate::alerts::notify::run(
+            hook,
+            admin.clone(),
+            alerts_changed.subscribe(),
+            shutdown.clone(),
+        ));
+    }
     let state = AppState {
         pool,
         admin,
@@ -213,6 +238,7 @@ pub async fn run(settings: Settings) -> Result<(), DaemonError> {
             aggregate: settings.aggregate.clone(),
             blocks: settings.blocks.clone(),
         }),
+        alerts_changed: alerts_changed.clone(),
         influx: match settings.query.backend {
             QueryBackend::Embedded => None,
             QueryBackend::Influx => Some(Arc::new(

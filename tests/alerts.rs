@@ -394,6 +394,114 @@ fn sighup_reloads_the_rules_keeping_progress_and_refuses_a_broken_file() {
     );
 }
 
+/// A webhook receiver in Python's standard library: it checks each body's HMAC-SHA256 with
+/// the shared secret, answers the first POST with 500 and the rest with 200, and prints a
+/// JSON line per request.
+const RECEIVER: &str = r#"
+import hashlib, hmac, http.server, json, sys
+SECRET = b"s3cret"
+seen = 0
+class H(http.server.BaseHTTPRequestHandler):
+    def do_POST(self):
+        global seen
+        body = self.rfile.read(int(self.headers["content-length"]))
+        want = "sha256=" + hmac.new(SECRET, body, hashlib.sha256).hexdigest()
+        ok = hmac.compare_digest(want, self.headers.get("x-orchardd-signature", ""))
+        seen += 1
+        status = 500 if seen == 1 else 200
+        self.send_response(status)
+        self.end_headers()
+        self.wfile.write(b"busy" if status == 500 else b"ok")
+        print(json.dumps({"status": status, "verified": ok, "event": json.loads(body)["event"]}), flush=True)
+    def log_message(self, *args):
+        pass
+server = http.server.HTTPServer(("127.0.0.1", 0), H)
+print(server.server_port, flush=True)
+server.serve_forever()
+"#;
+
+#[test]
+fn a_signed_webhook_is_retried_after_a_500_and_delays_no_other_channel() {
+    use std::io::BufRead;
+    let python = require_binary("python3", "python3");
+    let mut receiver = Command::new(python)
+        .args(["-c", RECEIVER])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = std::io::BufReader::new(receiver.stdout.take().unwrap()).lines();
+    let port: u16 = lines.next().unwrap().unwrap().trim().parse().unwrap();
+
+    let dir = tempfile::tempdir().unwrap();
+    let rules = dir.path().join("rules");
+    std::fs::create_dir_all(&rules).unwrap();
+    std::fs::write(rules.join("frost.toml"), RULES).unwrap();
+    let cfg = DaemonConfig {
+        extra: format!(
+            "[alerts]\nrules_dir = \"{}\"\n[[alerts.webhooks]]\nname = \"ops\"\nurl = \"http://127.0.0.1:{port}/hook\"\nsecret = \"s3cret\"\n",
+            rules.display()
+        ),
+        ..DaemonConfig::shipped_defaults_embedded()
+    };
+    let daemon = Daemon::start(dir.path(), &cfg);
+    daemon.wait_ready();
+    let t = support::now_ms() - 6 * 60 * MIN;
+    publish_lines(
+        cfg.broker_port(),
+        "orchards/fengjie/B1/ws1/telemetry",
+        &every_10_min(t, &[-1.0, -1.1, -1.2, -1.3]),
+    );
+    // The receiver sees the fired event twice: refused once, then taken, both signed.
+    let mut seen = Vec::new();
+    for _ in 0..2 {
+        let line = lines.next().unwrap().unwrap();
+        seen.push(serde_json::from_str::<Value>(&line).unwrap());
+    }
+    receiver.kill().unwrap();
+    let _ = receiver.wait();
+    assert_eq!(
+        seen,
+        [
+            json!({"status": 500, "verified": true, "event": "fired"}),
+            json!({"status": 200, "verified": true, "event": "fired"}),
+        ]
+    );
+    let id = alerts(&daemon, "")[0]["id"].as_i64().unwrap();
+    let deliveries = wait_for(Duration::from_secs(10), "both deliveries logged", || {
+        let d = daemon.get_ok(&format!("/api/v1/alerts/{id}"))["events"][0]["deliveries"].clone();
+        d.as_array()
+            .unwrap()
+            .iter()
+            .all(|c| c["delivered_at"].is_string())
+            .then_some(d)
+    });
+    let by = |name: &str| {
+        deliveries
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["channel"] == name)
+            .unwrap()
+            .clone()
+    };
+    let (mqtt, hook) = (by("mqtt"), by("webhook:ops"));
+    assert_eq!(mqtt["attempts"], 1);
+    assert_eq!(hook["attempts"], 2);
+    let log: Vec<(Value, Value)> = hook["log"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| (a["status"].clone(), a["body"].clone()))
+        .collect();
+    assert_eq!(
+        log,
+        [(json!(500), json!("busy")), (json!(200), json!("ok"))]
+    );
+    assert_eq!(hook["log"][0]["error"], "HTTP 500 Internal Server Error");
+    // The webhook's retry did not hold the MQTT delivery back.
+    assert!(mqtt["delivered_at"].as_str() < hook["delivered_at"].as_str());
+}
+
 #[test]
 fn check_config_names_the_rule_file_and_key_of_every_problem() {
     let dir = tempfile::tempdir().unwrap();

@@ -12,8 +12,20 @@ use super::threshold::Progress;
 use crate::model::{SeriesKey, TimestampMs};
 use crate::store::StoreError;
 
-/// The notification channels every event goes to.
-pub const CHANNELS: &[&str] = &["mqtt"];
+/// Makes `names` the channels new events are delivered on. Events already in the outbox
+/// for a channel no longer configured stay there, undelivered, for when it is back.
+pub fn set_channels(conn: &mut Connection, names: &[String]) -> Result<(), StoreError> {
+    let tx = conn.transaction()?;
+    tx.execute("DELETE FROM alert_channels", [])?;
+    for n in names {
+        tx.execute(
+            "INSERT OR IGNORE INTO alert_channels (name) VALUES (?1)",
+            [n],
+        )?;
+    }
+    tx.commit()?;
+    Ok(())
+}
 
 /// What an alert is about: one series of one device.
 pub fn scope_of(s: &SeriesKey) -> String {
@@ -149,10 +161,10 @@ fn event(
     )?
     .execute(params![alert, kind, at, who, note, value])?;
     let id = tx.last_insert_rowid();
-    for channel in CHANNELS {
-        tx.prepare_cached("INSERT INTO alert_outbox (event, channel) VALUES (?1, ?2)")?
-            .execute(params![id, channel])?;
-    }
+    tx.prepare_cached(
+        "INSERT INTO alert_outbox (event, channel) SELECT ?1, name FROM alert_channels",
+    )?
+    .execute([id])?;
     Ok(id)
 }
 
@@ -386,6 +398,20 @@ pub struct Delivery {
     pub delivered_at: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub last_error: Option<String>,
+    /// Every attempt, oldest first.
+    pub log: Vec<Logged>,
+}
+
+/// One logged delivery attempt.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Logged {
+    pub at: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub status: Option<u16>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub body: Option<String>,
 }
 
 /// An alert with its events and their deliveries.
@@ -419,6 +445,9 @@ pub fn get(conn: &Connection, id: i64) -> Result<Option<(Alert, Vec<Event>)>, St
     let mut stmt = conn.prepare(
         "SELECT channel, attempts, delivered_at, last_error FROM alert_outbox WHERE event = ?1 ORDER BY channel",
     )?;
+    let mut log = conn.prepare(
+        "SELECT at, status, error, body FROM alert_attempts WHERE event = ?1 AND channel = ?2 ORDER BY id",
+    )?;
     for e in &mut events {
         e.deliveries = stmt
             .query_map([e.id], |r| {
@@ -429,9 +458,22 @@ pub fn get(conn: &Connection, id: i64) -> Result<Option<(Alert, Vec<Event>)>, St
                         .get::<_, Option<i64>>(2)?
                         .map(|t| TimestampMs(t).to_rfc3339()),
                     last_error: r.get(3)?,
+                    log: Vec::new(),
                 })
             })?
             .collect::<Result<_, _>>()?;
+        for d in &mut e.deliveries {
+            d.log = log
+                .query_map(params![e.id, d.channel], |r| {
+                    Ok(Logged {
+                        at: TimestampMs(r.get(0)?).to_rfc3339(),
+                        status: r.get(1)?,
+                        error: r.get(2)?,
+                        body: r.get(3)?,
+                    })
+                })?
+                .collect::<Result<_, _>>()?;
+        }
     }
     Ok(Some((alert, events)))
 }
@@ -470,22 +512,36 @@ pub fn pending(conn: &Connection, channel: &str, limit: usize) -> Result<Vec<Pen
     Ok(out)
 }
 
-/// Records one delivery attempt of an event on a channel.
+/// How one delivery attempt went.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Attempt {
+    /// The answer's status, where the channel has one (HTTP).
+    pub status: Option<u16>,
+    /// Why it failed; `None` when delivered.
+    pub error: Option<String>,
+    /// The start of the answer's body.
+    pub body: Option<String>,
+}
+
+/// Records one delivery attempt of an event on a channel, in the outbox and the attempt log.
 pub fn attempted(
-    conn: &Connection,
+    conn: &mut Connection,
     event: i64,
     channel: &str,
-    result: Result<(), String>,
+    a: &Attempt,
 ) -> Result<(), StoreError> {
     let now = TimestampMs::now().0;
-    let (delivered, error) = match result {
-        Ok(()) => (Some(now), None),
-        Err(e) => (None, Some(e)),
-    };
-    conn.prepare_cached(
+    let delivered = a.error.is_none().then_some(now);
+    let tx = conn.transaction()?;
+    tx.prepare_cached(
         "UPDATE alert_outbox SET attempts = attempts + 1, delivered_at = ?3, last_error = ?4 \
          WHERE event = ?1 AND channel = ?2",
     )?
-    .execute(params![event, channel, delivered, error])?;
+    .execute(params![event, channel, delivered, a.error])?;
+    tx.prepare_cached(
+        "INSERT INTO alert_attempts (event, channel, at, status, error, body) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+    )?
+    .execute(params![event, channel, now, a.status, a.error, a.body])?;
+    tx.commit()?;
     Ok(())
 }

@@ -108,6 +108,7 @@ async fn act(
     match done {
         Ok(()) => {
             tracing::info!(alert = id, ?action, "alert answered by staff");
+            s.alerts_changed.send_modify(|generation| *generation += 1);
             let (alert, events) = s
                 .pool
                 .read(move |c| alerts::get(c, id))

@@ -52,6 +52,8 @@ pub struct AppState {
     pub rollups: bool,
     /// `[aggregate]` and `[[blocks]]`: what the daily indices depend on.
     pub agronomy: Arc<Agronomy>,
+    /// Bumped after staff answer an alert: the notifiers have work.
+    pub alerts_changed: Arc<watch::Sender<u64>>,
     /// `query.backend = "influx"`: readings and latest answer from InfluxDB.
     pub influx: Option<Arc<InfluxQuery>>,
 }

@@ -228,6 +228,21 @@ const MIGRATIONS: &[&str] = &[
         PRIMARY KEY (event, channel)
     ) WITHOUT ROWID;
     CREATE INDEX alert_outbox_pending ON alert_outbox (channel, event) WHERE delivered_at IS NULL;
+    -- The channels this run delivers on: every new event gets an outbox row for each.
+    CREATE TABLE alert_channels (
+        name TEXT PRIMARY KEY
+    ) WITHOUT ROWID;
+    -- Every delivery attempt: when, the answer's status, the error, the start of the body.
+    CREATE TABLE alert_attempts (
+        id      INTEGER PRIMARY KEY,
+        event   INTEGER NOT NULL,
+        channel TEXT NOT NULL,
+        at      INTEGER NOT NULL,
+        status  INTEGER,
+        error   TEXT,
+        body    TEXT
+    );
+    CREATE INDEX alert_attempts_by_event ON alert_attempts (event, channel, id);
     "#,
 ];
 

@@ -102,7 +102,7 @@ pub struct Writer {
     reloaded: Option<tokio::sync::watch::Receiver<Arc<Vec<Rule>>>>,
     progress: RuleProgress,
     /// Told after a commit that opened or resolved an alert: the notifiers have work.
-    alerts_changed: Option<Arc<tokio::sync::Notify>>,
+    alerts_changed: Option<Arc<tokio::sync::watch::Sender<u64>>>,
 }
 
 impl Writer {
@@ -135,7 +135,7 @@ impl Writer {
     pub fn with_rules(
         mut self,
         mut rules: tokio::sync::watch::Receiver<Arc<Vec<Rule>>>,
-        changed: Arc<tokio::sync::Notify>,
+        changed: Arc<tokio::sync::watch::Sender<u64>>,
     ) -> Self {
         self.rules = rules.borrow_and_update().clone();
         self.reloaded = Some(rules);
@@ -231,7 +231,7 @@ impl Writer {
         if outcome.alert_changes > 0
             && let Some(n) = &self.alerts_changed
         {
-            n.notify_one();
+            n.send_modify(|generation| *generation += 1);
         }
 
         let now = TimestampMs::now();
