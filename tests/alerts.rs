@@ -503,6 +503,65 @@ fn a_signed_webhook_is_retried_after_a_500_and_delays_no_other_channel() {
 }
 
 #[test]
+fn a_fast_fall_at_night_fires_a_rate_rule_and_the_same_fall_by_day_does_not() {
+    let dir = tempfile::tempdir().unwrap();
+    let rules = dir.path().join("rules");
+    std::fs::create_dir_all(&rules).unwrap();
+    std::fs::write(
+        rules.join("rate.toml"),
+        r#"
+[[rule]]
+id = "falling-at-night"
+kind = "rate"
+measure = "air_temperature"
+severity = "warning"
+falling_faster_than = 1.0
+over = "1h"
+hours = [18, 7]
+for = "20m"
+action.en = "{block}: falling {value:.1} °C/h."
+action.zh = "{block}：每小时下降 {value:.1} °C。"
+"#,
+    )
+    .unwrap();
+    let cfg = DaemonConfig {
+        // The rule file, and China's clock for the rule's local hours.
+        extra: format!(
+            "[aggregate]\nutc_offset = \"+08:00\"\n[alerts]\nrules_dir = \"{}\"\n",
+            rules.display()
+        ),
+        ..DaemonConfig::shipped_defaults_embedded()
+    };
+    let daemon = Daemon::start(dir.path(), &cfg);
+    daemon.wait_ready();
+    let port = cfg.broker_port();
+    // Local midnight two days ago, at +08:00.
+    let day = 86_400_000;
+    let midnight = ((support::now_ms() + 8 * 3_600_000) / day - 2) * day - 8 * 3_600_000;
+    // 1.5 °C an hour down from 12:00 to 15:00 (by day) and from 20:00 to 23:00 (at night).
+    let fall = |from_hour: i64| {
+        let values: Vec<f64> = (0..19).map(|i| 20.0 - 1.5 * i as f64 / 6.0).collect();
+        every_10_min(midnight + from_hour * 3_600_000, &values)
+    };
+    publish_lines(port, "orchards/fengjie/B1/ws1/telemetry", &fall(12));
+    publish_lines(port, "orchards/fengjie/B1/ws1/telemetry", &fall(20));
+    wait_for(Duration::from_secs(20), "all stored", || {
+        (daemon.stored_readings().len() == 38).then_some(())
+    });
+    let found = alerts(&daemon, "");
+    assert_eq!(found.len(), 1, "{found:?}");
+    let a = &found[0];
+    // The first reading with an hour behind it is 21:00; 20 minutes of falling from then.
+    assert_eq!(a["since"], support::rfc3339(midnight + 21 * 3_600_000));
+    assert_eq!(
+        a["fired_at"],
+        support::rfc3339(midnight + 21 * 3_600_000 + 20 * MIN)
+    );
+    assert!((a["value"].as_f64().unwrap() + 1.5).abs() < 1e-9, "{a}");
+    assert_eq!(a["action"]["en"], "B1: falling -1.5 °C/h.");
+}
+
+#[test]
 fn check_config_names_the_rule_file_and_key_of_every_problem() {
     let dir = tempfile::tempdir().unwrap();
     let rules = dir.path().join("rules");

@@ -49,6 +49,7 @@ impl Severity {
 #[serde(rename_all = "snake_case")]
 enum RuleKind {
     Threshold,
+    Rate,
 }
 
 /// The action text of an alert, in each language.
@@ -79,6 +80,17 @@ struct Spec {
     clear_below: Option<f64>,
     #[serde(default, with = "humantime_serde")]
     clear_for: Option<Duration>,
+    /// Rate rules: units per hour, over the window `over`.
+    #[serde(default)]
+    falling_faster_than: Option<f64>,
+    #[serde(default)]
+    rising_faster_than: Option<f64>,
+    #[serde(default, with = "humantime_serde")]
+    over: Option<Duration>,
+    /// Local hours `[from, to)` the rule watches (`[18, 7]`: the night); outside them its
+    /// condition does not hold.
+    #[serde(default)]
+    hours: Option<[u8; 2]>,
     #[serde(default)]
     orchards: Vec<Ident>,
     #[serde(default)]
@@ -114,6 +126,11 @@ pub struct Rule {
     pub version: String,
     pub measure: Kind,
     pub severity: Severity,
+    /// For a rate rule, the window its change per hour is measured over, ms; the threshold
+    /// then applies to that rate (negative: falling).
+    pub rate_over_ms: Option<i64>,
+    /// Local hours `[from, to)` the rule watches.
+    pub hours: Option<(u8, u8)>,
     pub threshold: Threshold,
     pub orchards: Vec<Ident>,
     pub blocks: Vec<Ident>,
@@ -122,6 +139,29 @@ pub struct Rule {
 }
 
 impl Rule {
+    /// Whether `ts` falls in the rule's local hours (always, without `hours`).
+    pub fn in_hours(&self, ts: i64, utc_offset_ms: i64) -> bool {
+        let Some((from, to)) = self.hours else {
+            return true;
+        };
+        let h = ((ts + utc_offset_ms).rem_euclid(86_400_000) / 3_600_000) as u8;
+        if from <= to {
+            (from..to).contains(&h)
+        } else {
+            h >= from || h < to
+        }
+    }
+
+    /// A value that is past the clear threshold and not the entering one: what the rule is fed
+    /// outside its hours.
+    pub fn neutral(&self) -> f64 {
+        let t = &self.threshold;
+        match t.side {
+            Side::Below => t.clear.max(t.enter) + 1.0,
+            Side::Above => t.clear.min(t.enter) - 1.0,
+        }
+    }
+
     /// Whether the rule watches this series.
     pub fn applies(&self, kind: Kind, orchard: &Ident, block: &Ident, device: &Ident) -> bool {
         let any = |list: &[Ident], v: &Ident| list.is_empty() || list.contains(v);
@@ -310,14 +350,37 @@ pub fn parse(file: &str, text: &str, problems: &mut Vec<Problem>) -> Vec<Rule> {
         if Ident::parse(&spec.id).is_err() {
             problem("id", "must be 1 to 64 of A-Z a-z 0-9 _ -".into());
         }
-        let RuleKind::Threshold = spec.kind;
-        let (side, enter) = match (spec.below, spec.above) {
-            (Some(b), None) => (Side::Below, b),
-            (None, Some(a)) => (Side::Above, a),
-            _ => {
+        if let Some([from, to]) = spec.hours
+            && (from > 23 || to > 24 || from == to)
+        {
+            problem(
+                "hours",
+                "must be two different local hours from 0 to 24, such as [18, 7]".into(),
+            );
+        }
+        let rate = spec.kind == RuleKind::Rate;
+        let (side, enter) = match (
+            rate,
+            spec.below,
+            spec.above,
+            spec.falling_faster_than,
+            spec.rising_faster_than,
+        ) {
+            (false, Some(b), None, None, None) => (Side::Below, b),
+            (false, None, Some(a), None, None) => (Side::Above, a),
+            (true, None, None, Some(f), None) if f > 0.0 => (Side::Below, -f),
+            (true, None, None, None, Some(r)) if r > 0.0 => (Side::Above, r),
+            (false, ..) => {
                 problem(
                     "below",
                     "a threshold rule needs exactly one of `below` and `above`".into(),
+                );
+                continue;
+            }
+            (true, ..) => {
+                problem(
+                    "falling_faster_than",
+                    "a rate rule needs exactly one of `falling_faster_than` and `rising_faster_than`, above 0 (units per hour)".into(),
                 );
                 continue;
             }
@@ -350,7 +413,11 @@ pub fn parse(file: &str, text: &str, problems: &mut Vec<Problem>) -> Vec<Rule> {
                 format!("must be on the far side of the threshold {enter}, or equal to it"),
             );
         }
-        let (lo, hi) = spec.measure.range();
+        let (lo, hi) = if rate {
+            (f64::MIN, f64::MAX)
+        } else {
+            spec.measure.range()
+        };
         for (field, v) in [("threshold", enter), ("clear", clear)] {
             if !(lo..=hi).contains(&v) {
                 problem(
@@ -389,6 +456,9 @@ pub fn parse(file: &str, text: &str, problems: &mut Vec<Problem>) -> Vec<Rule> {
             out.push(Rule {
                 id: spec.id,
                 version,
+                rate_over_ms: rate
+                    .then(|| spec.over.unwrap_or(Duration::from_secs(3600)).as_millis() as i64),
+                hours: spec.hours.map(|[f, t]| (f, t % 24)),
                 measure: spec.measure,
                 severity: spec.severity,
                 threshold: Threshold {
@@ -495,6 +565,41 @@ source = "UF/IFAS"
                 "{r}"
             );
         }
+    }
+
+    #[test]
+    fn a_rate_rule_watches_the_change_per_hour_in_its_hours() {
+        let text = r#"
+[[rule]]
+id = "falling"
+kind = "rate"
+measure = "air_temperature"
+severity = "warning"
+falling_faster_than = 1.0
+over = "1h"
+hours = [18, 7]
+action.en = "Falling {value:.1} °C/h in {block}."
+action.zh = "{block} 每小时下降 {value:.1} °C。"
+"#;
+        let mut problems = Vec::new();
+        let rules = parse("r.toml", text, &mut problems);
+        assert!(problems.is_empty(), "{problems:?}");
+        let r = &rules[0];
+        assert_eq!(r.rate_over_ms, Some(3_600_000));
+        assert_eq!((r.threshold.side, r.threshold.enter), (Side::Below, -1.0));
+        let at = |h: i64| h * 3_600_000;
+        assert!(r.in_hours(at(18), 0) && r.in_hours(at(23), 0) && r.in_hours(at(6), 0));
+        assert!(!r.in_hours(at(7), 0) && !r.in_hours(at(12), 0));
+        // 22:00 at +08:00 is 14:00 UTC.
+        assert!(r.in_hours(at(14), 8 * 3_600_000));
+        assert!(!r.threshold.side.past(r.neutral(), r.threshold.enter));
+        let mut problems = Vec::new();
+        parse(
+            "r.toml",
+            &text.replace("falling_faster_than = 1.0", "below = 1.0"),
+            &mut problems,
+        );
+        assert_eq!(problems[0].key, "r.toml: rule[0].falling_faster_than");
     }
 
     #[test]

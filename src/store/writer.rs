@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use rusqlite::{Connection, Transaction, params};
+use rusqlite::{Connection, OptionalExtension, Transaction, params};
 use tokio::sync::mpsc;
 
 use super::StoreError;
@@ -283,6 +283,7 @@ impl Writer {
                                 series,
                                 r,
                                 env.interval_of(r),
+                                self.utc_offset_ms,
                             )?;
                         }
                         if self.rollups {
@@ -322,6 +323,7 @@ fn evaluate(
     series: i64,
     r: &Reading,
     interval: Duration,
+    utc_offset_ms: i64,
 ) -> Result<u64, StoreError> {
     let s = &r.series;
     let gap_limit_ms = 2 * interval.as_millis() as i64;
@@ -346,7 +348,8 @@ fn evaluate(
                 // starts from the series' recent readings: a condition that already holds
                 // is not made to wait for readings still to come.
                 None => {
-                    let (p, last, fired) = catch_up(tx, rule, series, r, gap_limit_ms)?;
+                    let (p, last, fired) =
+                        catch_up(tx, rule, series, r, gap_limit_ms, utc_offset_ms)?;
                     // No stored progress means quiet; store it only when the catch-up found
                     // more, so that a restart does not open the same alerts again.
                     if p != Progress::Quiet || fired > 0 {
@@ -369,14 +372,52 @@ fn evaluate(
             }
             p => p,
         };
-        let (next, change) = rule.threshold.step(p, last, r.ts.0, r.value, gap_limit_ms);
+        // What the rule measures: the reading, or for a rate rule its change per hour.
+        let measured = match rule.rate_over_ms {
+            None => r.value,
+            Some(over) => match rate_per_hour(tx, series, r, over, gap_limit_ms)? {
+                Some(rate) => rate,
+                None => {
+                    progress.insert((i, series), (p, Some(r.ts.0)));
+                    continue;
+                }
+            },
+        };
+        let fed = if rule.in_hours(r.ts.0, utc_offset_ms) {
+            measured
+        } else {
+            rule.neutral()
+        };
+        let (next, change) = rule.threshold.step(p, last, r.ts.0, fed, gap_limit_ms);
         if next != p {
             alerts::save_progress(tx, &rule.id, &scope, &next)?;
         }
-        changes += u64::from(apply(tx, rule, s, change, r.ts.0, r.value)?);
+        changes += u64::from(apply(tx, rule, s, change, r.ts.0, measured)?);
         progress.insert((i, series), (next, Some(r.ts.0)));
     }
     Ok(changes)
+}
+
+/// The change per hour of the series from its reading at least `over_ms` before `r` to `r`;
+/// `None` when there is none close enough (within `over_ms` and a gap limit).
+fn rate_per_hour(
+    tx: &Transaction<'_>,
+    series: i64,
+    r: &Reading,
+    over_ms: i64,
+    gap_limit_ms: i64,
+) -> Result<Option<f64>, StoreError> {
+    let before: Option<(i64, f64)> = tx
+        .prepare_cached(
+            "SELECT ts, value FROM readings WHERE series = ?1 AND ts <= ?2 ORDER BY ts DESC LIMIT 1",
+        )?
+        .query_row(params![series, r.ts.0 - over_ms], |row| {
+            Ok((row.get(0)?, row.get(1)?))
+        })
+        .optional()?;
+    Ok(before
+        .filter(|(ts, _)| r.ts.0 - ts <= over_ms + gap_limit_ms)
+        .map(|(ts, v)| (r.value - v) / ((r.ts.0 - ts) as f64 / 3_600_000.0)))
 }
 
 /// Opens or resolves the alert a reading `(ts, value)` of `series` changed; true if it did.
@@ -404,6 +445,7 @@ fn catch_up(
     series: i64,
     r: &Reading,
     gap_limit_ms: i64,
+    utc_offset_ms: i64,
 ) -> Result<(Progress, Option<i64>, u64), StoreError> {
     let t = &rule.threshold;
     let reach = t.enter_for_ms.max(t.clear_for_ms) + gap_limit_ms;
@@ -416,8 +458,17 @@ fn catch_up(
         })?
         .collect::<Result<_, _>>()?;
     let (mut p, mut last, mut changes) = (Progress::Quiet, None, 0);
+    // A rate rule starts quiet: its history would need a rate per reading.
+    if rule.rate_over_ms.is_some() {
+        return Ok((Progress::Quiet, earlier.last().map(|(ts, _)| *ts), 0));
+    }
     for (ts, value) in earlier {
-        let (next, change) = t.step(p, last, ts, value, gap_limit_ms);
+        let fed = if rule.in_hours(ts, utc_offset_ms) {
+            value
+        } else {
+            rule.neutral()
+        };
+        let (next, change) = t.step(p, last, ts, fed, gap_limit_ms);
         changes += u64::from(apply(tx, rule, &r.series, change, ts, value)?);
         (p, last) = (next, Some(ts));
     }
