@@ -5,12 +5,11 @@
 
 mod support;
 
-use std::io::Write;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use serde_json::{Value, json};
-use support::{Daemon, DaemonConfig, http_request, require_binary, wait_for};
+use support::{Daemon, DaemonConfig, http_request, mosquitto_pub_lines, require_binary, wait_for};
 
 const MIN: i64 = 60_000;
 
@@ -28,31 +27,6 @@ action.en = "Frost in {block} ({device}): {value:.1} °C, below {threshold} °C 
 action.zh = "{block}（{device}）霜冻：{value:.1} °C。请启动防霜措施。"
 source = "test"
 "#;
-
-fn publish_lines(port: u16, topic: &str, lines: &[String]) {
-    let bin = require_binary("mosquitto_pub", "mosquitto-clients");
-    let mut child = Command::new(bin)
-        .args([
-            "-h",
-            "127.0.0.1",
-            "-p",
-            &port.to_string(),
-            "-q",
-            "1",
-            "-l",
-            "-t",
-            topic,
-        ])
-        .stdin(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut stdin = child.stdin.take().unwrap();
-    for l in lines {
-        writeln!(stdin, "{l}").unwrap();
-    }
-    drop(stdin);
-    assert!(child.wait().unwrap().success());
-}
 
 /// One air-temperature message every 10 minutes from `start`.
 fn every_10_min(start: i64, values: &[f64]) -> Vec<String> {
@@ -111,7 +85,7 @@ fn a_frost_night_fires_one_critical_alert_that_a_subscriber_hears_and_resolves_a
             _ => 0.5 + (i - 48) as f64 * 0.5,
         })
         .collect();
-    publish_lines(
+    mosquitto_pub_lines(
         port,
         "orchards/fengjie/B1/ws1/telemetry",
         &every_10_min(night, &values),
@@ -169,7 +143,7 @@ fn oscillation_gives_one_alert_kill_9_keeps_a_duration_and_staff_answer_it() {
     // firing (it never reaches the 1 °C that clears it), no flapping.
     let mut wobble = vec![-0.5, -0.6, -0.5, -0.6];
     wobble.extend((0..36).map(|i| if i % 2 == 0 { 0.3 } else { -0.3 }));
-    publish_lines(
+    mosquitto_pub_lines(
         port,
         "orchards/fengjie/B2/ws2/telemetry",
         &every_10_min(base, &wobble),
@@ -183,7 +157,7 @@ fn oscillation_gives_one_alert_kill_9_keeps_a_duration_and_staff_answer_it() {
 
     // 20 of the 30 minutes below 0 on ws3, then kill -9.
     let cold = base + 7 * 60 * MIN;
-    publish_lines(
+    mosquitto_pub_lines(
         port,
         "orchards/fengjie/B3/ws3/telemetry",
         &every_10_min(cold, &[-1.0, -1.1, -1.2]),
@@ -197,7 +171,7 @@ fn oscillation_gives_one_alert_kill_9_keeps_a_duration_and_staff_answer_it() {
     assert_eq!(alerts(&daemon, "block=B3").len(), 0, "not yet");
     // The fourth reading completes the 30 minutes counted before the kill.
     let fourth = json!({"ts": cold + 30 * MIN, "readings": {"air_temperature": -1.3}}).to_string();
-    publish_lines(port, "orchards/fengjie/B3/ws3/telemetry", &[fourth]);
+    mosquitto_pub_lines(port, "orchards/fengjie/B3/ws3/telemetry", &[fourth]);
     wait_for(Duration::from_secs(20), "ws3's alert", || {
         (alerts(&daemon, "block=B3").len() == 1).then_some(())
     });
@@ -257,7 +231,7 @@ fn oscillation_gives_one_alert_kill_9_keeps_a_duration_and_staff_answer_it() {
 
     // Still freezing after staff resolved it: a new alert, linked to the last.
     let later = every_10_min(base + 40 * 10 * MIN, &[-1.0, -1.1, -1.2, -1.3]);
-    publish_lines(port, "orchards/fengjie/B2/ws2/telemetry", &later);
+    mosquitto_pub_lines(port, "orchards/fengjie/B2/ws2/telemetry", &later);
     wait_for(Duration::from_secs(20), "the re-fire", || {
         (alerts(&daemon, "block=B2&state=firing").len() == 1).then_some(())
     });
@@ -281,7 +255,7 @@ fn a_condition_already_true_when_a_rule_arrives_fires_once() {
     // 40 minutes below 0 while no rule watches.
     let t = support::now_ms() - 6 * 60 * MIN;
     let cold = every_10_min(t, &[-1.0, -1.1, -1.2, -1.3, -1.4]);
-    publish_lines(port, "orchards/fengjie/B1/ws1/telemetry", &cold);
+    mosquitto_pub_lines(port, "orchards/fengjie/B1/ws1/telemetry", &cold);
     wait_for(Duration::from_secs(20), "stored", || {
         (daemon.stored_readings().len() == 5).then_some(())
     });
@@ -291,7 +265,7 @@ fn a_condition_already_true_when_a_rule_arrives_fires_once() {
     daemon.restart();
     daemon.wait_ready();
     let next = every_10_min(t + 50 * MIN, &[-1.5]);
-    publish_lines(port, "orchards/fengjie/B1/ws1/telemetry", &next);
+    mosquitto_pub_lines(port, "orchards/fengjie/B1/ws1/telemetry", &next);
     wait_for(Duration::from_secs(20), "the alert", || {
         (alerts(&daemon, "state=firing").len() == 1).then_some(())
     });
@@ -302,7 +276,7 @@ fn a_condition_already_true_when_a_rule_arrives_fires_once() {
     assert!(daemon.sigterm().success());
     daemon.restart();
     daemon.wait_ready();
-    publish_lines(
+    mosquitto_pub_lines(
         port,
         "orchards/fengjie/B1/ws1/telemetry",
         &every_10_min(t + 60 * MIN, &[-1.6]),
@@ -322,7 +296,7 @@ fn the_shipped_citrus_pack_warns_of_frost_and_then_of_a_damaging_one() {
     // Four and a half hours between -2.5 and -3.3 °C.
     let t = support::now_ms() - 8 * 60 * MIN;
     let values: Vec<f64> = (0..28).map(|i| -2.5 - (i % 5) as f64 * 0.2).collect();
-    publish_lines(
+    mosquitto_pub_lines(
         cfg.broker_port(),
         "orchards/fengjie/B1/ws1/telemetry",
         &every_10_min(t, &values),
@@ -346,7 +320,7 @@ fn sighup_reloads_the_rules_keeping_progress_and_refuses_a_broken_file() {
     let port = cfg.broker_port();
     let topic = "orchards/fengjie/B1/ws1/telemetry";
     let t = support::now_ms() - 6 * 60 * MIN;
-    publish_lines(port, topic, &every_10_min(t, &[-1.0, -1.1, -1.2]));
+    mosquitto_pub_lines(port, topic, &every_10_min(t, &[-1.0, -1.1, -1.2]));
     wait_for(Duration::from_secs(20), "stored", || {
         (daemon.stored_readings().len() == 3).then_some(())
     });
@@ -364,7 +338,7 @@ fn sighup_reloads_the_rules_keeping_progress_and_refuses_a_broken_file() {
             .contains("alert rules read again")
             .then_some(())
     });
-    publish_lines(port, topic, &every_10_min(t + 30 * MIN, &[-1.3]));
+    mosquitto_pub_lines(port, topic, &every_10_min(t + 30 * MIN, &[-1.3]));
     wait_for(Duration::from_secs(20), "the alert", || {
         (alerts(&daemon, "state=firing").len() == 1).then_some(())
     });
@@ -382,7 +356,7 @@ fn sighup_reloads_the_rules_keeping_progress_and_refuses_a_broken_file() {
             .then_some(())
     });
     assert!(daemon.log_text().contains("frost.toml: rule[0]"));
-    publish_lines(
+    mosquitto_pub_lines(
         port,
         topic,
         &every_10_min(t + 40 * MIN, &[2.0, 2.1, 2.2, 2.3]),
@@ -446,7 +420,7 @@ fn a_signed_webhook_is_retried_after_a_500_and_delays_no_other_channel() {
     let daemon = Daemon::start(dir.path(), &cfg);
     daemon.wait_ready();
     let t = support::now_ms() - 6 * 60 * MIN;
-    publish_lines(
+    mosquitto_pub_lines(
         cfg.broker_port(),
         "orchards/fengjie/B1/ws1/telemetry",
         &every_10_min(t, &[-1.0, -1.1, -1.2, -1.3]),
@@ -543,8 +517,8 @@ action.zh = "{block}：每小时下降 {value:.1} °C。"
         let values: Vec<f64> = (0..19).map(|i| 20.0 - 1.5 * i as f64 / 6.0).collect();
         every_10_min(midnight + from_hour * 3_600_000, &values)
     };
-    publish_lines(port, "orchards/fengjie/B1/ws1/telemetry", &fall(12));
-    publish_lines(port, "orchards/fengjie/B1/ws1/telemetry", &fall(20));
+    mosquitto_pub_lines(port, "orchards/fengjie/B1/ws1/telemetry", &fall(12));
+    mosquitto_pub_lines(port, "orchards/fengjie/B1/ws1/telemetry", &fall(20));
     wait_for(Duration::from_secs(20), "all stored", || {
         (daemon.stored_readings().len() == 38).then_some(())
     });

@@ -6,12 +6,10 @@
 mod support;
 
 use std::f64::consts::{PI, TAU};
-use std::io::Write;
-use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use serde_json::{Value, json};
-use support::{Daemon, DaemonConfig, http_request, require_binary, wait_for};
+use support::{Daemon, DaemonConfig, http_request, mosquitto_pub_lines, wait_for};
 
 const OFFSET_MS: i64 = 8 * 3_600_000;
 const DAY_MS: i64 = 86_400_000;
@@ -42,28 +40,6 @@ fn date_of(day: i64) -> String {
     time::Date::from_julian_day((day + 2_440_588) as i32)
         .unwrap()
         .to_string()
-}
-
-/// Publishes one native message per line to `topic` with one `mosquitto_pub -l` process.
-fn publish(port: u16, topic: &str, lines: &[String]) {
-    let bin = require_binary("mosquitto_pub", "mosquitto-clients");
-    let mut child = Command::new(bin)
-        .args(["-h", "127.0.0.1", "-p", &port.to_string(), "-q", "1", "-l"])
-        .args([
-            "-t",
-            topic,
-            "-i",
-            &format!("pub-{}", topic.replace('/', "-")),
-        ])
-        .stdin(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut stdin = child.stdin.take().unwrap();
-    for l in lines {
-        writeln!(stdin, "{l}").unwrap();
-    }
-    drop(stdin);
-    assert!(child.wait().unwrap().success(), "mosquitto_pub to {topic}");
 }
 
 /// Every 10 minutes over `days` local days from `first`, one message of `kinds(t_ms, hour)`
@@ -198,12 +174,12 @@ fn the_indices_stay_right_on_a_silent_night_a_glitch_a_missing_gauge_and_a_frost
         Some(vec![("air_temperature", t)])
     });
     let expected_readings = (clean.len() * 3 + silent.len()) * 4 + gauge.len() + frost.len();
-    publish(port, "orchards/fengjie/B1/ws1/telemetry", &clean);
-    publish(port, "orchards/fengjie/B2/ws2/telemetry", &silent);
-    publish(port, "orchards/fengjie/B3/ws3/telemetry", &glitch);
-    publish(port, "orchards/fengjie/B4/ws4/telemetry", &clean);
-    publish(port, "orchards/fengjie/B4/rg4/telemetry", &gauge);
-    publish(port, "orchards/fengjie/B5/t5/telemetry", &frost);
+    mosquitto_pub_lines(port, "orchards/fengjie/B1/ws1/telemetry", &clean);
+    mosquitto_pub_lines(port, "orchards/fengjie/B2/ws2/telemetry", &silent);
+    mosquitto_pub_lines(port, "orchards/fengjie/B3/ws3/telemetry", &glitch);
+    mosquitto_pub_lines(port, "orchards/fengjie/B4/ws4/telemetry", &clean);
+    mosquitto_pub_lines(port, "orchards/fengjie/B4/rg4/telemetry", &gauge);
+    mosquitto_pub_lines(port, "orchards/fengjie/B5/t5/telemetry", &frost);
     wait_for(Duration::from_secs(60), "every reading stored", || {
         (daemon.metric("orchardd_readings_accepted_total") >= expected_readings as f64)
             .then_some(())

@@ -601,6 +601,33 @@ impl Publisher {
     }
 }
 
+/// Publishes each line as one QoS 1 message to `topic`, with one `mosquitto_pub -l` process.
+pub fn mosquitto_pub_lines(port: u16, topic: &str, lines: &[String]) {
+    use std::io::Write;
+    let bin = require_binary("mosquitto_pub", "mosquitto-clients");
+    let mut child = Command::new(bin)
+        .args([
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &port.to_string(),
+            "-q",
+            "1",
+            "-l",
+            "-t",
+            topic,
+        ])
+        .stdin(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    for l in lines {
+        writeln!(stdin, "{l}").unwrap();
+    }
+    drop(stdin);
+    assert!(child.wait().unwrap().success(), "mosquitto_pub to {topic}");
+}
+
 /// Epoch ms as the API writes times.
 pub fn rfc3339(ms: i64) -> String {
     orchardd::model::TimestampMs(ms).to_rfc3339()
