@@ -536,6 +536,39 @@ action.zh = "{block}：每小时下降 {value:.1} °C。"
 }
 
 #[test]
+fn a_stuck_probe_raises_one_alert_until_it_reads_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = DaemonConfig::shipped_defaults_embedded();
+    let daemon = Daemon::start(dir.path(), &cfg);
+    daemon.wait_ready();
+    // The same 23.4 % fourteen times (health.stuck_after is 12), then 25.1 %.
+    let t = support::now_ms() - 6 * 60 * MIN;
+    let mut lines: Vec<String> = (0..14)
+        .map(|i| json!({"ts": t + i * 10 * MIN, "readings": {"soil_moisture": 23.4}}).to_string())
+        .collect();
+    lines.push(json!({"ts": t + 14 * 10 * MIN, "readings": {"soil_moisture": 25.1}}).to_string());
+    mosquitto_pub_lines(
+        cfg.broker_port(),
+        "orchards/fengjie/B4/probe-9/telemetry",
+        &lines,
+    );
+    wait_for(Duration::from_secs(20), "stuck and resolved", || {
+        (alerts(&daemon, "state=resolved").len() == 1).then_some(())
+    });
+    let all = alerts(&daemon, "");
+    assert_eq!(all.len(), 1, "{all:?}");
+    assert_eq!(all[0]["rule"], "sensor-stuck-soil-moisture");
+    assert_eq!(all[0]["fired_at"], support::rfc3339(t + 11 * 10 * MIN));
+    assert_eq!(all[0]["resolved_at"], support::rfc3339(t + 14 * 10 * MIN));
+    assert!(
+        all[0]["action"]["en"]
+            .as_str()
+            .unwrap()
+            .contains("probe-9 in B4")
+    );
+}
+
+#[test]
 fn check_config_names_the_rule_file_and_key_of_every_problem() {
     let dir = tempfile::tempdir().unwrap();
     let rules = dir.path().join("rules");

@@ -50,6 +50,8 @@ impl Severity {
 enum RuleKind {
     Threshold,
     Rate,
+    /// A sensor orchardd flags `stuck` (the same value again and again).
+    Stuck,
 }
 
 /// The action text of an alert, in each language.
@@ -131,6 +133,8 @@ pub struct Rule {
     pub rate_over_ms: Option<i64>,
     /// Local hours `[from, to)` the rule watches.
     pub hours: Option<(u8, u8)>,
+    /// A stuck rule: its value is 1 for a reading flagged `stuck`, else 0.
+    pub stuck: bool,
     pub threshold: Threshold,
     pub orchards: Vec<Ident>,
     pub blocks: Vec<Ident>,
@@ -359,25 +363,43 @@ pub fn parse(file: &str, text: &str, problems: &mut Vec<Problem>) -> Vec<Rule> {
             );
         }
         let rate = spec.kind == RuleKind::Rate;
+        let stuck = spec.kind == RuleKind::Stuck;
+        let thresholds = [
+            spec.below,
+            spec.above,
+            spec.falling_faster_than,
+            spec.rising_faster_than,
+            spec.clear_above,
+            spec.clear_below,
+        ];
+        if stuck && thresholds.iter().any(Option::is_some) {
+            problem(
+                "kind",
+                "a stuck rule takes no thresholds: it fires on readings flagged `stuck`".into(),
+            );
+            continue;
+        }
         let (side, enter) = match (
+            stuck,
             rate,
             spec.below,
             spec.above,
             spec.falling_faster_than,
             spec.rising_faster_than,
         ) {
-            (false, Some(b), None, None, None) => (Side::Below, b),
-            (false, None, Some(a), None, None) => (Side::Above, a),
-            (true, None, None, Some(f), None) if f > 0.0 => (Side::Below, -f),
-            (true, None, None, None, Some(r)) if r > 0.0 => (Side::Above, r),
-            (false, ..) => {
+            (true, ..) => (Side::Above, 1.0),
+            (_, false, Some(b), None, None, None) => (Side::Below, b),
+            (_, false, None, Some(a), None, None) => (Side::Above, a),
+            (_, true, None, None, Some(f), None) if f > 0.0 => (Side::Below, -f),
+            (_, true, None, None, None, Some(r)) if r > 0.0 => (Side::Above, r),
+            (_, false, ..) => {
                 problem(
                     "below",
                     "a threshold rule needs exactly one of `below` and `above`".into(),
                 );
                 continue;
             }
-            (true, ..) => {
+            (_, true, ..) => {
                 problem(
                     "falling_faster_than",
                     "a rate rule needs exactly one of `falling_faster_than` and `rising_faster_than`, above 0 (units per hour)".into(),
@@ -386,6 +408,7 @@ pub fn parse(file: &str, text: &str, problems: &mut Vec<Problem>) -> Vec<Rule> {
             }
         };
         let clear = match (side, spec.clear_above, spec.clear_below) {
+            _ if stuck => 0.0,
             (Side::Below, c, None) => c.unwrap_or(enter),
             (Side::Above, None, c) => c.unwrap_or(enter),
             (Side::Below, _, Some(_)) => {
@@ -413,7 +436,7 @@ pub fn parse(file: &str, text: &str, problems: &mut Vec<Problem>) -> Vec<Rule> {
                 format!("must be on the far side of the threshold {enter}, or equal to it"),
             );
         }
-        let (lo, hi) = if rate {
+        let (lo, hi) = if rate || stuck {
             (f64::MIN, f64::MAX)
         } else {
             spec.measure.range()
@@ -459,6 +482,7 @@ pub fn parse(file: &str, text: &str, problems: &mut Vec<Problem>) -> Vec<Rule> {
                 rate_over_ms: rate
                     .then(|| spec.over.unwrap_or(Duration::from_secs(3600)).as_millis() as i64),
                 hours: spec.hours.map(|[f, t]| (f, t % 24)),
+                stuck,
                 measure: spec.measure,
                 severity: spec.severity,
                 threshold: Threshold {
@@ -554,7 +578,16 @@ source = "UF/IFAS"
     fn the_built_in_citrus_pack_is_valid_and_says_where_each_threshold_comes_from() {
         let rules = built_in().unwrap();
         let ids: Vec<&str> = rules.iter().map(|r| r.id.as_str()).collect();
-        assert_eq!(ids, ["frost-warning", "frost-critical", "heat-stress"]);
+        assert_eq!(
+            ids,
+            [
+                "frost-warning",
+                "frost-critical",
+                "heat-stress",
+                "sensor-stuck-air",
+                "sensor-stuck-soil-moisture"
+            ]
+        );
         let critical = &rules[1];
         assert_eq!(critical.threshold.enter, -2.2);
         assert_eq!(critical.threshold.enter_for_ms, 4 * 3_600_000);

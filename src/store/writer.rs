@@ -283,6 +283,7 @@ impl Writer {
                                 series,
                                 r,
                                 env.interval_of(r),
+                                flags,
                                 self.utc_offset_ms,
                             )?;
                         }
@@ -323,6 +324,7 @@ fn evaluate(
     series: i64,
     r: &Reading,
     interval: Duration,
+    flags: Flags,
     utc_offset_ms: i64,
 ) -> Result<u64, StoreError> {
     let s = &r.series;
@@ -374,6 +376,7 @@ fn evaluate(
         };
         // What the rule measures: the reading, or for a rate rule its change per hour.
         let measured = match rule.rate_over_ms {
+            None if rule.stuck => f64::from(u8::from(flags.contains(Flags::STUCK))),
             None => r.value,
             Some(over) => match rate_per_hour(tx, series, r, over, gap_limit_ms)? {
                 Some(rate) => rate,
@@ -458,8 +461,8 @@ fn catch_up(
         })?
         .collect::<Result<_, _>>()?;
     let (mut p, mut last, mut changes) = (Progress::Quiet, None, 0);
-    // A rate rule starts quiet: its history would need a rate per reading.
-    if rule.rate_over_ms.is_some() {
+    // A rate or stuck rule starts quiet: its history would need a rate or the flags.
+    if rule.rate_over_ms.is_some() || rule.stuck {
         return Ok((Progress::Quiet, earlier.last().map(|(ts, _)| *ts), 0));
     }
     for (ts, value) in earlier {
