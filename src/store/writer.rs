@@ -276,14 +276,17 @@ impl Writer {
                     Inserted::New => {
                         outcome.accepted += 1;
                         if !self.rules.is_empty() {
+                            let new = NewReading {
+                                series,
+                                reading: r,
+                                gap_limit_ms: 2 * env.interval_of(r).as_millis() as i64,
+                                flags,
+                            };
                             outcome.alert_changes += evaluate(
                                 &self.rules,
                                 &mut self.progress,
                                 &tx,
-                                series,
-                                r,
-                                env.interval_of(r),
-                                flags,
+                                &new,
                                 self.utc_offset_ms,
                             )?;
                         }
@@ -311,6 +314,16 @@ impl Writer {
     }
 }
 
+/// A reading the transaction just inserted, as the alert rules see it.
+#[derive(Clone, Copy)]
+struct NewReading<'a> {
+    series: i64,
+    reading: &'a Reading,
+    /// Readings further apart leave the condition unknown: twice the device's interval.
+    gap_limit_ms: i64,
+    flags: Flags,
+}
+
 /// Per rule and series: its progress and the time of the series' newest reading.
 type RuleProgress = HashMap<(usize, i64), (Progress, Option<i64>)>;
 
@@ -321,14 +334,16 @@ fn evaluate(
     rules: &[Rule],
     progress: &mut RuleProgress,
     tx: &Transaction<'_>,
-    series: i64,
-    r: &Reading,
-    interval: Duration,
-    flags: Flags,
+    new: &NewReading<'_>,
     utc_offset_ms: i64,
 ) -> Result<u64, StoreError> {
+    let NewReading {
+        series,
+        reading: r,
+        gap_limit_ms,
+        flags,
+    } = *new;
     let s = &r.series;
-    let gap_limit_ms = 2 * interval.as_millis() as i64;
     let mut changes = 0;
     for (i, rule) in rules.iter().enumerate() {
         if !rule.applies(s.kind, &s.orchard, &s.block, &s.device) {
