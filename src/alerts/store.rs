@@ -545,3 +545,70 @@ pub fn attempted(
     tx.commit()?;
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::alerts::rules::parse;
+    use crate::config::StoreSettings;
+    use crate::model::Kind;
+
+    fn series() -> SeriesKey {
+        SeriesKey {
+            orchard: "o".parse().unwrap(),
+            block: "b".parse().unwrap(),
+            device: "d".parse().unwrap(),
+            kind: Kind::AirTemperature,
+            depth_cm: None,
+        }
+    }
+
+    #[test]
+    fn two_writers_firing_one_rule_for_one_scope_open_one_alert() {
+        let dir = tempfile::tempdir().unwrap();
+        let settings = StoreSettings {
+            path: dir.path().join("o.db"),
+            ..StoreSettings::default()
+        };
+        let mut a = crate::store::open_writer(&settings).unwrap();
+        let mut b = crate::store::open_writer(&settings).unwrap();
+        set_channels(&mut a, &["mqtt".into(), "webhook:ops".into()]).unwrap();
+        let mut problems = Vec::new();
+        let rule = parse("r.toml", crate::alerts::rules::CITRUS, &mut problems).remove(0);
+        // Two connections, as the writer and a replay would be: the schema lets one in.
+        let first = {
+            let tx = a.transaction().unwrap();
+            let id = fire(&tx, &rule, &series(), 0, 600_000, -1.0).unwrap();
+            tx.commit().unwrap();
+            id
+        };
+        let second = {
+            let tx = b.transaction().unwrap();
+            let id = fire(&tx, &rule, &series(), 0, 1_200_000, -1.5).unwrap();
+            tx.commit().unwrap();
+            id
+        };
+        assert!(first.is_some());
+        assert_eq!(second, None, "one open alert per rule and scope");
+        let count = |sql: &str| a.query_row(sql, [], |r| r.get::<_, i64>(0)).unwrap();
+        assert_eq!(count("SELECT count(*) FROM alerts"), 1);
+        // One event, delivered to each channel of the run.
+        assert_eq!(count("SELECT count(*) FROM alert_outbox"), 2);
+        // Resolved, the rule may fire again: a new alert naming the last.
+        {
+            let tx = b.transaction().unwrap();
+            assert_eq!(
+                resolve(&tx, &rule.id, &series(), 1_800_000, 2.0).unwrap(),
+                first
+            );
+            let again = fire(&tx, &rule, &series(), 2_400_000, 3_000_000, -1.0).unwrap();
+            tx.commit().unwrap();
+            let (alert, _) = get(&a, again.unwrap()).unwrap().unwrap();
+            assert_eq!(alert.previous, first);
+        }
+        assert_eq!(
+            act(&mut a, 99, StaffAction::Acknowledge, "x", None).map_err(|e| e.to_string()),
+            Err("no alert 99".to_owned())
+        );
+    }
+}
