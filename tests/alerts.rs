@@ -117,7 +117,16 @@ fn a_frost_night_fires_one_critical_alert_that_a_subscriber_hears_and_resolves_a
     let all = alerts(&daemon, "");
     assert_eq!(all.len(), 1, "one cause, one alert: {all:?}");
     let id = all[0]["id"].as_i64().unwrap();
-    let detail = daemon.get_ok(&format!("/api/v1/alerts/{id}"));
+    // The subscriber can hear an event a moment before its delivery is recorded.
+    let detail = wait_for(Duration::from_secs(10), "both deliveries recorded", || {
+        let d = daemon.get_ok(&format!("/api/v1/alerts/{id}"));
+        d["events"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|e| e["deliveries"][0]["delivered_at"].is_string())
+            .then_some(d)
+    });
     let events: Vec<&str> = detail["events"]
         .as_array()
         .unwrap()
