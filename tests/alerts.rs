@@ -412,8 +412,25 @@ fn a_signed_webhook_is_retried_after_a_500_and_delays_no_other_channel() {
         .stdout(Stdio::piped())
         .spawn()
         .unwrap();
-    let mut lines = std::io::BufReader::new(receiver.stdout.take().unwrap()).lines();
-    let port: u16 = lines.next().unwrap().unwrap().trim().parse().unwrap();
+    // The receiver's lines, read on a thread so that every wait below is bounded.
+    let (tx, lines) = std::sync::mpsc::channel();
+    let stdout = receiver.stdout.take().unwrap();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+        {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let next = || {
+        lines
+            .recv_timeout(Duration::from_secs(30))
+            .expect("the receiver said nothing in 30 s")
+    };
+    let port: u16 = next().trim().parse().unwrap();
 
     let dir = tempfile::tempdir().unwrap();
     let rules = dir.path().join("rules");
@@ -437,8 +454,7 @@ fn a_signed_webhook_is_retried_after_a_500_and_delays_no_other_channel() {
     // The receiver sees the fired event twice: refused once, then taken, both signed.
     let mut seen = Vec::new();
     for _ in 0..2 {
-        let line = lines.next().unwrap().unwrap();
-        seen.push(serde_json::from_str::<Value>(&line).unwrap());
+        seen.push(serde_json::from_str::<Value>(&next()).unwrap());
     }
     receiver.kill().unwrap();
     let _ = receiver.wait();
