@@ -156,9 +156,12 @@ impl Rule {
         }
     }
 
-    /// A value that is past the clear threshold and not the entering one: what the rule is fed
-    /// outside its hours.
-    pub fn neutral(&self) -> f64 {
+    /// What the state machine is fed for `value` measured at `ts`: the value in the rule's
+    /// hours; outside them a value past the clear threshold and not the entering one.
+    pub fn input(&self, ts: i64, value: f64, utc_offset_ms: i64) -> f64 {
+        if self.in_hours(ts, utc_offset_ms) {
+            return value;
+        }
         let t = &self.threshold;
         match t.side {
             Side::Below => t.clear.max(t.enter) + 1.0,
@@ -625,7 +628,9 @@ action.zh = "{block} 每小时下降 {value:.1} °C。"
         assert!(!r.in_hours(at(7), 0) && !r.in_hours(at(12), 0));
         // 22:00 at +08:00 is 14:00 UTC.
         assert!(r.in_hours(at(14), 8 * 3_600_000));
-        assert!(!r.threshold.side.past(r.neutral(), r.threshold.enter));
+        let outside = r.input(at(12), -5.0, 0);
+        assert!(!r.threshold.side.past(outside, r.threshold.enter));
+        assert_eq!(r.input(at(22), -5.0, 0), -5.0);
         let mut problems = Vec::new();
         parse(
             "r.toml",

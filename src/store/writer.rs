@@ -269,9 +269,10 @@ impl Writer {
                     self.health
                         .seed(series, &newest(&tx, series, self.health.stuck_after())?);
                 }
-                let flags =
-                    self.health
-                        .judge(series, r.series.kind, r.ts, r.value, env.interval_of(r));
+                let interval = env.interval_of(r);
+                let flags = self
+                    .health
+                    .judge(series, r.series.kind, r.ts, r.value, interval);
                 match insert_reading(&tx, series, r, flags)? {
                     Inserted::New => {
                         outcome.accepted += 1;
@@ -279,7 +280,7 @@ impl Writer {
                             let new = NewReading {
                                 series,
                                 reading: r,
-                                gap_limit_ms: 2 * env.interval_of(r).as_millis() as i64,
+                                gap_limit_ms: 2 * interval.as_millis() as i64,
                                 flags,
                             };
                             outcome.alert_changes += evaluate(
@@ -349,18 +350,12 @@ fn evaluate(
         if !rule.applies(s.kind, &s.orchard, &s.block, &s.device) {
             continue;
         }
-        let scope = alerts::scope_of(s);
+        // Needed only when the store is asked; most readings of a known series never are.
+        let scope = || alerts::scope_of(s);
         let (p, last) = match progress.get(&(i, series)) {
             Some(known) => *known,
-            None => match alerts::progress(tx, &rule.id, &scope)? {
-                Some(p) => {
-                    let last: Option<i64> = tx
-                        .prepare_cached(
-                            "SELECT max(ts) FROM readings WHERE series = ?1 AND ts < ?2",
-                        )?
-                        .query_row(params![series, r.ts.0], |row| row.get(0))?;
-                    (p, last)
-                }
+            None => match alerts::progress(tx, &rule.id, &scope())? {
+                Some(p) => (p, newest_before(tx, series, r.ts.0)?),
                 // A rule new to this series (just added, or orchardd's first start with it)
                 // starts from the series' recent readings: a condition that already holds
                 // is not made to wait for readings still to come.
@@ -370,7 +365,7 @@ fn evaluate(
                     // No stored progress means quiet; store it only when the catch-up found
                     // more, so that a restart does not open the same alerts again.
                     if p != Progress::Quiet || fired > 0 {
-                        alerts::save_progress(tx, &rule.id, &scope, &p)?;
+                        alerts::save_progress(tx, &rule.id, &scope(), &p)?;
                     }
                     changes += fired;
                     (p, last)
@@ -383,7 +378,7 @@ fn evaluate(
         // Staff may have resolved the alert meanwhile: then the rule starts counting afresh.
         let p = match p {
             Progress::Firing { .. } | Progress::Clearing { .. }
-                if !alerts::is_open(tx, &rule.id, &scope)? =>
+                if !alerts::is_open(tx, &rule.id, &scope())? =>
             {
                 Progress::Quiet
             }
@@ -401,19 +396,22 @@ fn evaluate(
                 }
             },
         };
-        let fed = if rule.in_hours(r.ts.0, utc_offset_ms) {
-            measured
-        } else {
-            rule.neutral()
-        };
+        let fed = rule.input(r.ts.0, measured, utc_offset_ms);
         let (next, change) = rule.threshold.step(p, last, r.ts.0, fed, gap_limit_ms);
         if next != p {
-            alerts::save_progress(tx, &rule.id, &scope, &next)?;
+            alerts::save_progress(tx, &rule.id, &scope(), &next)?;
         }
         changes += u64::from(apply(tx, rule, s, change, r.ts.0, measured)?);
         progress.insert((i, series), (next, Some(r.ts.0)));
     }
     Ok(changes)
+}
+
+/// The time of the series' newest reading before `ts`.
+fn newest_before(tx: &Transaction<'_>, series: i64, ts: i64) -> Result<Option<i64>, StoreError> {
+    Ok(tx
+        .prepare_cached("SELECT max(ts) FROM readings WHERE series = ?1 AND ts < ?2")?
+        .query_row(params![series, ts], |row| row.get(0))?)
 }
 
 /// The change per hour of the series from its reading at least `over_ms` before `r` to `r`;
@@ -465,6 +463,10 @@ fn catch_up(
     gap_limit_ms: i64,
     utc_offset_ms: i64,
 ) -> Result<(Progress, Option<i64>, u64), StoreError> {
+    // A rate or stuck rule starts quiet: its history would need a rate or the flags.
+    if rule.rate_over_ms.is_some() || rule.stuck {
+        return Ok((Progress::Quiet, newest_before(tx, series, r.ts.0)?, 0));
+    }
     let t = &rule.threshold;
     let reach = t.enter_for_ms.max(t.clear_for_ms) + gap_limit_ms;
     let earlier: Vec<(i64, f64)> = tx
@@ -476,16 +478,8 @@ fn catch_up(
         })?
         .collect::<Result<_, _>>()?;
     let (mut p, mut last, mut changes) = (Progress::Quiet, None, 0);
-    // A rate or stuck rule starts quiet: its history would need a rate or the flags.
-    if rule.rate_over_ms.is_some() || rule.stuck {
-        return Ok((Progress::Quiet, earlier.last().map(|(ts, _)| *ts), 0));
-    }
     for (ts, value) in earlier {
-        let fed = if rule.in_hours(ts, utc_offset_ms) {
-            value
-        } else {
-            rule.neutral()
-        };
+        let fed = rule.input(ts, value, utc_offset_ms);
         let (next, change) = t.step(p, last, ts, fed, gap_limit_ms);
         changes += u64::from(apply(tx, rule, &r.series, change, ts, value)?);
         (p, last) = (next, Some(ts));
