@@ -414,16 +414,17 @@ pub struct Logged {
     pub body: Option<String>,
 }
 
+/// One alert, without its events.
+fn alert(conn: &Connection, id: i64) -> Result<Option<Alert>, StoreError> {
+    Ok(conn
+        .prepare_cached(&format!("SELECT {COLUMNS} FROM alerts WHERE id = ?1"))?
+        .query_row([id], alert_of)
+        .optional()?)
+}
+
 /// An alert with its events and their deliveries.
 pub fn get(conn: &Connection, id: i64) -> Result<Option<(Alert, Vec<Event>)>, StoreError> {
-    let alert = conn
-        .query_row(
-            &format!("SELECT {COLUMNS} FROM alerts WHERE id = ?1"),
-            [id],
-            alert_of,
-        )
-        .optional()?;
-    let Some(alert) = alert else {
+    let Some(alert) = alert(conn, id)? else {
         return Ok(None);
     };
     let mut events: Vec<Event> = conn
@@ -499,8 +500,8 @@ pub fn pending(conn: &Connection, channel: &str, limit: usize) -> Result<Vec<Pen
         })?
         .collect::<Result<_, _>>()?;
     let mut out = Vec::with_capacity(ids.len());
-    for (event, kind, at, alert) in ids {
-        if let Some((alert, _)) = get(conn, alert)? {
+    for (event, kind, at, alert_id) in ids {
+        if let Some(alert) = alert(conn, alert_id)? {
             out.push(Pending {
                 event,
                 kind,
