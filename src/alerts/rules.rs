@@ -183,7 +183,7 @@ impl Rule {
 pub const PLACEHOLDERS: &[&str] = &["orchard", "block", "device", "value", "threshold", "since"];
 
 /// Fills `{name}` and `{name:.N}` in an action text; `values(name)` gives text or a number.
-pub fn render(template: &str, values: impl Fn(&str) -> Option<Filled>) -> String {
+pub fn render(template: &str, mut values: impl FnMut(&str) -> Option<Filled>) -> String {
     let mut out = String::with_capacity(template.len());
     let mut rest = template;
     while let Some(open) = rest.find('{') {
@@ -217,21 +217,16 @@ pub enum Filled {
     Number(f64),
 }
 
-/// The placeholders of `template` that [`PLACEHOLDERS`] does not know.
+/// The placeholders of `template` that [`PLACEHOLDERS`] does not know, found as [`render`]
+/// finds them.
 fn unknown_placeholders(template: &str) -> Vec<String> {
     let mut unknown = Vec::new();
-    let mut rest = template;
-    while let Some(open) = rest.find('{') {
-        let Some(close) = rest[open..].find('}') else {
-            break;
-        };
-        let inner = &rest[open + 1..open + close];
-        let name = inner.split_once(":.").map_or(inner, |(n, _)| n);
+    render(template, |name| {
         if !PLACEHOLDERS.contains(&name) {
             unknown.push(name.to_owned());
         }
-        rest = &rest[open + close + 1..];
-    }
+        None
+    });
     unknown
 }
 

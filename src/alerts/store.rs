@@ -114,8 +114,8 @@ pub fn fire(
             at,
             value,
             rule.threshold.enter,
-            render(&rule.action.en, fill),
-            render(&rule.action.zh, fill),
+            render(&rule.action.en, &fill),
+            render(&rule.action.zh, &fill),
             previous,
         ])?;
     if inserted == 0 {
