@@ -7,6 +7,7 @@ use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
 use crate::aggregate::indices::Agronomy;
+use crate::alerts::absence::Activity;
 use crate::api::{self, AppState};
 use crate::config::QueryBackend;
 use crate::config::Settings;
@@ -17,6 +18,7 @@ use crate::influx::write::InfluxWriter;
 use crate::ingest::mqtt::{Subscription, parse_url};
 use crate::ingest::{Decoder, RateLimiter};
 use crate::metrics::Metrics;
+use crate::model::TimestampMs;
 use crate::registry::{self, Registry};
 use crate::store::devices::{self, UpdatedBy};
 use crate::store::rollups::Alignment;
@@ -68,6 +70,11 @@ pub async fn run(settings: Settings) -> Result<(), DaemonError> {
     let pool = ReadPool::new(&settings.store.path);
     let registry = load_registry(&writer_conn, &settings.registry.file)?;
     let (registry_tx, registry_rx) = watch::channel(Arc::new(registry));
+    // What each device was last heard of: every device with readings counts as heard now.
+    let activity = Arc::new(std::sync::Mutex::new(Activity::load(
+        &writer_conn,
+        TimestampMs::now().0,
+    )?));
 
     let listener =
         api::bind(settings.http.listen)
@@ -110,7 +117,18 @@ pub async fn run(settings: Settings) -> Result<(), DaemonError> {
     // Bumped by whoever opens, answers or resolves an alert: the notifiers have work.
     let alerts_changed = Arc::new(watch::Sender::new(0u64));
     let (rules_tx, rules_rx) = watch::channel(settings.rules.clone());
-    let writer = writer.with_rules(rules_rx, alerts_changed.clone());
+    tokio::spawn(crate::alerts::absence::watch(
+        admin.clone(),
+        activity.clone(),
+        rules_rx.clone(),
+        registry_rx.clone(),
+        settings.health.expected_interval,
+        alerts_changed.clone(),
+        shutdown.clone(),
+    ));
+    let writer = writer
+        .with_rules(rules_rx, alerts_changed.clone())
+        .with_activity(activity);
     tokio::spawn(reload_rules_on_hangup(
         settings.alerts.rules_dir.clone(),
         rules_tx,

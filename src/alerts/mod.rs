@@ -2,6 +2,7 @@
 //! ([`rules`]) whose progress runs on reading time ([`threshold`]) and is committed with the
 //! readings that move it ([`store`]).
 
+pub mod absence;
 pub mod notify;
 pub mod rules;
 pub mod store;

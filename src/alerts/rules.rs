@@ -52,6 +52,38 @@ enum RuleKind {
     Rate,
     /// A sensor orchardd flags `stuck` (the same value again and again).
     Stuck,
+    /// A device, a gateway's devices, or every device silent for `missed` of their reports.
+    Absence,
+}
+
+/// What an absence rule watches falling silent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Per {
+    /// Each device.
+    Device,
+    /// The devices a LoRaWAN gateway last heard, together.
+    Gateway,
+    /// Every device: orchardd hears nothing (a broker, network or ingest stall).
+    All,
+}
+
+impl Per {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Per::Device => "device",
+            Per::Gateway => "gateway",
+            Per::All => "all",
+        }
+    }
+}
+
+/// An absence rule's numbers.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Absence {
+    pub per: Per,
+    /// Silent for this many of a device's expected intervals.
+    pub missed: u32,
 }
 
 /// The action text of an alert, in each language.
@@ -68,7 +100,8 @@ pub struct Action {
 struct Spec {
     id: String,
     kind: RuleKind,
-    measure: Kind,
+    #[serde(default)]
+    measure: Option<Kind>,
     severity: Severity,
     #[serde(default)]
     below: Option<f64>,
@@ -93,6 +126,14 @@ struct Spec {
     /// condition does not hold.
     #[serde(default)]
     hours: Option<[u8; 2]>,
+    /// Absence rules: what falls silent, and after how many missed reports.
+    #[serde(default)]
+    per: Option<Per>,
+    #[serde(default)]
+    missed: Option<u32>,
+    /// Absence rules whose silence, if it explains this rule's, holds this rule back.
+    #[serde(default)]
+    inhibited_by: Vec<String>,
     #[serde(default)]
     orchards: Vec<Ident>,
     #[serde(default)]
@@ -126,7 +167,8 @@ pub struct Rule {
     pub id: String,
     /// Changes whenever the rule's text does, so an alert says which version fired it.
     pub version: String,
-    pub measure: Kind,
+    /// What the rule reads; `None` for an absence rule, which reads no value.
+    pub measure: Option<Kind>,
     pub severity: Severity,
     /// For a rate rule, the window its change per hour is measured over, ms; the threshold
     /// then applies to that rate (negative: falling).
@@ -135,6 +177,10 @@ pub struct Rule {
     pub hours: Option<(u8, u8)>,
     /// A stuck rule: its value is 1 for a reading flagged `stuck`, else 0.
     pub stuck: bool,
+    /// An absence rule, judged on the clock rather than on readings.
+    pub absence: Option<Absence>,
+    /// Absence rules that hold this one back when their silence explains its own.
+    pub inhibited_by: Vec<String>,
     pub threshold: Threshold,
     pub orchards: Vec<Ident>,
     pub blocks: Vec<Ident>,
@@ -171,16 +217,30 @@ impl Rule {
 
     /// Whether the rule watches this series.
     pub fn applies(&self, kind: Kind, orchard: &Ident, block: &Ident, device: &Ident) -> bool {
+        self.measure == Some(kind) && self.covers(orchard, block, device)
+    }
+
+    /// Whether the device is in the rule's orchards, blocks and devices.
+    pub fn covers(&self, orchard: &Ident, block: &Ident, device: &Ident) -> bool {
         let any = |list: &[Ident], v: &Ident| list.is_empty() || list.contains(v);
-        kind == self.measure
-            && any(&self.orchards, orchard)
-            && any(&self.blocks, block)
-            && any(&self.devices, device)
+        any(&self.orchards, orchard) && any(&self.blocks, block) && any(&self.devices, device)
     }
 }
 
 /// The placeholders an action text may use.
-pub const PLACEHOLDERS: &[&str] = &["orchard", "block", "device", "value", "threshold", "since"];
+pub const PLACEHOLDERS: &[&str] = &[
+    "orchard",
+    "block",
+    "device",
+    "value",
+    "threshold",
+    "since",
+    // Absence rules: how long, since the newest reading, how many devices, which gateway.
+    "silent",
+    "last",
+    "devices",
+    "gateway",
+];
 
 /// Fills `{name}` and `{name:.N}` in an action text; `values(name)` gives text or a number.
 pub fn render(template: &str, mut values: impl FnMut(&str) -> Option<Filled>) -> String {
@@ -255,6 +315,7 @@ pub const CITRUS: &str = include_str!("../../config/rules/citrus.toml");
 pub fn built_in() -> Result<Vec<Rule>, Vec<Problem>> {
     let mut problems = Vec::new();
     let rules = parse("citrus.toml (built in)", CITRUS, &mut problems);
+    check_inhibitors("citrus.toml (built in)", &rules, &mut problems);
     if problems.is_empty() {
         Ok(rules)
     } else {
@@ -309,6 +370,7 @@ pub fn load_dir(dir: &Path) -> Result<Vec<Rule>, Vec<Problem>> {
             }
         }
     }
+    check_inhibitors(&dir.display().to_string(), &rules, &mut problems);
     if problems.is_empty() {
         Ok(rules)
     } else {
@@ -360,6 +422,42 @@ pub fn parse(file: &str, text: &str, problems: &mut Vec<Problem>) -> Vec<Rule> {
                 "must be two different local hours from 0 to 24, such as [18, 7]".into(),
             );
         }
+        for (lang, text) in [("en", &spec.action.en), ("zh", &spec.action.zh)] {
+            let unknown = unknown_placeholders(text);
+            if !unknown.is_empty() {
+                problem(
+                    &format!("action.{lang}"),
+                    format!(
+                        "unknown placeholder {}; use {}",
+                        braced(unknown.iter().map(String::as_str)),
+                        braced(PLACEHOLDERS.iter().copied())
+                    ),
+                );
+            }
+        }
+        if spec.kind == RuleKind::Absence {
+            // A rule with problems fails the whole load, so it may be pushed all the same.
+            if let Some(rule) = absence(spec, version, &mut problem) {
+                out.push(rule);
+            }
+            continue;
+        }
+        for (field, given) in [
+            ("per", spec.per.is_some()),
+            ("missed", spec.missed.is_some()),
+            ("inhibited_by", !spec.inhibited_by.is_empty()),
+        ] {
+            if given {
+                problem(field, "only an absence rule takes this".into());
+            }
+        }
+        let Some(measure) = spec.measure else {
+            problem(
+                "measure",
+                "missing: the kind of reading the rule watches, such as `air_temperature`".into(),
+            );
+            continue;
+        };
         let rate = spec.kind == RuleKind::Rate;
         let stuck = spec.kind == RuleKind::Stuck;
         let thresholds = [
@@ -437,37 +535,15 @@ pub fn parse(file: &str, text: &str, problems: &mut Vec<Problem>) -> Vec<Rule> {
         let (lo, hi) = if rate || stuck {
             (f64::MIN, f64::MAX)
         } else {
-            spec.measure.range()
+            measure.range()
         };
         for (field, v) in [("threshold", enter), ("clear", clear)] {
             if !(lo..=hi).contains(&v) {
                 problem(
                     field,
                     format!(
-                        "{v} is outside the plausible range of {} ({lo}–{hi} {})",
-                        spec.measure,
-                        spec.measure.unit()
-                    ),
-                );
-            }
-        }
-        for (lang, text) in [("en", &spec.action.en), ("zh", &spec.action.zh)] {
-            let unknown = unknown_placeholders(text);
-            if !unknown.is_empty() {
-                problem(
-                    &format!("action.{lang}"),
-                    format!(
-                        "unknown placeholder {}; use {}",
-                        unknown
-                            .iter()
-                            .map(|u| format!("{{{u}}}"))
-                            .collect::<Vec<_>>()
-                            .join(", "),
-                        PLACEHOLDERS
-                            .iter()
-                            .map(|p| format!("{{{p}}}"))
-                            .collect::<Vec<_>>()
-                            .join(", ")
+                        "{v} is outside the plausible range of {measure} ({lo}–{hi} {})",
+                        measure.unit()
                     ),
                 );
             }
@@ -481,7 +557,9 @@ pub fn parse(file: &str, text: &str, problems: &mut Vec<Problem>) -> Vec<Rule> {
                     .then(|| spec.over.unwrap_or(Duration::from_secs(3600)).as_millis() as i64),
                 hours: spec.hours.map(|[f, t]| (f, t % 24)),
                 stuck,
-                measure: spec.measure,
+                absence: None,
+                inhibited_by: Vec::new(),
+                measure: Some(measure),
                 severity: spec.severity,
                 threshold: Threshold {
                     side,
@@ -498,6 +576,102 @@ pub fn parse(file: &str, text: &str, problems: &mut Vec<Problem>) -> Vec<Rule> {
         }
     }
     out
+}
+
+/// `{a}, {b}`: placeholder names as an action text writes them.
+fn braced<'a>(names: impl Iterator<Item = &'a str>) -> String {
+    names
+        .map(|n| format!("{{{n}}}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// An absence rule: `per`, `missed` (3 by default) and `inhibited_by`; no thresholds.
+fn absence(spec: Spec, version: String, problem: &mut impl FnMut(&str, String)) -> Option<Rule> {
+    let numbers = [
+        ("measure", spec.measure.is_some()),
+        ("below", spec.below.is_some()),
+        ("above", spec.above.is_some()),
+        ("for", spec.enter_for.is_some()),
+        ("clear_above", spec.clear_above.is_some()),
+        ("clear_below", spec.clear_below.is_some()),
+        ("clear_for", spec.clear_for.is_some()),
+        ("falling_faster_than", spec.falling_faster_than.is_some()),
+        ("rising_faster_than", spec.rising_faster_than.is_some()),
+        ("over", spec.over.is_some()),
+        ("hours", spec.hours.is_some()),
+    ];
+    let mut fine = true;
+    for (field, given) in numbers {
+        if given {
+            problem(
+                field,
+                "an absence rule takes no reading or threshold: it fires when a device misses `missed` reports (its expected interval each)".into(),
+            );
+            fine = false;
+        }
+    }
+    let missed = spec.missed.unwrap_or(3);
+    if !(1..=1000).contains(&missed) {
+        problem("missed", "must be 1 to 1000 reports".into());
+        fine = false;
+    }
+    if !spec.enabled || !fine {
+        return None;
+    }
+    Some(Rule {
+        id: spec.id,
+        version,
+        measure: None,
+        severity: spec.severity,
+        rate_over_ms: None,
+        hours: None,
+        stuck: false,
+        absence: Some(Absence {
+            per: spec.per.unwrap_or(Per::Device),
+            missed,
+        }),
+        inhibited_by: spec.inhibited_by,
+        // Not used: an absence rule fires on the clock, not through the threshold machine.
+        threshold: Threshold {
+            side: Side::Above,
+            enter: f64::from(missed),
+            enter_for_ms: 0,
+            clear: f64::from(missed),
+            clear_for_ms: 0,
+        },
+        orchards: spec.orchards,
+        blocks: spec.blocks,
+        devices: spec.devices,
+        action: spec.action,
+    })
+}
+
+/// Each `inhibited_by` must name an absence rule that watches something wider.
+fn check_inhibitors(file: &str, rules: &[Rule], problems: &mut Vec<Problem>) {
+    for rule in rules {
+        let Some(own) = &rule.absence else { continue };
+        for (j, id) in rule.inhibited_by.iter().enumerate() {
+            let wider = rules
+                .iter()
+                .find(|r| &r.id == id)
+                .and_then(|r| r.absence.as_ref())
+                .map(|a| a.per > own.per);
+            let message = match wider {
+                Some(true) => continue,
+                Some(false) => format!(
+                    "`{id}` watches no more than `{}` does (per = \"{}\"): only a gateway or all-device rule can hold back a narrower one",
+                    rule.id,
+                    own.per.as_str()
+                ),
+                None => format!("`{id}` is no enabled absence rule"),
+            };
+            problems.push(Problem {
+                key: format!("{file}: rule `{}`.inhibited_by[{j}]", rule.id),
+                message,
+            });
+        }
+    }
 }
 
 #[cfg(test)]
@@ -557,7 +731,16 @@ source = "UF/IFAS"
             .replace("{value:.1}", "{temperature}");
         let mut problems = Vec::new();
         parse("citrus.toml", &bad, &mut problems);
-        assert_eq!(problems[0].key, "citrus.toml: rule[0].below");
+        // Both problems at once, so one run of check-config finds them.
+        let keys: Vec<&str> = problems.iter().map(|p| p.key.as_str()).collect();
+        assert_eq!(
+            keys,
+            [
+                "citrus.toml: rule[0].action.en",
+                "citrus.toml: rule[0].action.zh",
+                "citrus.toml: rule[0].below"
+            ]
+        );
         let bad = FROST.replace("{value:.1}", "{temperature}");
         let mut problems = Vec::new();
         parse("citrus.toml", &bad, &mut problems);
@@ -583,7 +766,10 @@ source = "UF/IFAS"
                 "frost-critical",
                 "heat-stress",
                 "sensor-stuck-air",
-                "sensor-stuck-soil-moisture"
+                "sensor-stuck-soil-moisture",
+                "ingest-stalled",
+                "gateway-offline",
+                "sensor-offline"
             ]
         );
         let critical = &rules[1];
@@ -633,6 +819,71 @@ action.zh = "{block} 每小时下降 {value:.1} °C。"
             &mut problems,
         );
         assert_eq!(problems[0].key, "r.toml: rule[0].falling_faster_than");
+    }
+
+    #[test]
+    fn an_absence_rule_takes_no_threshold_and_is_held_back_only_by_a_wider_one() {
+        let text = r#"
+[[rule]]
+id = "offline"
+kind = "absence"
+severity = "minor"
+inhibited_by = ["gw", "nothing"]
+action.en = "{device} silent for {silent}."
+action.zh = "{device} 已 {silent} 无数据。"
+
+[[rule]]
+id = "gw"
+kind = "absence"
+per = "gateway"
+missed = 4
+severity = "major"
+inhibited_by = ["offline"]
+action.en = "Gateway {gateway}: {devices} devices silent."
+action.zh = "网关 {gateway}：{devices} 台设备无数据。"
+"#;
+        let mut problems = Vec::new();
+        let rules = parse("a.toml", text, &mut problems);
+        assert!(problems.is_empty(), "{problems:?}");
+        assert_eq!(
+            rules[1].absence,
+            Some(Absence {
+                per: Per::Gateway,
+                missed: 4
+            })
+        );
+        assert_eq!(rules[0].absence.as_ref().map(|a| a.missed), Some(3));
+        check_inhibitors("a.toml", &rules, &mut problems);
+        let keys: Vec<&str> = problems.iter().map(|p| p.key.as_str()).collect();
+        assert_eq!(
+            keys,
+            [
+                "a.toml: rule `offline`.inhibited_by[1]",
+                "a.toml: rule `gw`.inhibited_by[0]"
+            ],
+            "{problems:?}"
+        );
+        let mut problems = Vec::new();
+        parse(
+            "a.toml",
+            &text.replace("missed = 4", "missed = 4\nbelow = 1.0"),
+            &mut problems,
+        );
+        assert_eq!(problems[0].key, "a.toml: rule[1].below");
+        let mut problems = Vec::new();
+        parse(
+            "a.toml",
+            &text.replace(
+                "kind = \"absence\"\nseverity",
+                "kind = \"threshold\"\nseverity",
+            ),
+            &mut problems,
+        );
+        let keys: Vec<&str> = problems.iter().map(|p| p.key.as_str()).collect();
+        assert_eq!(
+            keys,
+            ["a.toml: rule[0].inhibited_by", "a.toml: rule[0].measure"]
+        );
     }
 
     #[test]

@@ -69,6 +69,26 @@ pub fn is_open(tx: &Transaction<'_>, rule: &str, scope: &str) -> Result<bool, St
         .query_row(params![rule, scope], |r| r.get(0))?)
 }
 
+/// What an alert is about, as its row names it.
+pub struct Subject<'a> {
+    pub scope: &'a str,
+    pub orchard: &'a str,
+    pub block: &'a str,
+    pub device: &'a str,
+    /// The kind of reading, or empty (an absence rule reads none).
+    pub kind: &'a str,
+}
+
+/// What fired an alert: when its condition began to hold, when it had held long enough,
+/// the value and the threshold it was past.
+#[derive(Debug, Clone, Copy)]
+pub struct Firing {
+    pub since: i64,
+    pub at: i64,
+    pub value: f64,
+    pub threshold: f64,
+}
+
 /// Opens the alert of `rule` for the reading that made it fire, unless one is open for the
 /// scope already. Returns the new alert's id.
 pub fn fire(
@@ -80,20 +100,46 @@ pub fn fire(
     value: f64,
 ) -> Result<Option<i64>, StoreError> {
     let scope = scope_of(series);
+    let subject = Subject {
+        scope: &scope,
+        orchard: series.orchard.as_str(),
+        block: series.block.as_str(),
+        device: series.device.as_str(),
+        kind: series.kind.name(),
+    };
+    let firing = Firing {
+        since,
+        at,
+        value,
+        threshold: rule.threshold.enter,
+    };
+    open(tx, rule, &subject, firing, |_| None)
+}
+
+/// Opens the alert of `rule` for `subject` unless one is open for its scope already; the
+/// action text takes the subject's names, the firing's numbers and whatever `more` fills.
+/// Returns the new alert's id.
+pub fn open(
+    tx: &Transaction<'_>,
+    rule: &Rule,
+    subject: &Subject<'_>,
+    firing: Firing,
+    more: impl Fn(&str) -> Option<Filled>,
+) -> Result<Option<i64>, StoreError> {
     let fill = |name: &str| {
         Some(match name {
-            "orchard" => Filled::Text(series.orchard.to_string()),
-            "block" => Filled::Text(series.block.to_string()),
-            "device" => Filled::Text(series.device.to_string()),
-            "value" => Filled::Number(value),
-            "threshold" => Filled::Number(rule.threshold.enter),
-            "since" => Filled::Text(TimestampMs(since).to_rfc3339()),
-            _ => return None,
+            "orchard" => Filled::Text(subject.orchard.to_owned()),
+            "block" => Filled::Text(subject.block.to_owned()),
+            "device" => Filled::Text(subject.device.to_owned()),
+            "value" => Filled::Number(firing.value),
+            "threshold" => Filled::Number(firing.threshold),
+            "since" => Filled::Text(TimestampMs(firing.since).to_rfc3339()),
+            other => return more(other),
         })
     };
     let previous: Option<i64> = tx
         .prepare_cached("SELECT max(id) FROM alerts WHERE rule = ?1 AND scope = ?2")?
-        .query_row(params![rule.id, scope], |r| r.get(0))?;
+        .query_row(params![rule.id, subject.scope], |r| r.get(0))?;
     let inserted = tx
         .prepare_cached(
             "INSERT INTO alerts (rule, rule_version, scope, orchard, block, device, kind, severity, \
@@ -104,16 +150,16 @@ pub fn fire(
         .execute(params![
             rule.id,
             rule.version,
-            scope,
-            series.orchard.as_str(),
-            series.block.as_str(),
-            series.device.as_str(),
-            series.kind.name(),
+            subject.scope,
+            subject.orchard,
+            subject.block,
+            subject.device,
+            subject.kind,
             rule.severity.as_str(),
-            since,
-            at,
-            value,
-            rule.threshold.enter,
+            firing.since,
+            firing.at,
+            firing.value,
+            firing.threshold,
             render(&rule.action.en, &fill),
             render(&rule.action.zh, &fill),
             previous,
@@ -122,11 +168,11 @@ pub fn fire(
         return Ok(None);
     }
     let id = tx.last_insert_rowid();
-    event(tx, id, "fired", at, None, None, Some(value))?;
+    event(tx, id, "fired", firing.at, None, None, Some(firing.value))?;
     Ok(Some(id))
 }
 
-/// Resolves the open alert of `rule` for the scope, if there is one, as the readings say.
+/// Resolves the open alert of `rule` for the series, if there is one, as the readings say.
 pub fn resolve(
     tx: &Transaction<'_>,
     rule: &str,
@@ -134,15 +180,27 @@ pub fn resolve(
     at: i64,
     value: f64,
 ) -> Result<Option<i64>, StoreError> {
+    close(tx, rule, &scope_of(series), at, Some(value))
+}
+
+/// Resolves the open alert of `rule` for `scope`, if there is one; `value` is what the
+/// resolving reading read.
+pub fn close(
+    tx: &Transaction<'_>,
+    rule: &str,
+    scope: &str,
+    at: i64,
+    value: Option<f64>,
+) -> Result<Option<i64>, StoreError> {
     let id: Option<i64> = tx
         .prepare_cached(
             "UPDATE alerts SET state = 'resolved', resolved_at = ?3 \
              WHERE rule = ?1 AND scope = ?2 AND state != 'resolved' RETURNING id",
         )?
-        .query_row(params![rule, scope_of(series), at], |r| r.get(0))
+        .query_row(params![rule, scope, at], |r| r.get(0))
         .optional()?;
     if let Some(id) = id {
-        event(tx, id, "resolved", at, None, None, Some(value))?;
+        event(tx, id, "resolved", at, None, None, value)?;
     }
     Ok(id)
 }
@@ -246,7 +304,11 @@ pub struct Alert {
     pub scope: String,
     pub orchard: String,
     pub block: String,
+    /// Empty for an alert about a gateway or every device.
+    #[serde(skip_serializing_if = "String::is_empty")]
     pub device: String,
+    /// The kind of reading; empty for an absence alert.
+    #[serde(skip_serializing_if = "String::is_empty")]
     pub kind: String,
     pub severity: String,
     pub state: String,

@@ -78,6 +78,7 @@ impl IngestPort {
             topic: topic.to_owned(),
             received_at: TimestampMs::now(),
             device: None,
+            gateway: None,
             readings: Vec::new(),
             rejections: vec![rejection],
             payload: Some(payload),

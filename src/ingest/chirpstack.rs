@@ -65,7 +65,7 @@ fn best_gateway(event: &Map<String, Value>) -> Option<Gateway> {
     lorawan::best_gateway(
         rx_info
             .iter()
-            .filter_map(|gw| Gateway::from_entry(gw, &["rssi"])),
+            .filter_map(|gw| Gateway::from_entry(gw, &["rssi"], &["gatewayId"])),
     )
 }
 

@@ -16,22 +16,29 @@ use crate::validate::{RawReading, RawValue, Reason, Rejection};
 /// How much of an undecoded payload goes into a quarantine detail.
 const RAW_PAYLOAD_CHARS: usize = 200;
 
-/// The signal of one gateway that heard an uplink.
-#[derive(Debug, Clone, Copy, PartialEq)]
+/// The signal of one gateway that heard an uplink, and the gateway's id when it says.
+#[derive(Debug, Clone, PartialEq)]
 pub struct Gateway {
     pub rssi: f64,
     pub snr: f64,
+    pub id: Option<String>,
 }
 
 impl Gateway {
-    /// Reads a gateway entry: the first of `rssi_keys` that holds a number, and `snr`.
-    /// `None` when the entry carries no signal strength at all.
-    pub fn from_entry(entry: &Value, rssi_keys: &[&str]) -> Option<Self> {
+    /// Reads a gateway entry: the first of `rssi_keys` that holds a number, `snr`, and the
+    /// text at the key path `id_path`. `None` when the entry carries no signal strength.
+    pub fn from_entry(entry: &Value, rssi_keys: &[&str], id_path: &[&str]) -> Option<Self> {
         let rssi = rssi_keys
             .iter()
             .find_map(|k| entry.get(*k).and_then(Value::as_f64))?;
         let snr = entry.get("snr").and_then(Value::as_f64).unwrap_or(0.0);
-        Some(Self { rssi, snr })
+        let id = id_path
+            .iter()
+            .try_fold(entry, |v, k| v.get(*k))
+            .and_then(Value::as_str)
+            .filter(|id| !id.is_empty())
+            .map(|id| truncate(id, 64));
+        Some(Self { rssi, snr, id })
     }
 }
 
@@ -44,9 +51,11 @@ pub fn best_gateway(gateways: impl IntoIterator<Item = Gateway>) -> Option<Gatew
     })
 }
 
-/// Adds the best gateway's RSSI and SNR as `rssi_dbm` and `snr_db` readings.
+/// Adds the best gateway's RSSI and SNR as `rssi_dbm` and `snr_db` readings, and names it
+/// as the gateway the device was heard through.
 pub fn push_radio(best: Option<Gateway>, out: &mut Decoded) {
     let Some(gw) = best else { return };
+    out.gateway = gw.id;
     for (kind, value, unit) in [(Kind::RssiDbm, gw.rssi, "dBm"), (Kind::SnrDb, gw.snr, "dB")] {
         out.readings.push(RawReading {
             kind: kind.name().to_owned(),
@@ -210,21 +219,25 @@ mod tests {
             Gateway {
                 rssi: -110.0,
                 snr: 9.0,
+                id: None,
             },
             Gateway {
                 rssi: -71.0,
                 snr: 2.5,
+                id: None,
             },
             Gateway {
                 rssi: -71.0,
                 snr: 7.0,
+                id: None,
             },
         ];
         assert_eq!(
             best_gateway(gws),
             Some(Gateway {
                 rssi: -71.0,
-                snr: 7.0
+                snr: 7.0,
+                id: None,
             })
         );
         assert_eq!(best_gateway([]), None);
@@ -232,26 +245,36 @@ mod tests {
 
     #[test]
     fn a_missing_snr_is_protobufs_zero_and_a_missing_rssi_skips_the_gateway() {
-        let gw = Gateway::from_entry(&json!({"rssi": -80}), &["rssi"]);
+        let gw = Gateway::from_entry(
+            &json!({"rssi": -80, "gatewayId": "g1"}),
+            &["rssi"],
+            &["gatewayId"],
+        );
         assert_eq!(
             gw,
             Some(Gateway {
                 rssi: -80.0,
-                snr: 0.0
+                snr: 0.0,
+                id: Some("g1".into()),
             })
         );
         let gw = Gateway::from_entry(
             &json!({"channel_rssi": -81, "snr": 3}),
             &["rssi", "channel_rssi"],
+            &["gateway_ids", "gateway_id"],
         );
         assert_eq!(
             gw,
             Some(Gateway {
                 rssi: -81.0,
-                snr: 3.0
+                snr: 3.0,
+                id: None,
             })
         );
-        assert_eq!(Gateway::from_entry(&json!({"snr": 3}), &["rssi"]), None);
+        assert_eq!(
+            Gateway::from_entry(&json!({"snr": 3}), &["rssi"], &[]),
+            None
+        );
     }
 
     #[test]

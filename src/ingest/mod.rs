@@ -40,6 +40,8 @@ pub struct Decoded {
     pub ts: Option<TimestampMs>,
     pub readings: Vec<RawReading>,
     pub problems: Vec<Rejection>,
+    /// The LoRaWAN gateway that heard the device best, when the uplink names it.
+    pub gateway: Option<String>,
 }
 
 /// One stream of messages: a topic pattern and how to read its payloads.
@@ -117,6 +119,7 @@ impl Decoder {
             topic: topic.to_owned(),
             received_at,
             device: None,
+            gateway: None,
             readings: Vec::new(),
             rejections: Vec::new(),
             payload: None,
@@ -161,6 +164,9 @@ impl Decoder {
         for group in groups {
             if env.device.is_none() {
                 env.device.clone_from(&group.device);
+            }
+            if env.gateway.is_none() {
+                env.gateway.clone_from(&group.gateway);
             }
             match identity(topic_origin.as_ref(), group.device.as_deref(), &registry) {
                 Ok((origin, entry)) => self.check_group(group, &origin, entry, env),

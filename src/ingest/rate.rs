@@ -250,6 +250,7 @@ mod tests {
             topic: "t".into(),
             received_at: TimestampMs(0),
             device: readings.first().map(|r| r.series.device.to_string()),
+            gateway: None,
             readings,
             rejections: Vec::new(),
             payload: None,

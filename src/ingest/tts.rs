@@ -79,11 +79,13 @@ fn device(message: &Map<String, Value>) -> Result<String, Rejection> {
 /// The best of the gateway antennas in `rx_metadata`; `rssi` is preferred over `channel_rssi`.
 fn best_gateway(uplink: &Map<String, Value>) -> Option<Gateway> {
     let metadata = uplink.get("rx_metadata")?.as_array()?;
-    lorawan::best_gateway(
-        metadata
-            .iter()
-            .filter_map(|gw| Gateway::from_entry(gw, &["rssi", "channel_rssi"])),
-    )
+    lorawan::best_gateway(metadata.iter().filter_map(|gw| {
+        Gateway::from_entry(
+            gw,
+            &["rssi", "channel_rssi"],
+            &["gateway_ids", "gateway_id"],
+        )
+    }))
 }
 
 #[cfg(test)]

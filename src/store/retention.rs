@@ -166,6 +166,7 @@ mod tests {
             topic: "t".into(),
             received_at: TimestampMs(CUTOFF),
             device: None,
+            gateway: None,
             readings,
             rejections: Vec::new(),
             payload: None,

@@ -386,6 +386,7 @@ mod answers_from_rollups {
             topic: "t".into(),
             received_at: TimestampMs(START),
             device: None,
+            gateway: None,
             readings,
             rejections: Vec::new(),
             payload: None,

@@ -244,6 +244,14 @@ const MIGRATIONS: &[&str] = &[
     );
     CREATE INDEX alert_attempts_by_event ON alert_attempts (event, channel, id);
     "#,
+    // 11: the gateway each device was last heard through, for the absence rules.
+    r#"
+    CREATE TABLE device_gateways (
+        device     TEXT PRIMARY KEY,
+        gateway    TEXT NOT NULL,
+        updated_at INTEGER NOT NULL
+    ) WITHOUT ROWID;
+    "#,
 ];
 
 /// The schema version this build of orchardd writes.

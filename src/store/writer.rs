@@ -16,6 +16,7 @@ use tokio::sync::mpsc;
 
 use super::StoreError;
 use super::rollups::Fold;
+use crate::alerts::absence::{SharedActivity, remember_gateway};
 use crate::alerts::rules::Rule;
 use crate::alerts::store as alerts;
 use crate::alerts::threshold::{Change, Progress};
@@ -36,6 +37,8 @@ pub struct Envelope {
     pub received_at: TimestampMs,
     /// The device the message is from, when the topic or payload says.
     pub device: Option<String>,
+    /// The LoRaWAN gateway that heard it best, when the uplink says.
+    pub gateway: Option<String>,
     pub readings: Vec<Reading>,
     pub rejections: Vec<Rejection>,
     /// The raw payload, kept only when something in it was rejected.
@@ -103,6 +106,8 @@ pub struct Writer {
     progress: RuleProgress,
     /// Told after a commit that opened or resolved an alert: the notifiers have work.
     alerts_changed: Option<Arc<tokio::sync::watch::Sender<u64>>>,
+    /// What was last heard of each device, for the absence rules.
+    activity: Option<SharedActivity>,
 }
 
 impl Writer {
@@ -127,6 +132,7 @@ impl Writer {
             reloaded: None,
             progress: HashMap::new(),
             alerts_changed: None,
+            activity: None,
         }
     }
 
@@ -140,6 +146,12 @@ impl Writer {
         self.rules = rules.borrow_and_update().clone();
         self.reloaded = Some(rules);
         self.alerts_changed = Some(changed);
+        self
+    }
+
+    /// Note in `activity` what is heard of each device, before each commit.
+    pub fn with_activity(mut self, activity: SharedActivity) -> Self {
+        self.activity = Some(activity);
         self
     }
 
@@ -310,9 +322,42 @@ impl Writer {
             }
         }
         rollups.write(&tx)?;
+        // Noted holding the write lock, before the commit: whoever next takes the lock finds
+        // every committed reading in the activity.
+        if let Some(activity) = &self.activity {
+            note_activity(&tx, activity, envelopes)?;
+        }
         tx.commit()?;
         Ok(outcome)
     }
+}
+
+/// Notes each device of `envelopes` as heard, and stores the gateway of any heard through
+/// another one than before.
+fn note_activity(
+    tx: &Transaction<'_>,
+    activity: &SharedActivity,
+    envelopes: &[Envelope],
+) -> Result<(), StoreError> {
+    let mut a = activity.lock().unwrap_or_else(|e| e.into_inner());
+    for env in envelopes {
+        // A message's readings are mostly of one device: note each run of one device once,
+        // by its newest reading.
+        for run in env
+            .readings
+            .chunk_by(|x, y| x.series.device == y.series.device)
+        {
+            let Some(newest) = run.iter().max_by_key(|r| r.ts) else {
+                continue;
+            };
+            if a.heard(newest, env.received_at.0, env.gateway.as_deref())
+                && let Some(g) = &env.gateway
+            {
+                remember_gateway(tx, &newest.series.device, g, env.received_at.0)?;
+            }
+        }
+    }
+    Ok(())
 }
 
 /// A reading the transaction just inserted, as the alert rules see it.
