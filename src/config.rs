@@ -43,13 +43,26 @@ pub struct Settings {
 /// `[alerts]`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
-#[derive(Default)]
 pub struct AlertSettings {
     /// The directory of rule files (`*.toml`, each a list of `[[rule]]`). Unset: the citrus
     /// rule pack built into orchardd (`config/rules/citrus.toml`).
     pub rules_dir: Option<PathBuf>,
+    /// Daily-index rules judge a block whose devices report at most this often (and always
+    /// at start-up and after local midnight): each judgement computes the block's indices.
+    #[serde(with = "humantime_serde")]
+    pub daily_every: Duration,
     /// Generic webhooks: every alert event POSTed as JSON, signed.
     pub webhooks: Vec<WebhookSettings>,
+}
+
+impl Default for AlertSettings {
+    fn default() -> Self {
+        Self {
+            rules_dir: None,
+            daily_every: Duration::from_secs(300),
+            webhooks: Vec::new(),
+        }
+    }
 }
 
 /// `[[alerts.webhooks]]`.

@@ -126,6 +126,22 @@ pub async fn run(settings: Settings) -> Result<(), DaemonError> {
         alerts_changed.clone(),
         shutdown.clone(),
     ));
+    tokio::spawn(
+        crate::alerts::daily::DailyRules {
+            pool: pool.clone(),
+            admin: admin.clone(),
+            agronomy: Arc::new(Agronomy {
+                aggregate: settings.aggregate.clone(),
+                blocks: settings.blocks.clone(),
+            }),
+            activity: activity.clone(),
+            rules: rules_rx.clone(),
+            every: settings.alerts.daily_every,
+            default_interval: settings.health.expected_interval,
+            changed: alerts_changed.clone(),
+        }
+        .run(shutdown.clone()),
+    );
     let writer = writer
         .with_rules(rules_rx, alerts_changed.clone())
         .with_activity(activity);

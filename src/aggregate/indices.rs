@@ -188,6 +188,8 @@ pub struct DayIndices {
     pub gdd_season_days_missing: u32,
     pub t_min_c: Option<f64>,
     pub t_max_c: Option<f64>,
+    /// The time-weighted mean air temperature of the day.
+    pub t_mean_c: Option<f64>,
     /// Time the air temperature was at or below 0 °C, hours, from the readings.
     pub frost_hours: Option<f64>,
     /// Time it was at or above 35 °C, hours.
@@ -203,6 +205,8 @@ pub struct DayIndices {
     pub etc_mm: Option<f64>,
     /// Root-zone depletion below field capacity at the end of the day.
     pub depletion_mm: Option<f64>,
+    /// The depletion as a share of the root zone's available water, %.
+    pub depletion_pct: Option<f64>,
     /// Water that drained below the root zone.
     pub drained_mm: Option<f64>,
     /// Irrigation that would bring the block back to its target depletion.
@@ -215,6 +219,52 @@ pub struct DayIndices {
     pub left_out: BTreeMap<&'static str, u32>,
     /// By field name: why the field is null, or what a field with a value was made without.
     pub missing: BTreeMap<&'static str, String>,
+}
+
+impl DayIndices {
+    /// The indices a daily alert rule may test, by name.
+    pub const NAMES: &[&str] = &[
+        "gdd",
+        "gdd_season",
+        "t_min_c",
+        "t_max_c",
+        "t_mean_c",
+        "frost_hours",
+        "heat_hours",
+        "leaf_wet_hours",
+        "rain_mm",
+        "irrigation_mm",
+        "et0_mm",
+        "etc_mm",
+        "depletion_mm",
+        "depletion_pct",
+        "drained_mm",
+        "irrigation_needed_mm",
+    ];
+
+    /// The index `name` of [`Self::NAMES`]: `Some(None)` when the day has no figure for it,
+    /// `None` when there is no such index.
+    pub fn value(&self, name: &str) -> Option<Option<f64>> {
+        Some(match name {
+            "gdd" => self.gdd,
+            "gdd_season" => Some(self.gdd_season),
+            "t_min_c" => self.t_min_c,
+            "t_max_c" => self.t_max_c,
+            "t_mean_c" => self.t_mean_c,
+            "frost_hours" => self.frost_hours,
+            "heat_hours" => self.heat_hours,
+            "leaf_wet_hours" => self.leaf_wet_hours,
+            "rain_mm" => self.rain_mm,
+            "irrigation_mm" => Some(self.irrigation_mm),
+            "et0_mm" => self.et0_mm,
+            "etc_mm" => self.etc_mm,
+            "depletion_mm" => self.depletion_mm,
+            "depletion_pct" => self.depletion_pct,
+            "drained_mm" => self.drained_mm,
+            "irrigation_needed_mm" => self.irrigation_needed_mm,
+            _ => return None,
+        })
+    }
 }
 
 /// One kind's day across the block's devices.
@@ -439,6 +489,7 @@ fn one_day(
     );
     let t_min_c = field("t_min_c", t(&|t| t.min));
     let t_max_c = field("t_max_c", t(&|t| t.max));
+    let t_mean_c = field("t_mean_c", t(&|t| t.mean));
     let frost_hours = field("frost_hours", t(&|t| t.frost_hours));
     let heat_hours = field("heat_hours", t(&|t| t.heat_hours));
     let leaf_wet_hours = field("leaf_wet_hours", wet.map(|w| w.mean / 100.0 * 24.0));
@@ -489,7 +540,12 @@ fn one_day(
     // a block without a site, whose ET0 can never be known, has no balance at all.
     let balance = if p.site.is_none() {
         let why = "the balance needs ET0, and no [[blocks]] entry gives this block's site";
-        for name in ["depletion_mm", "drained_mm", "irrigation_needed_mm"] {
+        for name in [
+            "depletion_mm",
+            "depletion_pct",
+            "drained_mm",
+            "irrigation_needed_mm",
+        ] {
             missing.insert(name, why.into());
         }
         None
@@ -524,6 +580,7 @@ fn one_day(
         gdd_season_days_missing: season.gdd_days_missing,
         t_min_c,
         t_max_c,
+        t_mean_c,
         frost_hours,
         heat_hours,
         leaf_wet_hours,
@@ -537,6 +594,9 @@ fn one_day(
         kc,
         etc_mm: etc,
         depletion_mm: balance.map(|b| b.depletion_mm),
+        depletion_pct: balance
+            .filter(|_| p.zone.capacity_mm > 0.0)
+            .map(|b| b.depletion_mm / p.zone.capacity_mm * 100.0),
         drained_mm: balance.map(|b| b.drained_mm),
         irrigation_needed_mm: balance.map(|b| b.irrigation_needed_mm),
         balance_days_missing: season.balance_days_missing,

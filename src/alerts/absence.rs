@@ -139,6 +139,16 @@ impl Activity {
         self.devices.len()
     }
 
+    /// Every block with devices, and when one of them was last heard.
+    pub fn blocks(&self) -> HashMap<(Ident, Ident), i64> {
+        let mut out: HashMap<(Ident, Ident), i64> = HashMap::new();
+        for h in self.devices.values() {
+            let at = out.entry((h.orchard.clone(), h.block.clone())).or_default();
+            *at = (*at).max(h.heard_at);
+        }
+        out
+    }
+
     pub fn is_empty(&self) -> bool {
         self.devices.is_empty()
     }

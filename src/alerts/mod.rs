@@ -3,6 +3,7 @@
 //! readings that move it ([`store`]).
 
 pub mod absence;
+pub mod daily;
 pub mod notify;
 pub mod rules;
 pub mod store;

@@ -22,6 +22,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use super::threshold::{Side, Threshold};
+use crate::aggregate::indices::DayIndices;
 use crate::config::Problem;
 use crate::model::{Ident, Kind};
 
@@ -54,6 +55,45 @@ enum RuleKind {
     Stuck,
     /// A device, a gateway's devices, or every device silent for `missed` of their reports.
     Absence,
+    /// Conditions on a block's daily indices (water balance, wet hours, frost hours).
+    Daily,
+}
+
+/// What a daily rule does when a day has no figure for an index it tests.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OnNoData {
+    /// Neither fires nor resolves: unknown is not resolved.
+    #[default]
+    Hold,
+    /// Counts as holding: fires (a day without data is itself worth a look).
+    Fire,
+    /// Counts as not holding: resolves.
+    Ignore,
+}
+
+/// One condition of a daily rule: an index at or above and/or at or below a value.
+#[derive(Debug, Clone, Copy, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Bound {
+    #[serde(default)]
+    pub above: Option<f64>,
+    #[serde(default)]
+    pub below: Option<f64>,
+}
+
+impl Bound {
+    pub fn holds(&self, v: f64) -> bool {
+        self.above.is_none_or(|a| v >= a) && self.below.is_none_or(|b| v <= b)
+    }
+}
+
+/// A daily rule: every condition must hold for a day of a block.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Daily {
+    /// Index name (one of `DayIndices::NAMES`) and its bound, by name.
+    pub when: Vec<(String, Bound)>,
+    pub on_no_data: OnNoData,
 }
 
 /// What an absence rule watches falling silent.
@@ -134,6 +174,14 @@ struct Spec {
     /// Absence rules whose silence, if it explains this rule's, holds this rule back.
     #[serde(default)]
     inhibited_by: Vec<String>,
+    /// Daily rules: the conditions on the day's indices, and what a day without figures does.
+    #[serde(default)]
+    when: std::collections::BTreeMap<String, Bound>,
+    #[serde(default)]
+    on_no_data: Option<OnNoData>,
+    /// Local months (1-12) the rule watches; outside them its condition does not hold.
+    #[serde(default)]
+    months: Option<Vec<u8>>,
     #[serde(default)]
     orchards: Vec<Ident>,
     #[serde(default)]
@@ -181,6 +229,10 @@ pub struct Rule {
     pub absence: Option<Absence>,
     /// Absence rules that hold this one back when their silence explains its own.
     pub inhibited_by: Vec<String>,
+    /// A daily rule, judged on a block's daily indices.
+    pub daily: Option<Daily>,
+    /// The local months the rule watches, a bit each (bit 1 = January); `None`: all.
+    pub months: Option<u16>,
     pub threshold: Threshold,
     pub orchards: Vec<Ident>,
     pub blocks: Vec<Ident>,
@@ -202,10 +254,21 @@ impl Rule {
         }
     }
 
+    /// Whether `ts` falls in the rule's local months (always, without `months`).
+    pub fn in_months(&self, ts: i64, utc_offset_ms: i64) -> bool {
+        let Some(months) = self.months else {
+            return true;
+        };
+        let local =
+            time::OffsetDateTime::from_unix_timestamp((ts + utc_offset_ms).div_euclid(1000))
+                .map_or(1, |t| u8::from(t.month()));
+        months & (1 << local) != 0
+    }
+
     /// What the state machine is fed for `value` measured at `ts`: the value in the rule's
-    /// hours; outside them a value past the clear threshold and not the entering one.
+    /// hours and months; outside them a value past the clear threshold and not the entering one.
     pub fn input(&self, ts: i64, value: f64, utc_offset_ms: i64) -> f64 {
-        if self.in_hours(ts, utc_offset_ms) {
+        if self.in_hours(ts, utc_offset_ms) && self.in_months(ts, utc_offset_ms) {
             return value;
         }
         let t = &self.threshold;
@@ -277,12 +340,14 @@ pub enum Filled {
     Number(f64),
 }
 
-/// The placeholders of `template` that [`PLACEHOLDERS`] does not know, found as [`render`]
-/// finds them.
-fn unknown_placeholders(template: &str) -> Vec<String> {
+/// The placeholders of `template` that [`PLACEHOLDERS`] (and, for a daily rule, the index
+/// names and `date`) do not know, found as [`render`] finds them.
+fn unknown_placeholders(template: &str, daily: bool) -> Vec<String> {
     let mut unknown = Vec::new();
     render(template, |name| {
-        if !PLACEHOLDERS.contains(&name) {
+        let known = PLACEHOLDERS.contains(&name)
+            || (daily && (name == "date" || DayIndices::NAMES.contains(&name)));
+        if !known {
             unknown.push(name.to_owned());
         }
         None
@@ -423,17 +488,52 @@ pub fn parse(file: &str, text: &str, problems: &mut Vec<Problem>) -> Vec<Rule> {
             );
         }
         for (lang, text) in [("en", &spec.action.en), ("zh", &spec.action.zh)] {
-            let unknown = unknown_placeholders(text);
+            let daily = spec.kind == RuleKind::Daily;
+            let unknown = unknown_placeholders(text, daily);
             if !unknown.is_empty() {
+                let mut known = PLACEHOLDERS.to_vec();
+                if daily {
+                    known.push("date");
+                    known.extend(DayIndices::NAMES);
+                }
                 problem(
                     &format!("action.{lang}"),
                     format!(
                         "unknown placeholder {}; use {}",
                         braced(unknown.iter().map(String::as_str)),
-                        braced(PLACEHOLDERS.iter().copied())
+                        braced(known.into_iter())
                     ),
                 );
             }
+        }
+        let months = match &spec.months {
+            None => None,
+            Some(list) if !list.is_empty() && list.iter().all(|m| (1..=12).contains(m)) => {
+                Some(list.iter().fold(0u16, |bits, m| bits | 1 << m))
+            }
+            Some(_) => {
+                problem(
+                    "months",
+                    "must list local months from 1 to 12, such as [4, 5, 6]".into(),
+                );
+                None
+            }
+        };
+        if spec.kind == RuleKind::Daily {
+            if let Some(rule) = daily(spec, version, months, &mut problem) {
+                out.push(rule);
+            }
+            continue;
+        }
+        if !spec.when.is_empty() || spec.on_no_data.is_some() {
+            problem(
+                if spec.when.is_empty() {
+                    "on_no_data"
+                } else {
+                    "when"
+                },
+                "only a daily rule takes this".into(),
+            );
         }
         if spec.kind == RuleKind::Absence {
             // A rule with problems fails the whole load, so it may be pushed all the same.
@@ -559,6 +659,8 @@ pub fn parse(file: &str, text: &str, problems: &mut Vec<Problem>) -> Vec<Rule> {
                 stuck,
                 absence: None,
                 inhibited_by: Vec::new(),
+                daily: None,
+                months,
                 measure: Some(measure),
                 severity: spec.severity,
                 threshold: Threshold {
@@ -600,6 +702,9 @@ fn absence(spec: Spec, version: String, problem: &mut impl FnMut(&str, String)) 
         ("rising_faster_than", spec.rising_faster_than.is_some()),
         ("over", spec.over.is_some()),
         ("hours", spec.hours.is_some()),
+        ("months", spec.months.is_some()),
+        ("when", !spec.when.is_empty()),
+        ("on_no_data", spec.on_no_data.is_some()),
     ];
     let mut fine = true;
     for (field, given) in numbers {
@@ -632,6 +737,8 @@ fn absence(spec: Spec, version: String, problem: &mut impl FnMut(&str, String)) 
             missed,
         }),
         inhibited_by: spec.inhibited_by,
+        daily: None,
+        months: None,
         // Not used: an absence rule fires on the clock, not through the threshold machine.
         threshold: Threshold {
             side: Side::Above,
@@ -643,6 +750,105 @@ fn absence(spec: Spec, version: String, problem: &mut impl FnMut(&str, String)) 
         orchards: spec.orchards,
         blocks: spec.blocks,
         devices: spec.devices,
+        action: spec.action,
+    })
+}
+
+/// A daily rule: `when` (index = { above, below }), `months`, `on_no_data`; scoped to
+/// orchards and blocks, since the indices are a block's.
+fn daily(
+    spec: Spec,
+    version: String,
+    months: Option<u16>,
+    problem: &mut impl FnMut(&str, String),
+) -> Option<Rule> {
+    let mut fine = true;
+    let mut refuse = |field: &str, message: String| {
+        problem(field, message);
+        fine = false;
+    };
+    for (field, given) in [
+        ("measure", spec.measure.is_some()),
+        ("below", spec.below.is_some()),
+        ("above", spec.above.is_some()),
+        ("for", spec.enter_for.is_some()),
+        ("clear_above", spec.clear_above.is_some()),
+        ("clear_below", spec.clear_below.is_some()),
+        ("clear_for", spec.clear_for.is_some()),
+        ("falling_faster_than", spec.falling_faster_than.is_some()),
+        ("rising_faster_than", spec.rising_faster_than.is_some()),
+        ("over", spec.over.is_some()),
+        ("hours", spec.hours.is_some()),
+        ("per", spec.per.is_some()),
+        ("missed", spec.missed.is_some()),
+        ("inhibited_by", !spec.inhibited_by.is_empty()),
+        ("devices", !spec.devices.is_empty()),
+    ] {
+        if given {
+            refuse(
+                field,
+                "a daily rule tests a block's daily indices with `when`, such as `when.leaf_wet_hours = { above = 10.0 }`".into(),
+            );
+        }
+    }
+    if spec.when.is_empty() {
+        refuse(
+            "when",
+            "missing: at least one index and its bound, such as `when.irrigation_needed_mm = { above = 10.0 }`".into(),
+        );
+    }
+    for (name, bound) in &spec.when {
+        if !DayIndices::NAMES.contains(&name.as_str()) {
+            refuse(
+                &format!("when.{name}"),
+                format!(
+                    "no such daily index; use one of {}",
+                    DayIndices::NAMES.join(", ")
+                ),
+            );
+        }
+        match (bound.above, bound.below) {
+            (None, None) => refuse(
+                &format!("when.{name}"),
+                "needs `above`, `below` or both".into(),
+            ),
+            (Some(a), Some(b)) if a > b => refuse(
+                &format!("when.{name}"),
+                format!("`above` {a} is over `below` {b}: no value can hold"),
+            ),
+            _ => {}
+        }
+    }
+    if !spec.enabled || !fine {
+        return None;
+    }
+    let first = spec.when.values().next().copied();
+    Some(Rule {
+        id: spec.id,
+        version,
+        measure: None,
+        severity: spec.severity,
+        rate_over_ms: None,
+        hours: None,
+        stuck: false,
+        absence: None,
+        inhibited_by: Vec::new(),
+        daily: Some(Daily {
+            when: spec.when.into_iter().collect(),
+            on_no_data: spec.on_no_data.unwrap_or_default(),
+        }),
+        months,
+        // An alert's `threshold`: the first condition's bound.
+        threshold: Threshold {
+            side: Side::Above,
+            enter: first.and_then(|b| b.above.or(b.below)).unwrap_or_default(),
+            enter_for_ms: 0,
+            clear: 0.0,
+            clear_for_ms: 0,
+        },
+        orchards: spec.orchards,
+        blocks: spec.blocks,
+        devices: Vec::new(),
         action: spec.action,
     })
 }
@@ -765,6 +971,10 @@ source = "UF/IFAS"
                 "frost-warning",
                 "frost-critical",
                 "heat-stress",
+                "heat-stress-fruit-set",
+                "irrigate-flowering-fruit-set",
+                "irrigate",
+                "melanose-risk",
                 "sensor-stuck-air",
                 "sensor-stuck-soil-moisture",
                 "ingest-stalled",
