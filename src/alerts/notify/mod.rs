@@ -11,21 +11,21 @@
 //!
 //! A restart neither re-sends a delivered event nor drops an undelivered one.
 
+mod mqtt;
+mod webhook;
+
 use std::future::Future;
-use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::Bytes;
 use serde_json::json;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use super::store::{self as alerts, Attempt, Pending};
-use crate::config::WebhookSettings;
-use crate::endpoint::Shared;
-use crate::endpoint::hub::{Message, QoS};
-use crate::model::truncate;
 use crate::store::Admin;
+
+pub use mqtt::Mqtt;
+pub use webhook::{Webhook, signature};
 
 /// Looked at again this often even without news from the writer (after a restart, say).
 const POLL: Duration = Duration::from_secs(5);
@@ -48,92 +48,6 @@ pub fn payload(p: &Pending) -> serde_json::Value {
 pub trait Channel: Send + Sync + 'static {
     fn name(&self) -> String;
     fn deliver(&self, p: &Pending) -> impl Future<Output = Attempt> + Send;
-}
-
-/// Alerts to MQTT subscribers of orchardd's own endpoint.
-pub struct Mqtt(pub Arc<Shared>);
-
-impl Channel for Mqtt {
-    fn name(&self) -> String {
-        "mqtt".into()
-    }
-
-    async fn deliver(&self, p: &Pending) -> Attempt {
-        let message = Message {
-            topic: Arc::from(format!("orchards/{}/alerts", p.alert.orchard).as_str()),
-            payload: Bytes::from(payload(p).to_string()),
-            qos: QoS::AtLeastOnce,
-            retain: false,
-            properties: None,
-            origin: 0,
-        };
-        if let Some(stored) = self.0.hub.publish(message) {
-            let _ = stored.await;
-        }
-        Attempt::default()
-    }
-}
-
-/// A generic webhook.
-pub struct Webhook {
-    settings: WebhookSettings,
-    client: reqwest::Client,
-}
-
-impl Webhook {
-    pub fn new(settings: WebhookSettings) -> Result<Self, String> {
-        let client = reqwest::Client::builder()
-            .timeout(TIMEOUT)
-            .build()
-            .map_err(|e| format!("webhook {}: {e}", settings.name))?;
-        Ok(Self { settings, client })
-    }
-}
-
-/// `sha256=` and the hex HMAC-SHA256 of `body` keyed by `secret`.
-pub fn signature(secret: &str, body: &[u8]) -> String {
-    let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, secret.as_bytes());
-    let tag = ring::hmac::sign(&key, body);
-    let hex: String = tag.as_ref().iter().map(|b| format!("{b:02x}")).collect();
-    format!("sha256={hex}")
-}
-
-impl Channel for Webhook {
-    fn name(&self) -> String {
-        format!("webhook:{}", self.settings.name)
-    }
-
-    async fn deliver(&self, p: &Pending) -> Attempt {
-        let body = payload(p).to_string();
-        let mut request = self
-            .client
-            .post(&self.settings.url)
-            .header("content-type", "application/json")
-            .header("x-orchardd-event", &p.kind);
-        if let Some(secret) = &self.settings.secret {
-            request = request.header("x-orchardd-signature", signature(secret, body.as_bytes()));
-        }
-        match request.body(body).send().await {
-            Ok(answer) => {
-                let status = answer.status();
-                let text = answer.text().await.unwrap_or_default();
-                Attempt {
-                    status: Some(status.as_u16()),
-                    error: (!status.is_success()).then(|| format!("HTTP {status}")),
-                    body: Some(truncate(&text, 500)),
-                }
-            }
-            Err(e) => Attempt {
-                status: None,
-                error: Some(if e.is_timeout() {
-                    format!("no answer within {}s", TIMEOUT.as_secs())
-                } else {
-                    e.to_string()
-                }),
-                body: None,
-            },
-        }
-    }
 }
 
 /// Delivers the outbox of one channel until `shutdown`.
@@ -190,19 +104,5 @@ pub async fn run<C: Channel>(
             _ = tokio::time::sleep(wait) => {}
             _ = shutdown.cancelled() => return,
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn the_signature_is_rfc_4231_hmac_sha256() {
-        // RFC 4231 test case 2.
-        assert_eq!(
-            signature("Jefe", b"what do ya want for nothing?"),
-            "sha256=5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843"
-        );
     }
 }
