@@ -244,6 +244,17 @@ const MIGRATIONS: &[&str] = &[
     );
     CREATE INDEX alert_attempts_by_event ON alert_attempts (event, channel, id);
     "#,
+    // 11: group robots. When a channel may next try an event (a service that answered "too
+    // fast" is left alone until then, across a restart); each attempt's error code from the
+    // service, and how many events the message named when it was a digest; the messages a
+    // channel sent in the last minute, found by channel and time. One migration with no
+    // other dependency than 10, so it can take another number if one lands before it.
+    r#"
+    ALTER TABLE alert_outbox ADD COLUMN next_attempt_at INTEGER;
+    ALTER TABLE alert_attempts ADD COLUMN code INTEGER;
+    ALTER TABLE alert_attempts ADD COLUMN digest INTEGER;
+    CREATE INDEX alert_attempts_by_channel ON alert_attempts (channel, at);
+    "#,
 ];
 
 /// The schema version this build of orchardd writes.

@@ -9,10 +9,15 @@
 //! - `webhook:{name}`: a JSON POST, signed `X-Orchardd-Signature: sha256=<hex HMAC-SHA256 of
 //!   the body>` when the webhook has a secret; any 2xx answer is delivered.
 //!
-//! A restart neither re-sends a delivered event nor drops an undelivered one.
+//! A restart neither re-sends a delivered event nor drops an undelivered one. When a service
+//! asks to be left alone for a while (DingTalk's "sent too fast"), the outbox keeps when the
+//! next attempt is due, so a restart waits as long. A service that takes only so many
+//! messages a minute gets no more ([`window`]): what the minute cannot take goes as a digest.
 
+mod http;
 mod mqtt;
 mod webhook;
+pub mod window;
 
 use std::future::Future;
 use std::time::Duration;
@@ -21,8 +26,10 @@ use serde_json::json;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
-use super::store::{self as alerts, Attempt, Pending};
+use super::store::{self as alerts, Attempt, Pending, Sent};
+use crate::model::TimestampMs;
 use crate::store::Admin;
+use window::{MINUTE_MS, Rate, Step, Window};
 
 pub use mqtt::Mqtt;
 pub use webhook::{Webhook, signature};
@@ -32,7 +39,6 @@ const POLL: Duration = Duration::from_secs(5);
 /// Back-off after a failed attempt: doubling from the first, capped at the last.
 const FIRST_RETRY: Duration = Duration::from_secs(1);
 const MAX_RETRY: Duration = Duration::from_secs(300);
-const TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The JSON an alert event is delivered as.
 pub fn payload(p: &Pending) -> serde_json::Value {
@@ -44,10 +50,22 @@ pub fn payload(p: &Pending) -> serde_json::Value {
     })
 }
 
-/// A way to deliver one event.
+/// A way to deliver alert events.
 pub trait Channel: Send + Sync + 'static {
     fn name(&self) -> String;
+
+    /// How many messages the service takes; `None`: as many as come.
+    fn rate(&self) -> Option<Rate> {
+        None
+    }
+
     fn deliver(&self, p: &Pending) -> impl Future<Output = Attempt> + Send;
+
+    /// One message naming the first of `events` (at least one; as many as it can): how many
+    /// it named, and how it went. Without digests of its own, a channel sends the first.
+    fn deliver_digest(&self, events: &[Pending]) -> impl Future<Output = (usize, Attempt)> + Send {
+        async move { (1, self.deliver(&events[0]).await) }
+    }
 }
 
 /// Delivers the outbox of one channel until `shutdown`.
@@ -59,6 +77,13 @@ pub async fn run<C: Channel>(
 ) {
     let name = channel.name();
     let mut retry = FIRST_RETRY;
+    let mut window = match channel.rate() {
+        Some(rate) => Some(Window::new(rate, sent_last_minute(&admin, &name).await)),
+        None => None,
+    };
+    // The hold this task set itself, so that only one it did not set (after a restart) is
+    // worth a line in the log.
+    let mut own_hold = None;
     loop {
         let n = name.clone();
         let batch = match admin.write(move |c| alerts::pending(c, &n, 100)).await {
@@ -68,41 +93,94 @@ pub async fn run<C: Channel>(
                 Vec::new()
             }
         };
-        let mut failed = false;
-        for p in &batch {
-            let attempt = channel.deliver(p).await;
-            let (event, n, a) = (p.event, name.clone(), attempt.clone());
-            if let Err(e) = admin
-                .write(move |c| alerts::attempted(c, event, &n, &a))
-                .await
-            {
-                tracing::error!(error = %e, event, "alert notifier: cannot record a delivery");
+        if batch.is_empty() {
+            tokio::select! {
+                _ = changed.changed() => {}
+                _ = tokio::time::sleep(POLL) => {}
+                _ = shutdown.cancelled() => return,
             }
-            match &attempt.error {
-                None => {
-                    retry = FIRST_RETRY;
-                    tracing::info!(alert = p.alert.id, event = %p.kind, channel = %name, "alert delivered");
+            continue;
+        }
+        let now = TimestampMs::now().0;
+        let hold = batch.iter().filter_map(|p| p.next_attempt_at).max();
+        let step = match (hold, window.as_mut()) {
+            (Some(until), _) if until > now => {
+                if own_hold != Some(until) {
+                    tracing::info!(channel = %name, until = %TimestampMs(until).to_rfc3339(), "alert notifier: waiting until the next attempt is due");
                 }
-                Some(error) => {
-                    tracing::warn!(alert = p.alert.id, event = %p.kind, channel = %name, %error, retry_in = ?retry, "alert delivery failed; retrying");
-                    failed = true;
-                    break;
+                Step::WaitUntil(until)
+            }
+            (_, Some(w)) => w.plan(now, batch.len()),
+            (_, None) => Step::One,
+        };
+        let (covered, attempt) = match step {
+            Step::WaitUntil(until) => {
+                tokio::select! {
+                    _ = tokio::time::sleep(Duration::from_millis((until - now).max(1) as u64)) => {}
+                    _ = shutdown.cancelled() => return,
                 }
+                continue;
+            }
+            Step::One => (1, channel.deliver(&batch[0]).await),
+            Step::Digest => {
+                let (n, attempt) = channel.deliver_digest(&batch).await;
+                (n.clamp(1, batch.len()), attempt)
+            }
+        };
+        let events: Vec<i64> = batch[..covered].iter().map(|p| p.event).collect();
+        let digest = step == Step::Digest;
+        let next_attempt_at = attempt.error.as_ref().map(|_| {
+            let wait = attempt.retry_after.map_or(retry, |r| r.max(retry));
+            retry = (retry * 2).min(MAX_RETRY);
+            TimestampMs::now().0 + wait.as_millis() as i64
+        });
+        own_hold = next_attempt_at;
+        let (n, a) = (name.clone(), attempt.clone());
+        if let Err(e) = admin
+            .write(move |c| {
+                let sent = Sent {
+                    events: &events,
+                    digest,
+                };
+                alerts::attempted(c, &n, sent, &a, next_attempt_at)
+            })
+            .await
+        {
+            tracing::error!(error = %e, channel = %name, "alert notifier: cannot record a delivery");
+        }
+        let first = &batch[0];
+        match &attempt.error {
+            None => {
+                retry = FIRST_RETRY;
+                if let Some(w) = window.as_mut() {
+                    w.took(TimestampMs::now().0);
+                }
+                if digest {
+                    tracing::info!(channel = %name, events = covered, "alert digest delivered");
+                } else {
+                    tracing::info!(alert = first.alert.id, event = %first.kind, channel = %name, "alert delivered");
+                }
+            }
+            Some(error) => {
+                let retry_at = next_attempt_at.map(|t| TimestampMs(t).to_rfc3339());
+                tracing::warn!(alert = first.alert.id, event = %first.kind, events = covered, channel = %name, %error, code = ?attempt.code, retry_at = ?retry_at, "alert delivery failed; retrying");
             }
         }
-        let wait = if failed {
-            let w = retry;
-            retry = (retry * 2).min(MAX_RETRY);
-            w
-        } else if batch.is_empty() {
-            POLL
-        } else {
-            continue;
-        };
-        tokio::select! {
-            _ = changed.changed(), if !failed => {}
-            _ = tokio::time::sleep(wait) => {}
-            _ = shutdown.cancelled() => return,
+    }
+}
+
+/// When the service took the channel's messages of the last minute, from the attempt log.
+async fn sent_last_minute(admin: &Admin, channel: &str) -> Vec<i64> {
+    let since = TimestampMs::now().0 - MINUTE_MS;
+    let n = channel.to_owned();
+    match admin
+        .write(move |c| alerts::delivered_since(c, &n, since))
+        .await
+    {
+        Ok(t) => t,
+        Err(e) => {
+            tracing::error!(error = %e, %channel, "alert notifier: cannot read the attempt log");
+            Vec::new()
         }
     }
 }

@@ -1,10 +1,9 @@
 //! `webhook:{name}`: each alert event POSTed as JSON, signed `X-Orchardd-Signature` when the
 //! webhook has a secret; any 2xx answer is delivered.
 
-use super::{Channel, TIMEOUT, payload};
+use super::{Channel, http, payload};
 use crate::alerts::store::{Attempt, Pending};
 use crate::config::WebhookSettings;
-use crate::model::truncate;
 
 /// A generic webhook.
 pub struct Webhook {
@@ -14,10 +13,7 @@ pub struct Webhook {
 
 impl Webhook {
     pub fn new(settings: WebhookSettings) -> Result<Self, String> {
-        let client = reqwest::Client::builder()
-            .timeout(TIMEOUT)
-            .build()
-            .map_err(|e| format!("webhook {}: {e}", settings.name))?;
+        let client = http::client(http::TIMEOUT, &format!("webhook {}", settings.name))?;
         Ok(Self { settings, client })
     }
 }
@@ -45,25 +41,9 @@ impl Channel for Webhook {
         if let Some(secret) = &self.settings.secret {
             request = request.header("x-orchardd-signature", signature(secret, body.as_bytes()));
         }
-        match request.body(body).send().await {
-            Ok(answer) => {
-                let status = answer.status();
-                let text = answer.text().await.unwrap_or_default();
-                Attempt {
-                    status: Some(status.as_u16()),
-                    error: (!status.is_success()).then(|| format!("HTTP {status}")),
-                    body: Some(truncate(&text, 500)),
-                }
-            }
-            Err(e) => Attempt {
-                status: None,
-                error: Some(if e.is_timeout() {
-                    format!("no answer within {}s", TIMEOUT.as_secs())
-                } else {
-                    e.to_string()
-                }),
-                body: None,
-            },
+        match http::post(request.body(body), http::TIMEOUT).await {
+            Ok(answer) => answer.attempt(),
+            Err(failed) => failed,
         }
     }
 }
