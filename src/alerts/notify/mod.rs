@@ -8,18 +8,26 @@
 //!   persistent sessions).
 //! - `webhook:{name}`: a JSON POST, signed `X-Orchardd-Signature: sha256=<hex HMAC-SHA256 of
 //!   the body>` when the webhook has a secret; any 2xx answer is delivered.
+//! - `dingtalk:{name}`, `wecom:{name}`, `feishu:{name}`: group robots, a message worded for
+//!   staff ([`message`]) taken when the robot answers code 0.
 //!
 //! A restart neither re-sends a delivered event nor drops an undelivered one. When a service
 //! asks to be left alone for a while (DingTalk's "sent too fast"), the outbox keeps when the
 //! next attempt is due, so a restart waits as long. A service that takes only so many
 //! messages a minute gets no more ([`window`]): what the minute cannot take goes as a digest.
 
+mod dingtalk;
+mod feishu;
 mod http;
+pub mod message;
 mod mqtt;
+mod robot;
 mod webhook;
+mod wecom;
 pub mod window;
 
 use std::future::Future;
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::json;
@@ -27,12 +35,18 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use super::store::{self as alerts, Attempt, Pending, Sent};
+use crate::alerts::rules::Rule;
+use crate::config::AlertSettings;
 use crate::model::TimestampMs;
 use crate::store::Admin;
+use message::Style;
 use window::{MINUTE_MS, Rate, Step, Window};
 
+pub use dingtalk::DingTalk;
+pub use feishu::Feishu;
 pub use mqtt::Mqtt;
 pub use webhook::{Webhook, signature};
+pub use wecom::WeCom;
 
 /// Looked at again this often even without news from the writer (after a restart, say).
 const POLL: Duration = Duration::from_secs(5);
@@ -65,6 +79,81 @@ pub trait Channel: Send + Sync + 'static {
     /// it named, and how it went. Without digests of its own, a channel sends the first.
     fn deliver_digest(&self, events: &[Pending]) -> impl Future<Output = (usize, Attempt)> + Send {
         async move { (1, self.deliver(&events[0]).await) }
+    }
+}
+
+/// The channels over HTTP of this run, from `[alerts]`: webhooks and group robots.
+pub struct Notifiers {
+    webhooks: Vec<Webhook>,
+    dingtalk: Vec<DingTalk>,
+    wecom: Vec<WeCom>,
+    feishu: Vec<Feishu>,
+}
+
+impl Notifiers {
+    /// Each robot words its messages in its language, with times at `utc_offset_ms`.
+    pub fn new(
+        settings: &AlertSettings,
+        utc_offset_ms: i64,
+        rules: watch::Receiver<Arc<Vec<Rule>>>,
+    ) -> Result<Self, String> {
+        let style = |language| Style {
+            language,
+            utc_offset_ms,
+            rules: rules.clone(),
+        };
+        Ok(Self {
+            webhooks: settings
+                .webhooks
+                .iter()
+                .map(|w| Webhook::new(w.clone()))
+                .collect::<Result<_, _>>()?,
+            dingtalk: settings
+                .dingtalk
+                .iter()
+                .map(|d| DingTalk::new(d.clone(), style(d.language)))
+                .collect::<Result<_, _>>()?,
+            wecom: settings
+                .wecom
+                .iter()
+                .map(|w| WeCom::new(w.clone(), style(w.language)))
+                .collect::<Result<_, _>>()?,
+            feishu: settings
+                .feishu
+                .iter()
+                .map(|f| Feishu::new(f.clone(), style(f.language)))
+                .collect::<Result<_, _>>()?,
+        })
+    }
+
+    /// The channels' names, as the outbox and the delivery log know them.
+    pub fn names(&self) -> Vec<String> {
+        let mut out: Vec<String> = self.webhooks.iter().map(Channel::name).collect();
+        out.extend(self.dingtalk.iter().map(Channel::name));
+        out.extend(self.wecom.iter().map(Channel::name));
+        out.extend(self.feishu.iter().map(Channel::name));
+        out
+    }
+
+    /// One delivery task per channel.
+    pub fn spawn(self, admin: &Admin, changed: &watch::Sender<u64>, shutdown: &CancellationToken) {
+        let args = || (admin.clone(), changed.subscribe(), shutdown.clone());
+        for c in self.webhooks {
+            let (a, ch, s) = args();
+            tokio::spawn(run(c, a, ch, s));
+        }
+        for c in self.dingtalk {
+            let (a, ch, s) = args();
+            tokio::spawn(run(c, a, ch, s));
+        }
+        for c in self.wecom {
+            let (a, ch, s) = args();
+            tokio::spawn(run(c, a, ch, s));
+        }
+        for c in self.feishu {
+            let (a, ch, s) = args();
+            tokio::spawn(run(c, a, ch, s));
+        }
     }
 }
 
