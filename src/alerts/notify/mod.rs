@@ -164,24 +164,9 @@ pub async fn run<C: Channel>(
     mut changed: watch::Receiver<u64>,
     shutdown: CancellationToken,
 ) {
-    let name = channel.name();
-    let mut retry = FIRST_RETRY;
-    let mut window = match channel.rate() {
-        Some(rate) => Some(Window::new(rate, sent_last_minute(&admin, &name).await)),
-        None => None,
-    };
-    // The hold this task set itself, so that only one it did not set (after a restart) is
-    // worth a line in the log.
-    let mut own_hold = None;
+    let mut task = Task::start(channel, admin).await;
     loop {
-        let n = name.clone();
-        let batch = match admin.write(move |c| alerts::pending(c, &n, 100)).await {
-            Ok(b) => b,
-            Err(e) => {
-                tracing::error!(error = %e, channel = %name, "alert notifier: cannot read the outbox");
-                Vec::new()
-            }
-        };
+        let batch = task.outbox().await;
         if batch.is_empty() {
             tokio::select! {
                 _ = changed.changed() => {}
@@ -191,41 +176,99 @@ pub async fn run<C: Channel>(
             continue;
         }
         let now = TimestampMs::now().0;
+        match task.step(&batch, now) {
+            Step::WaitUntil(until) => {
+                let wait = Duration::from_millis((until - now).max(1) as u64);
+                tokio::select! {
+                    _ = tokio::time::sleep(wait) => {}
+                    _ = shutdown.cancelled() => return,
+                }
+            }
+            step => task.send(&batch, step).await,
+        }
+    }
+}
+
+/// One channel's delivery task and what it keeps between messages.
+struct Task<C> {
+    channel: C,
+    name: String,
+    admin: Admin,
+    /// The wait after the next failure.
+    retry: Duration,
+    window: Option<Window>,
+    /// The due time this task set after its last failure: one it did not set (from a run
+    /// before a restart) is worth a line in the log.
+    own_hold: Option<i64>,
+}
+
+impl<C: Channel> Task<C> {
+    async fn start(channel: C, admin: Admin) -> Self {
+        let name = channel.name();
+        let window = match channel.rate() {
+            Some(rate) => Some(Window::new(rate, sent_last_minute(&admin, &name).await)),
+            None => None,
+        };
+        Self {
+            channel,
+            name,
+            admin,
+            retry: FIRST_RETRY,
+            window,
+            own_hold: None,
+        }
+    }
+
+    /// The oldest events waiting for the channel.
+    async fn outbox(&self) -> Vec<Pending> {
+        let n = self.name.clone();
+        match self.admin.write(move |c| alerts::pending(c, &n, 100)).await {
+            Ok(b) => b,
+            Err(e) => {
+                tracing::error!(error = %e, channel = %self.name, "alert notifier: cannot read the outbox");
+                Vec::new()
+            }
+        }
+    }
+
+    /// What to do with `batch` at `now`: wait while an attempt is not due (the events of
+    /// the last failed message carry its due time), else what the window allows.
+    fn step(&mut self, batch: &[Pending], now: i64) -> Step {
         let hold = batch.iter().filter_map(|p| p.next_attempt_at).max();
-        let step = match (hold, window.as_mut()) {
+        match (hold, self.window.as_mut()) {
             (Some(until), _) if until > now => {
-                if own_hold != Some(until) {
-                    tracing::info!(channel = %name, until = %TimestampMs(until).to_rfc3339(), "alert notifier: waiting until the next attempt is due");
+                if self.own_hold != Some(until) {
+                    tracing::info!(channel = %self.name, until = %TimestampMs(until).to_rfc3339(), "alert notifier: waiting until the next attempt is due");
+                    self.own_hold = Some(until);
                 }
                 Step::WaitUntil(until)
             }
             (_, Some(w)) => w.plan(now, batch.len()),
             (_, None) => Step::One,
-        };
-        let (covered, attempt) = match step {
-            Step::WaitUntil(until) => {
-                tokio::select! {
-                    _ = tokio::time::sleep(Duration::from_millis((until - now).max(1) as u64)) => {}
-                    _ = shutdown.cancelled() => return,
-                }
-                continue;
-            }
-            Step::One => (1, channel.deliver(&batch[0]).await),
-            Step::Digest => {
-                let (n, attempt) = channel.deliver_digest(&batch).await;
-                (n.clamp(1, batch.len()), attempt)
-            }
-        };
-        let events: Vec<i64> = batch[..covered].iter().map(|p| p.event).collect();
+        }
+    }
+
+    /// Sends one message, the oldest event or a digest, and records how it went.
+    async fn send(&mut self, batch: &[Pending], step: Step) {
         let digest = step == Step::Digest;
+        let (covered, attempt) = if digest {
+            let (n, attempt) = self.channel.deliver_digest(batch).await;
+            (n.clamp(1, batch.len()), attempt)
+        } else {
+            (1, self.channel.deliver(&batch[0]).await)
+        };
         let next_attempt_at = attempt.error.as_ref().map(|_| {
-            let wait = attempt.retry_after.map_or(retry, |r| r.max(retry));
-            retry = (retry * 2).min(MAX_RETRY);
+            let wait = attempt
+                .retry_after
+                .map_or(self.retry, |r| r.max(self.retry));
+            self.retry = (self.retry * 2).min(MAX_RETRY);
             TimestampMs::now().0 + wait.as_millis() as i64
         });
-        own_hold = next_attempt_at;
-        let (n, a) = (name.clone(), attempt.clone());
-        if let Err(e) = admin
+        self.own_hold = next_attempt_at;
+        let events: Vec<i64> = batch[..covered].iter().map(|p| p.event).collect();
+        let (n, a) = (self.name.clone(), attempt.clone());
+        let recorded = self
+            .admin
             .write(move |c| {
                 let sent = Sent {
                     events: &events,
@@ -233,26 +276,26 @@ pub async fn run<C: Channel>(
                 };
                 alerts::attempted(c, &n, sent, &a, next_attempt_at)
             })
-            .await
-        {
-            tracing::error!(error = %e, channel = %name, "alert notifier: cannot record a delivery");
+            .await;
+        if let Err(e) = recorded {
+            tracing::error!(error = %e, channel = %self.name, "alert notifier: cannot record a delivery");
         }
-        let first = &batch[0];
+        let (first, channel) = (&batch[0], &self.name);
         match &attempt.error {
             None => {
-                retry = FIRST_RETRY;
-                if let Some(w) = window.as_mut() {
+                self.retry = FIRST_RETRY;
+                if let Some(w) = self.window.as_mut() {
                     w.took(TimestampMs::now().0);
                 }
                 if digest {
-                    tracing::info!(channel = %name, events = covered, "alert digest delivered");
+                    tracing::info!(%channel, events = covered, "alert digest delivered");
                 } else {
-                    tracing::info!(alert = first.alert.id, event = %first.kind, channel = %name, "alert delivered");
+                    tracing::info!(alert = first.alert.id, event = %first.kind, %channel, "alert delivered");
                 }
             }
             Some(error) => {
                 let retry_at = next_attempt_at.map(|t| TimestampMs(t).to_rfc3339());
-                tracing::warn!(alert = first.alert.id, event = %first.kind, events = covered, channel = %name, %error, code = ?attempt.code, retry_at = ?retry_at, "alert delivery failed; retrying");
+                tracing::warn!(alert = first.alert.id, event = %first.kind, events = covered, %channel, %error, code = ?attempt.code, retry_at = ?retry_at, "alert delivery failed; retrying");
             }
         }
     }
