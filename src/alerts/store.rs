@@ -702,4 +702,69 @@ mod tests {
             Err("no alert 99".to_owned())
         );
     }
+
+    #[test]
+    fn a_digest_is_one_message_for_each_of_its_events_and_a_failure_says_when_to_try_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let settings = StoreSettings {
+            path: dir.path().join("o.db"),
+            ..StoreSettings::default()
+        };
+        let mut c = crate::store::open_writer(&settings).unwrap();
+        let channel = "dingtalk:field".to_owned();
+        set_channels(&mut c, std::slice::from_ref(&channel)).unwrap();
+        let mut problems = Vec::new();
+        let rule = parse("r.toml", crate::alerts::rules::CITRUS, &mut problems).remove(0);
+        let tx = c.transaction().unwrap();
+        for device in ["d1", "d2", "d3"] {
+            let s = SeriesKey {
+                device: device.parse().unwrap(),
+                ..series()
+            };
+            fire(&tx, &rule, &s, 0, 600_000, -1.0).unwrap();
+        }
+        tx.commit().unwrap();
+        let events: Vec<i64> = pending(&c, &channel, 10)
+            .unwrap()
+            .iter()
+            .map(|p| p.event)
+            .collect();
+        assert_eq!(events.len(), 3);
+
+        let refused = Attempt {
+            status: Some(200),
+            code: Some(130101),
+            error: Some("too fast".into()),
+            ..Attempt::default()
+        };
+        let due = TimestampMs::now().0 + 600_000;
+        let first = Sent {
+            events: &events[..1],
+            digest: false,
+        };
+        attempted(&mut c, &channel, first, &refused, Some(due)).unwrap();
+        let waiting = pending(&c, &channel, 10).unwrap();
+        assert_eq!(waiting[0].next_attempt_at, Some(due));
+        assert_eq!(waiting[1].next_attempt_at, None);
+
+        let taken = Attempt {
+            status: Some(200),
+            code: Some(0),
+            ..Attempt::default()
+        };
+        let digest = Sent {
+            events: &events,
+            digest: true,
+        };
+        attempted(&mut c, &channel, digest, &taken, None).unwrap();
+        assert!(pending(&c, &channel, 10).unwrap().is_empty());
+        // Three events, one message: the window after a restart counts it once.
+        assert_eq!(delivered_since(&c, &channel, 0).unwrap().len(), 1);
+        let (_, evs) = get(&c, waiting[0].alert.id).unwrap().unwrap();
+        let d = &evs[0].deliveries[0];
+        assert_eq!(d.next_attempt_at, None, "delivered");
+        assert_eq!(d.log.len(), 2);
+        assert_eq!((d.log[0].code, d.log[0].digest), (Some(130101), None));
+        assert_eq!((d.log[1].code, d.log[1].digest), (Some(0), Some(3)));
+    }
 }
