@@ -651,7 +651,7 @@ fn a_restart_between_a_delivered_and_an_undelivered_event_delivers_each_exactly_
         text.contains("告警已确认 / [Warning] Alert acknowledged"),
         "{text}"
     );
-    assert!(text.contains("李伟（风机已开）"), "{text}");
+    assert!(text.contains("李伟 (风机已开)"), "{text}");
     let d = delivery(&daemon, id, 1, "feishu:packhouse", delivered);
     assert_eq!(d["log"].as_array().unwrap().last().unwrap()["code"], 0);
     // The fired event, delivered before the kill, was not sent again.

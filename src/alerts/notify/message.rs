@@ -152,9 +152,10 @@ impl Style {
             let reading = self.reading(a, v);
             lines.push(Line::Plain(self.labelled("读数", "Reading", &reading)));
         }
-        let by = |who: &str| match &p.note {
-            Some(note) => format!("{who}（{note}）"),
-            None => who.to_owned(),
+        let by = |who: &str| match (&p.note, self.language) {
+            (Some(note), Language::Zh) => format!("{who}（{note}）"),
+            (Some(note), _) => format!("{who} ({note})"),
+            (None, _) => who.to_owned(),
         };
         match (p.kind.as_str(), &p.by) {
             ("acknowledged", Some(who)) => {
