@@ -13,6 +13,12 @@ use serde_json::Value;
 
 use crate::ingest::topic::TopicPattern;
 
+mod alerts;
+pub use alerts::{
+    AlertSettings, DingTalkSecurity, DingTalkSettings, FeishuSettings, Language, MessageFormat,
+    WeComSettings, WebhookSettings,
+};
+
 /// The shipped, documented configuration file. Parsing it must give [`Settings::default`].
 pub const SHIPPED_TOML: &str = include_str!("../config/orchardd.toml");
 
@@ -38,43 +44,6 @@ pub struct Settings {
     /// The alert rules read from `alerts.rules_dir` when the settings were loaded.
     #[serde(skip)]
     pub rules: std::sync::Arc<Vec<crate::alerts::rules::Rule>>,
-}
-
-/// `[alerts]`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct AlertSettings {
-    /// The directory of rule files (`*.toml`, each a list of `[[rule]]`). Unset: the citrus
-    /// rule pack built into orchardd (`config/rules/citrus.toml`).
-    pub rules_dir: Option<PathBuf>,
-    /// Daily-index rules judge a block whose devices report at most this often (and always
-    /// at start-up and after local midnight): each judgement computes the block's indices.
-    #[serde(with = "humantime_serde")]
-    pub daily_every: Duration,
-    /// Generic webhooks: every alert event POSTed as JSON, signed.
-    pub webhooks: Vec<WebhookSettings>,
-}
-
-impl Default for AlertSettings {
-    fn default() -> Self {
-        Self {
-            rules_dir: None,
-            daily_every: Duration::from_secs(300),
-            webhooks: Vec::new(),
-        }
-    }
-}
-
-/// `[[alerts.webhooks]]`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct WebhookSettings {
-    /// Names the channel (`webhook:{name}`) in the delivery log.
-    pub name: String,
-    pub url: String,
-    /// Signs each body: `X-Orchardd-Signature: sha256=` and the hex HMAC-SHA256 of the body.
-    #[serde(default)]
-    pub secret: Option<String>,
 }
 
 impl Default for Settings {
@@ -922,29 +891,7 @@ impl Settings {
                 &mut problem,
             );
         }
-        for (i, w) in self.alerts.webhooks.iter().enumerate() {
-            let key = |k: &str| format!("alerts.webhooks[{i}].{k}");
-            if crate::model::Ident::parse(&w.name).is_err() {
-                problem(&key("name"), "must be 1 to 64 of A-Z a-z 0-9 _ -".into());
-            }
-            if self.alerts.webhooks[..i].iter().any(|o| o.name == w.name) {
-                problem(
-                    &key("name"),
-                    format!("`{}` is used by another webhook", w.name),
-                );
-            }
-            if !(w.url.starts_with("http://") || w.url.starts_with("https://"))
-                || reqwest::Url::parse(&w.url).is_err()
-            {
-                problem(&key("url"), "must be an http:// or https:// URL".into());
-            }
-            if w.secret.as_deref().is_some_and(str::is_empty) {
-                problem(
-                    &key("secret"),
-                    "must not be empty; leave it out for no signature".into(),
-                );
-            }
-        }
+        self.alerts.problems(&mut problem);
         if !self.store.raw_retention.is_zero() && self.store.raw_retention < self.validate.max_age {
             problem(
                 "store.raw_retention",
@@ -1083,6 +1030,7 @@ fn type_problems(tree: &Value) -> Vec<Problem> {
         section::<QuerySettings>(tree, "query"),
         section::<AggregateSettings>(tree, "aggregate"),
         section::<Vec<BlockSettings>>(tree, "blocks"),
+        section::<AlertSettings>(tree, "alerts"),
     ]
     .into_iter()
     .flatten()

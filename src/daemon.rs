@@ -89,20 +89,6 @@ pub async fn run(settings: Settings) -> Result<(), DaemonError> {
     tokio::spawn(stop_on_signal(shutdown.clone()));
 
     let admin = Admin::open(&settings.store)?;
-    // The channels alert events are delivered on in this run.
-    let mut channels: Vec<String> = Vec::new();
-    if settings.broker.embedded {
-        channels.push("mqtt".into());
-    }
-    let mut webhooks = Vec::new();
-    for w in &settings.alerts.webhooks {
-        let hook = crate::alerts::notify::Webhook::new(w.clone()).map_err(DaemonError::Alerts)?;
-        channels.push(crate::alerts::notify::Channel::name(&hook));
-        webhooks.push(hook);
-    }
-    admin
-        .write(move |c| crate::alerts::store::set_channels(c, &channels))
-        .await?;
     let heartbeat = Arc::new(Heartbeat::default());
     let writer = Writer::new(
         writer_conn,
@@ -117,6 +103,22 @@ pub async fn run(settings: Settings) -> Result<(), DaemonError> {
     // Bumped by whoever opens, answers or resolves an alert: the notifiers have work.
     let alerts_changed = Arc::new(watch::Sender::new(0u64));
     let (rules_tx, rules_rx) = watch::channel(settings.rules.clone());
+    // The channels alert events are delivered on in this run, registered before the writer
+    // writes any event.
+    let notifiers = crate::alerts::notify::Notifiers::new(
+        &settings.alerts,
+        utc_offset_ms(&settings),
+        rules_tx.subscribe(),
+    )
+    .map_err(DaemonError::Alerts)?;
+    let mut channels: Vec<String> = Vec::new();
+    if settings.broker.embedded {
+        channels.push("mqtt".into());
+    }
+    channels.extend(notifiers.names());
+    admin
+        .write(move |c| crate::alerts::store::set_channels(c, &channels))
+        .await?;
     tokio::spawn(crate::alerts::absence::watch(
         admin.clone(),
         activity.clone(),
@@ -249,14 +251,7 @@ pub async fn run(settings: Settings) -> Result<(), DaemonError> {
             shutdown.clone(),
         ));
     }
-    for hook in webhooks {
-        tokio::spawn(crate::alerts::notify::run(
-            hook,
-            admin.clone(),
-            alerts_changed.subscribe(),
-            shutdown.clone(),
-        ));
-    }
+    notifiers.spawn(&admin, &alerts_changed, &shutdown);
     let state = AppState {
         pool,
         admin,

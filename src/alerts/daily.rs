@@ -123,11 +123,13 @@ fn apply(
                 if before.is_some() {
                     continue;
                 }
+                // The alert's value: the first tested index that has a figure (SQLite would
+                // store a NaN as NULL).
                 let first = rule
                     .daily
-                    .as_ref()
-                    .and_then(|r| r.when.first())
-                    .and_then(|(name, _)| d.value(name).flatten());
+                    .iter()
+                    .flat_map(|r| &r.when)
+                    .find_map(|(name, _)| d.value(name).flatten());
                 let subject = Subject {
                     scope: &scope,
                     orchard: orchard.as_str(),
@@ -138,7 +140,7 @@ fn apply(
                 let firing = Firing {
                     since,
                     at: now,
-                    value: first.unwrap_or(f64::NAN),
+                    value: first.unwrap_or(0.0),
                     threshold: rule.threshold.enter,
                 };
                 let more = |name: &str| match name {

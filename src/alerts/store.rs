@@ -460,6 +460,10 @@ pub struct Delivery {
     pub delivered_at: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub last_error: Option<String>,
+    /// Not yet delivered: when the next attempt is due (after a back-off, or as long as the
+    /// service asked to be left alone).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub next_attempt_at: Option<String>,
     /// Every attempt, oldest first.
     pub log: Vec<Logged>,
 }
@@ -470,10 +474,16 @@ pub struct Logged {
     pub at: String,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub status: Option<u16>,
+    /// The service's own error code (a robot's `errcode`), when it answered with one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub code: Option<i64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub body: Option<String>,
+    /// The message was a digest naming this many events, this one among them.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub digest: Option<i64>,
 }
 
 /// One alert, without its events.
@@ -506,20 +516,27 @@ pub fn get(conn: &Connection, id: i64) -> Result<Option<(Alert, Vec<Event>)>, St
         })?
         .collect::<Result<_, _>>()?;
     let mut stmt = conn.prepare(
-        "SELECT channel, attempts, delivered_at, last_error FROM alert_outbox WHERE event = ?1 ORDER BY channel",
+        "SELECT channel, attempts, delivered_at, last_error, next_attempt_at FROM alert_outbox \
+         WHERE event = ?1 ORDER BY channel",
     )?;
     let mut log = conn.prepare(
-        "SELECT at, status, error, body FROM alert_attempts WHERE event = ?1 AND channel = ?2 ORDER BY id",
+        "SELECT at, status, code, error, body, digest FROM alert_attempts \
+         WHERE event = ?1 AND channel = ?2 ORDER BY id",
     )?;
     for e in &mut events {
         e.deliveries = stmt
             .query_map([e.id], |r| {
+                let time = |t: Option<i64>| t.map(|t| TimestampMs(t).to_rfc3339());
+                let delivered_at = time(r.get(2)?);
                 Ok(Delivery {
                     channel: r.get(0)?,
                     attempts: r.get(1)?,
-                    delivered_at: r
-                        .get::<_, Option<i64>>(2)?
-                        .map(|t| TimestampMs(t).to_rfc3339()),
+                    next_attempt_at: if delivered_at.is_none() {
+                        time(r.get(4)?)
+                    } else {
+                        None
+                    },
+                    delivered_at,
                     last_error: r.get(3)?,
                     log: Vec::new(),
                 })
@@ -531,8 +548,10 @@ pub fn get(conn: &Connection, id: i64) -> Result<Option<(Alert, Vec<Event>)>, St
                     Ok(Logged {
                         at: TimestampMs(r.get(0)?).to_rfc3339(),
                         status: r.get(1)?,
-                        error: r.get(2)?,
-                        body: r.get(3)?,
+                        code: r.get(2)?,
+                        error: r.get(3)?,
+                        body: r.get(4)?,
+                        digest: r.get(5)?,
                     })
                 })?
                 .collect::<Result<_, _>>()?;
@@ -547,27 +566,58 @@ pub struct Pending {
     pub event: i64,
     pub kind: String,
     pub at: i64,
+    /// Who acknowledged or resolved, and their note; the reading's value for an event the
+    /// readings caused.
+    pub by: Option<String>,
+    pub note: Option<String>,
+    pub value: Option<f64>,
+    /// When the channel may try this event again, if it has tried before.
+    pub next_attempt_at: Option<i64>,
     pub alert: Alert,
 }
 
 /// The oldest events not yet delivered on `channel`.
 pub fn pending(conn: &Connection, channel: &str, limit: usize) -> Result<Vec<Pending>, StoreError> {
-    let ids: Vec<(i64, String, i64, i64)> = conn
+    type Row = (
+        i64,
+        String,
+        i64,
+        i64,
+        Option<String>,
+        Option<String>,
+        Option<f64>,
+        Option<i64>,
+    );
+    let rows: Vec<Row> = conn
         .prepare_cached(
-            "SELECT e.id, e.event, e.at, e.alert FROM alert_outbox o JOIN alert_events e ON e.id = o.event \
+            "SELECT e.id, e.event, e.at, e.alert, e.who, e.note, e.value, o.next_attempt_at \
+             FROM alert_outbox o JOIN alert_events e ON e.id = o.event \
              WHERE o.channel = ?1 AND o.delivered_at IS NULL ORDER BY e.id LIMIT ?2",
         )?
         .query_map(params![channel, limit as i64], |r| {
-            Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
+            Ok((
+                r.get(0)?,
+                r.get(1)?,
+                r.get(2)?,
+                r.get(3)?,
+                r.get(4)?,
+                r.get(5)?,
+                r.get(6)?,
+                r.get(7)?,
+            ))
         })?
         .collect::<Result<_, _>>()?;
-    let mut out = Vec::with_capacity(ids.len());
-    for (event, kind, at, alert_id) in ids {
+    let mut out = Vec::with_capacity(rows.len());
+    for (event, kind, at, alert_id, by, note, value, next_attempt_at) in rows {
         if let Some(alert) = alert(conn, alert_id)? {
             out.push(Pending {
                 event,
                 kind,
                 at,
+                by,
+                note,
+                value,
+                next_attempt_at,
                 alert,
             });
         }
@@ -580,33 +630,73 @@ pub fn pending(conn: &Connection, channel: &str, limit: usize) -> Result<Vec<Pen
 pub struct Attempt {
     /// The answer's status, where the channel has one (HTTP).
     pub status: Option<u16>,
+    /// The service's own error code, where it answers with one (a robot's `errcode`).
+    pub code: Option<i64>,
     /// Why it failed; `None` when delivered.
     pub error: Option<String>,
     /// The start of the answer's body.
     pub body: Option<String>,
+    /// The service asked not to be tried again before this long (DingTalk's "too fast").
+    pub retry_after: Option<std::time::Duration>,
 }
 
-/// Records one delivery attempt of an event on a channel, in the outbox and the attempt log.
+/// One message a channel sent: the events it was for, and whether it was a digest of them.
+#[derive(Debug, Clone, Copy)]
+pub struct Sent<'a> {
+    pub events: &'a [i64],
+    pub digest: bool,
+}
+
+/// Records one attempt at a message on a channel, in the outbox and the attempt log of each
+/// event it was for; an undelivered one is tried again no sooner than `next_attempt_at`.
 pub fn attempted(
     conn: &mut Connection,
-    event: i64,
     channel: &str,
+    sent: Sent<'_>,
     a: &Attempt,
+    next_attempt_at: Option<i64>,
 ) -> Result<(), StoreError> {
     let now = TimestampMs::now().0;
     let delivered = a.error.is_none().then_some(now);
+    let next = if delivered.is_some() {
+        None
+    } else {
+        next_attempt_at
+    };
+    let digest = sent.digest.then_some(sent.events.len() as i64);
     let tx = conn.transaction()?;
-    tx.prepare_cached(
-        "UPDATE alert_outbox SET attempts = attempts + 1, delivered_at = ?3, last_error = ?4 \
-         WHERE event = ?1 AND channel = ?2",
-    )?
-    .execute(params![event, channel, delivered, a.error])?;
-    tx.prepare_cached(
-        "INSERT INTO alert_attempts (event, channel, at, status, error, body) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-    )?
-    .execute(params![event, channel, now, a.status, a.error, a.body])?;
+    for &event in sent.events {
+        tx.prepare_cached(
+            "UPDATE alert_outbox SET attempts = attempts + 1, delivered_at = ?3, last_error = ?4, \
+             next_attempt_at = ?5 WHERE event = ?1 AND channel = ?2",
+        )?
+        .execute(params![event, channel, delivered, a.error, next])?;
+        tx.prepare_cached(
+            "INSERT INTO alert_attempts (event, channel, at, status, code, error, body, digest) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+        )?
+        .execute(params![
+            event, channel, now, a.status, a.code, a.error, a.body, digest
+        ])?;
+    }
     tx.commit()?;
     Ok(())
+}
+
+/// When `channel` sent the messages the service took since `since`, oldest first: the
+/// attempts of one message are logged at one instant, so each time is one message.
+pub fn delivered_since(
+    conn: &Connection,
+    channel: &str,
+    since: i64,
+) -> Result<Vec<i64>, StoreError> {
+    Ok(conn
+        .prepare_cached(
+            "SELECT DISTINCT at FROM alert_attempts \
+             WHERE channel = ?1 AND at >= ?2 AND error IS NULL ORDER BY at",
+        )?
+        .query_map(params![channel, since], |r| r.get(0))?
+        .collect::<Result<_, _>>()?)
 }
 
 #[cfg(test)]
@@ -673,5 +763,70 @@ mod tests {
             act(&mut a, 99, StaffAction::Acknowledge, "x", None).map_err(|e| e.to_string()),
             Err("no alert 99".to_owned())
         );
+    }
+
+    #[test]
+    fn a_digest_is_one_message_for_each_of_its_events_and_a_failure_says_when_to_try_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let settings = StoreSettings {
+            path: dir.path().join("o.db"),
+            ..StoreSettings::default()
+        };
+        let mut c = crate::store::open_writer(&settings).unwrap();
+        let channel = "dingtalk:field".to_owned();
+        set_channels(&mut c, std::slice::from_ref(&channel)).unwrap();
+        let mut problems = Vec::new();
+        let rule = parse("r.toml", crate::alerts::rules::CITRUS, &mut problems).remove(0);
+        let tx = c.transaction().unwrap();
+        for device in ["d1", "d2", "d3"] {
+            let s = SeriesKey {
+                device: device.parse().unwrap(),
+                ..series()
+            };
+            fire(&tx, &rule, &s, 0, 600_000, -1.0).unwrap();
+        }
+        tx.commit().unwrap();
+        let events: Vec<i64> = pending(&c, &channel, 10)
+            .unwrap()
+            .iter()
+            .map(|p| p.event)
+            .collect();
+        assert_eq!(events.len(), 3);
+
+        let refused = Attempt {
+            status: Some(200),
+            code: Some(130101),
+            error: Some("too fast".into()),
+            ..Attempt::default()
+        };
+        let due = TimestampMs::now().0 + 600_000;
+        let first = Sent {
+            events: &events[..1],
+            digest: false,
+        };
+        attempted(&mut c, &channel, first, &refused, Some(due)).unwrap();
+        let waiting = pending(&c, &channel, 10).unwrap();
+        assert_eq!(waiting[0].next_attempt_at, Some(due));
+        assert_eq!(waiting[1].next_attempt_at, None);
+
+        let taken = Attempt {
+            status: Some(200),
+            code: Some(0),
+            ..Attempt::default()
+        };
+        let digest = Sent {
+            events: &events,
+            digest: true,
+        };
+        attempted(&mut c, &channel, digest, &taken, None).unwrap();
+        assert!(pending(&c, &channel, 10).unwrap().is_empty());
+        // Three events, one message: the window after a restart counts it once.
+        assert_eq!(delivered_since(&c, &channel, 0).unwrap().len(), 1);
+        let (_, evs) = get(&c, waiting[0].alert.id).unwrap().unwrap();
+        let d = &evs[0].deliveries[0];
+        assert_eq!(d.next_attempt_at, None, "delivered");
+        assert_eq!(d.log.len(), 2);
+        assert_eq!((d.log[0].code, d.log[0].digest), (Some(130101), None));
+        assert_eq!((d.log[1].code, d.log[1].digest), (Some(0), Some(3)));
     }
 }

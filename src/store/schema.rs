@@ -252,6 +252,16 @@ const MIGRATIONS: &[&str] = &[
         updated_at INTEGER NOT NULL
     ) WITHOUT ROWID;
     "#,
+    // 12: group robots. When a channel may next try an event (a service that answered "too
+    // fast" is left alone until then, across a restart); each attempt's error code from the
+    // service, and how many events the message named when it was a digest; the messages a
+    // channel sent in the last minute, found by channel and time.
+    r#"
+    ALTER TABLE alert_outbox ADD COLUMN next_attempt_at INTEGER;
+    ALTER TABLE alert_attempts ADD COLUMN code INTEGER;
+    ALTER TABLE alert_attempts ADD COLUMN digest INTEGER;
+    CREATE INDEX alert_attempts_by_channel ON alert_attempts (channel, at);
+    "#,
 ];
 
 /// The schema version this build of orchardd writes.
