@@ -179,3 +179,73 @@ fn a_wet_mild_day_and_a_dry_hot_one_each_raise_their_blocks_alert_once() {
     assert_eq!(open.len(), 1);
     assert_eq!(open[0]["rule"], "irrigate");
 }
+
+#[test]
+fn fruit_samples_that_reach_the_shipped_sugar_and_ratio_say_a_block_is_ready_to_pick() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = DaemonConfig {
+        // The shipped rule pack. `daily_every` of 1 s instead of the shipped 5 min, so that
+        // a block is judged again as soon as its samples are in (the default's schedule has a
+        // unit test of its own).
+        extra: "[alerts]\ndaily_every = \"1s\"\n".into(),
+        ..DaemonConfig::shipped_defaults_embedded()
+    };
+    let daemon = Daemon::start(dir.path(), &cfg);
+    daemon.wait_ready();
+    let port = cfg.broker_port();
+    let samples = |brix: [f64; 3], acid: [f64; 3]| -> Vec<String> {
+        (0..3)
+            .map(|i| {
+                let ts = yesterday() + 9 * 3_600_000 + i * 600_000;
+                json!({"ts": ts, "readings": {"tss": brix[i as usize], "titratable_acidity": acid[i as usize]}})
+                    .to_string()
+            })
+            .collect()
+    };
+    // B4 is sweet enough and its acid low enough; B5 is not sweet enough yet.
+    mosquitto_pub_lines(
+        port,
+        "orchards/fengjie/B4/refractometer-1/telemetry",
+        &samples([11.8, 12.1, 11.6], [0.85, 0.90, 0.80]),
+    );
+    mosquitto_pub_lines(
+        port,
+        "orchards/fengjie/B5/refractometer-2/telemetry",
+        &samples([10.2, 10.6, 10.1], [0.70, 0.75, 0.72]),
+    );
+    let open = wait_for(Duration::from_secs(60), "the harvest alert", || {
+        let open = alerts(&daemon, "state=open");
+        (!open.is_empty()).then_some(open)
+    });
+    std::thread::sleep(Duration::from_secs(3));
+    let open = {
+        let again = alerts(&daemon, "state=open");
+        assert_eq!(again.len(), open.len(), "{again:#?}");
+        again
+    };
+    assert_eq!(open.len(), 1, "{open:#?}");
+    assert_eq!(open[0]["rule"], "harvest-ready");
+    assert_eq!(open[0]["scope"], "fengjie/B4");
+    let date = support::rfc3339(yesterday())[..10].to_owned();
+    // 11.83 °Brix, 0.85 % acid: a ratio of 13.9, BrimA 8.4.
+    assert_eq!(
+        open[0]["action"]["en"],
+        format!(
+            "Fruit in B4 is ready to pick: the samples of {date} average 11.8 °Brix at a TSS/acid ratio of 13.9 (BrimA 8.4)."
+        )
+    );
+    let today = support::rfc3339(yesterday() + DAY_MS)[..10].to_owned();
+    let day = &daemon.get_ok(&format!(
+        "/api/v1/indices?orchard=fengjie&block=B5&from={date}&to={today}"
+    ))["days"][0];
+    assert!(
+        (day["tss_brix"].as_f64().unwrap() - 10.3).abs() < 1e-9,
+        "{day:#}"
+    );
+    // Its ratio is high enough; the sugar is what it lacks.
+    let ratio = 10.3 / ((0.70 + 0.75 + 0.72) / 3.0);
+    assert!(
+        (day["tss_acid_ratio"].as_f64().unwrap() - ratio).abs() < 1e-9,
+        "{day:#}"
+    );
+}

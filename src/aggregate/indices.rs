@@ -47,6 +47,9 @@ pub const KINDS: &[Kind] = &[
     Kind::LeafWetness,
     Kind::Rainfall,
     Kind::Irrigation,
+    // Fruit samples, for harvest readiness.
+    Kind::Tss,
+    Kind::TitratableAcidity,
 ];
 
 /// The readings of one of the block's series around one local day: those of the day and a
@@ -194,6 +197,13 @@ pub struct DayIndices {
     pub frost_hours: Option<f64>,
     /// Time it was at or above 35 °C, hours.
     pub heat_hours: Option<f64>,
+    /// Fruit samples of the day (null on days without, and not listed in `missing`): the mean
+    /// total soluble solids (°Brix)...
+    pub tss_brix: Option<f64>,
+    /// ...and titratable acidity (%), their ratio, and BrimA = TSS − 4 × acidity.
+    pub acid_pct: Option<f64>,
+    pub tss_acid_ratio: Option<f64>,
+    pub brima: Option<f64>,
     /// Hours the leaves were wet: the time-weighted share of wet time over the day.
     pub leaf_wet_hours: Option<f64>,
     pub rain_mm: Option<f64>,
@@ -231,6 +241,10 @@ impl DayIndices {
         "t_mean_c",
         "frost_hours",
         "heat_hours",
+        "tss_brix",
+        "acid_pct",
+        "tss_acid_ratio",
+        "brima",
         "leaf_wet_hours",
         "rain_mm",
         "irrigation_mm",
@@ -253,6 +267,10 @@ impl DayIndices {
             "t_mean_c" => self.t_mean_c,
             "frost_hours" => self.frost_hours,
             "heat_hours" => self.heat_hours,
+            "tss_brix" => self.tss_brix,
+            "acid_pct" => self.acid_pct,
+            "tss_acid_ratio" => self.tss_acid_ratio,
+            "brima" => self.brima,
             "leaf_wet_hours" => self.leaf_wet_hours,
             "rain_mm" => self.rain_mm,
             "irrigation_mm" => Some(self.irrigation_mm),
@@ -379,6 +397,16 @@ impl BlockDay {
         Ok(across(&counted))
     }
 
+    /// The mean of a kind sampled now and then (fruit samples): every reading of the day
+    /// counts once, however little of the day they cover; `None` when there are none.
+    fn sampled(&self, kind: Kind) -> Option<f64> {
+        let devices = self.devices.get(&kind)?;
+        let (sum, n) = devices.iter().fold((0.0, 0u32), |(s, n), d| {
+            (s + d.window.sum, n + d.window.readings)
+        });
+        (n > 0).then(|| sum / f64::from(n))
+    }
+
     /// Metered irrigation: every meter counts, however much of the day it covers.
     fn metered(&self) -> Option<KindDay> {
         let meters: Vec<&DeviceDay> = self
@@ -492,6 +520,11 @@ fn one_day(
     let t_mean_c = field("t_mean_c", t(&|t| t.mean));
     let frost_hours = field("frost_hours", t(&|t| t.frost_hours));
     let heat_hours = field("heat_hours", t(&|t| t.heat_hours));
+    let tss_brix = block.sampled(Kind::Tss);
+    let acid_pct = block.sampled(Kind::TitratableAcidity);
+    let both = tss_brix.zip(acid_pct);
+    let tss_acid_ratio = both.filter(|(_, a)| *a > 0.0).map(|(t, a)| t / a);
+    let brima = both.map(|(t, a)| t - 4.0 * a);
     let leaf_wet_hours = field("leaf_wet_hours", wet.map(|w| w.mean / 100.0 * 24.0));
     let rain_mm = field(
         "rain_mm",
@@ -583,6 +616,10 @@ fn one_day(
         t_mean_c,
         frost_hours,
         heat_hours,
+        tss_brix,
+        acid_pct,
+        tss_acid_ratio,
+        brima,
         leaf_wet_hours,
         rain_mm,
         irrigation_mm,

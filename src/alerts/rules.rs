@@ -975,6 +975,7 @@ source = "UF/IFAS"
                 "irrigate-flowering-fruit-set",
                 "irrigate",
                 "melanose-risk",
+                "harvest-ready",
                 "sensor-stuck-air",
                 "sensor-stuck-soil-moisture",
                 "ingest-stalled",
