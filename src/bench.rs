@@ -4,6 +4,7 @@
 //! ([`probe`]) tell throughput, publish-to-commit latency, batch sizes, memory and where the
 //! CPU went ([`report`]).
 
+mod alerts;
 mod forward;
 mod probe;
 mod report;
@@ -77,6 +78,17 @@ fn run_blocking(args: &BenchArgs, runtime: &Handle) -> Result<(), String> {
                     std::fs::create_dir_all(&none)
                         .map_err(|e| format!("bench: {}: {e}", none.display()))?;
                     settings.alerts.rules_dir = Some(none);
+                } else if args.alert_latency {
+                    // The citrus pack and the latency probe's own rule.
+                    let dir = std::env::temp_dir().join("orchardd-bench-probe-rules");
+                    let write = |name: &str, text: &str| {
+                        std::fs::create_dir_all(&dir)
+                            .and_then(|()| std::fs::write(dir.join(name), text))
+                            .map_err(|e| format!("bench: {}: {e}", dir.display()))
+                    };
+                    write("citrus.toml", crate::alerts::rules::CITRUS)?;
+                    write("probe.toml", alerts::RULE)?;
+                    settings.alerts.rules_dir = Some(dir);
                 }
                 let outcome = measure(&exe, &settings, args, &load, scenario, runtime)?;
                 eprintln!(
@@ -248,6 +260,8 @@ struct Outcome {
     peak_rss_kib: Option<u64>,
     broker_peak_rss_kib: Option<u64>,
     cpu: CpuUse,
+    /// With `--alert-latency`: the probe's reading-to-MQTT-alert times.
+    alert_latency: Option<alerts::Latencies>,
 }
 
 impl Outcome {
@@ -295,8 +309,22 @@ fn measure(
     let broker_pid = mosquitto.as_ref().map(|m| m.process.id());
     let cpu_before = CpuSnapshot::take(daemon_pid, broker_pid);
     let started = Instant::now();
+    let (stop_probe, stopped) = tokio::sync::watch::channel(false);
+    let probe = (args.alert_latency
+        && scenario.rules
+        && matches!(scenario.broker, BenchBroker::Embedded))
+    .then(|| runtime.spawn(alerts::probe(daemon.mqtt_port, stopped)));
     let mut publisher = Publisher::start(runtime, load.options(daemon.mqtt_port));
     let watched = watch_commits(&mut daemon, &mut publisher, load.readings(), started)?;
+    let _ = stop_probe.send(true);
+    let alert_latency = match probe {
+        Some(task) => Some(
+            runtime
+                .block_on(task)
+                .map_err(|e| format!("bench: alert probe: {e}"))??,
+        ),
+        None => None,
+    };
     // Every reading committed means every message published; the last PUBACKs follow at once.
     let published = publisher.collect(Duration::from_secs(10))?;
     let cpu = CpuSnapshot::take(daemon_pid, broker_pid).since(&cpu_before);
@@ -319,6 +347,7 @@ fn measure(
         peak_rss_kib,
         broker_peak_rss_kib,
         cpu,
+        alert_latency,
     })
 }
 
@@ -484,6 +513,7 @@ mod tests {
             rollups: vec![Switch::On],
             rules: vec![Switch::On],
             rate: Some(20 * READINGS_PER_MESSAGE * 100),
+            alert_latency: false,
             mosquitto_max_inflight: 1000,
             config: None,
             output: None,

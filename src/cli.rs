@@ -147,6 +147,11 @@ pub struct BenchArgs {
     /// publishes as fast as the broker acknowledges (a saturation run).
     #[arg(long)]
     pub rate: Option<u64>,
+    /// Also measure reading-to-MQTT-alert latency (orchardd's own endpoint, rules on): a
+    /// probe device fires and resolves a threshold rule in turn while the load runs, and an
+    /// MQTT subscriber times each event from the probe's publish.
+    #[arg(long)]
+    pub alert_latency: bool,
     /// Mosquitto's max_inflight_messages: QoS 1 messages it sends orchardd ahead of the
     /// acknowledgements, which orchardd gives only after commit (0: no limit).
     #[arg(long, default_value_t = 1000)]

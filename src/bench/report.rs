@@ -119,6 +119,18 @@ fn rows() -> Vec<(&'static str, Cell)> {
         ("receipt → PUBACK p99 (own endpoint)", |o| {
             ack_latency(o, 0.99)
         }),
+        ("reading → MQTT alert p50 / p99 (probes, lost)", |o| {
+            or_dash(o.alert_latency.as_ref(), |l| {
+                let ms = |q| or_dash(l.quantile(q), |v| format!("{v:.1}"));
+                format!(
+                    "{} / {} ms ({}, {} lost)",
+                    ms(0.5),
+                    ms(0.99),
+                    l.ms.len(),
+                    l.lost
+                )
+            })
+        }),
         ("commit batch p50 (mean), readings", |o| {
             let p50 = o.scrape.histogram("orchardd_batch_readings").quantile(0.5);
             let mean = o.scrape.mean("orchardd_batch_readings");
