@@ -310,10 +310,9 @@ fn measure(
     let cpu_before = CpuSnapshot::take(daemon_pid, broker_pid);
     let started = Instant::now();
     let (stop_probe, stopped) = tokio::sync::watch::channel(false);
-    let probe = (args.alert_latency
-        && scenario.rules
-        && matches!(scenario.broker, BenchBroker::Embedded))
-    .then(|| runtime.spawn(alerts::probe(daemon.mqtt_port, stopped)));
+    let probe =
+        (args.alert_latency && scenario.rules && matches!(scenario.broker, BenchBroker::Embedded))
+            .then(|| runtime.spawn(alerts::probe(daemon.mqtt_port, stopped)));
     let mut publisher = Publisher::start(runtime, load.options(daemon.mqtt_port));
     let watched = watch_commits(&mut daemon, &mut publisher, load.readings(), started)?;
     let _ = stop_probe.send(true);

@@ -193,6 +193,8 @@ pub async fn run(settings: Settings) -> Result<(), DaemonError> {
         let running = endpoint::start(listeners, &settings.broker, shared.clone())?;
         tokio::spawn(crate::alerts::notify::run(
             crate::alerts::notify::Mqtt(shared.clone()),
+            // A feed for software: never held back by quiet hours.
+            None,
             admin.clone(),
             alerts_changed.subscribe(),
             shutdown.clone(),

@@ -182,6 +182,12 @@ struct Spec {
     /// Local months (1-12) the rule watches; outside them its condition does not hold.
     #[serde(default)]
     months: Option<Vec<u8>>,
+    /// Alerts of one scope opened this many times within `unstable_within` make the next one
+    /// an "unstable signal" that stays open for staff (0: never).
+    #[serde(default)]
+    unstable_after: Option<u32>,
+    #[serde(default, with = "humantime_serde")]
+    unstable_within: Option<Duration>,
     #[serde(default)]
     orchards: Vec<Ident>,
     #[serde(default)]
@@ -233,6 +239,9 @@ pub struct Rule {
     pub daily: Option<Daily>,
     /// The local months the rule watches, a bit each (bit 1 = January); `None`: all.
     pub months: Option<u16>,
+    /// `(cycles, within_ms)`: that many alerts of one scope within that time make the next
+    /// an unstable signal's, which stays open for staff.
+    pub unstable: (u32, i64),
     pub threshold: Threshold,
     pub orchards: Vec<Ident>,
     pub blocks: Vec<Ident>,
@@ -243,15 +252,8 @@ pub struct Rule {
 impl Rule {
     /// Whether `ts` falls in the rule's local hours (always, without `hours`).
     pub fn in_hours(&self, ts: i64, utc_offset_ms: i64) -> bool {
-        let Some((from, to)) = self.hours else {
-            return true;
-        };
-        let h = ((ts + utc_offset_ms).rem_euclid(86_400_000) / 3_600_000) as u8;
-        if from <= to {
-            (from..to).contains(&h)
-        } else {
-            h >= from || h < to
-        }
+        self.hours
+            .is_none_or(|(from, to)| in_local_hours(ts, utc_offset_ms, from, to))
     }
 
     /// Whether `ts` falls in the rule's local months (always, without `months`).
@@ -287,6 +289,16 @@ impl Rule {
     pub fn covers(&self, orchard: &Ident, block: &Ident, device: &Ident) -> bool {
         let any = |list: &[Ident], v: &Ident| list.is_empty() || list.contains(v);
         any(&self.orchards, orchard) && any(&self.blocks, block) && any(&self.devices, device)
+    }
+}
+
+/// Whether `ts` falls in the local hours `[from, to)`; `from > to` spans midnight.
+pub fn in_local_hours(ts: i64, utc_offset_ms: i64, from: u8, to: u8) -> bool {
+    let h = ((ts + utc_offset_ms).rem_euclid(86_400_000) / 3_600_000) as u8;
+    if from <= to {
+        (from..to).contains(&h)
+    } else {
+        h >= from || h < to
     }
 }
 
@@ -661,6 +673,7 @@ pub fn parse(file: &str, text: &str, problems: &mut Vec<Problem>) -> Vec<Rule> {
                 inhibited_by: Vec::new(),
                 daily: None,
                 months,
+                unstable: unstable_of(spec.unstable_after, spec.unstable_within),
                 measure: Some(measure),
                 severity: spec.severity,
                 threshold: Threshold {
@@ -686,6 +699,17 @@ fn braced<'a>(names: impl Iterator<Item = &'a str>) -> String {
         .map(|n| format!("{{{n}}}"))
         .collect::<Vec<_>>()
         .join(", ")
+}
+
+/// Alerts of one scope opened more than this often within this time are a flapping signal.
+const UNSTABLE_AFTER: u32 = 4;
+const UNSTABLE_WITHIN: Duration = Duration::from_secs(6 * 3600);
+
+fn unstable_of(after: Option<u32>, within: Option<Duration>) -> (u32, i64) {
+    (
+        after.unwrap_or(UNSTABLE_AFTER),
+        within.unwrap_or(UNSTABLE_WITHIN).as_millis() as i64,
+    )
 }
 
 /// An absence rule: `per`, `missed` (3 by default) and `inhibited_by`; no thresholds.
@@ -739,6 +763,7 @@ fn absence(spec: Spec, version: String, problem: &mut impl FnMut(&str, String)) 
         inhibited_by: spec.inhibited_by,
         daily: None,
         months: None,
+        unstable: unstable_of(spec.unstable_after, spec.unstable_within),
         // Not used: an absence rule fires on the clock, not through the threshold machine.
         threshold: Threshold {
             side: Side::Above,
@@ -838,6 +863,7 @@ fn daily(
             on_no_data: spec.on_no_data.unwrap_or_default(),
         }),
         months,
+        unstable: unstable_of(spec.unstable_after, spec.unstable_within),
         // An alert's `threshold`: the first condition's bound.
         threshold: Threshold {
             side: Side::Above,

@@ -140,11 +140,36 @@ pub fn open(
     let previous: Option<i64> = tx
         .prepare_cached("SELECT max(id) FROM alerts WHERE rule = ?1 AND scope = ?2")?
         .query_row(params![rule.id, subject.scope], |r| r.get(0))?;
+    // Opened and closed too often of late: one alert that stays open says so, instead of a
+    // storm of them.
+    let (cycles, within_ms) = rule.unstable;
+    let recent: u32 = tx
+        .prepare_cached(
+            "SELECT count(*) FROM alerts WHERE rule = ?1 AND scope = ?2 AND fired_at >= ?3",
+        )?
+        .query_row(
+            params![rule.id, subject.scope, firing.at - within_ms],
+            |r| r.get(0),
+        )?;
+    let unstable = cycles > 0 && recent >= cycles;
+    let (mut en, mut zh) = (
+        render(&rule.action.en, &fill),
+        render(&rule.action.zh, &fill),
+    );
+    if unstable {
+        let hours = within_ms as f64 / 3_600_000.0;
+        en = format!(
+            "Unstable signal: this alert opened and closed {recent} times in {hours} h, so it now stays open until staff resolve it. {en}"
+        );
+        zh = format!(
+            "信号不稳定：此警报在 {hours} 小时内已开启又关闭 {recent} 次，现保持开启，直到工作人员处理。{zh}"
+        );
+    }
     let inserted = tx
         .prepare_cached(
             "INSERT INTO alerts (rule, rule_version, scope, orchard, block, device, kind, severity, \
-             state, since, fired_at, value, threshold, action_en, action_zh, previous) \
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, 'firing', ?9, ?10, ?11, ?12, ?13, ?14, ?15) \
+             state, since, fired_at, value, threshold, action_en, action_zh, previous, unstable) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, 'firing', ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16) \
              ON CONFLICT DO NOTHING",
         )?
         .execute(params![
@@ -160,9 +185,10 @@ pub fn open(
             firing.at,
             firing.value,
             firing.threshold,
-            render(&rule.action.en, &fill),
-            render(&rule.action.zh, &fill),
+            en,
+            zh,
             previous,
+            unstable,
         ])?;
     if inserted == 0 {
         return Ok(None);
@@ -183,8 +209,8 @@ pub fn resolve(
     close(tx, rule, &scope_of(series), at, Some(value))
 }
 
-/// Resolves the open alert of `rule` for `scope`, if there is one; `value` is what the
-/// resolving reading read.
+/// Resolves the open alert of `rule` for `scope`, if there is one and it is not an unstable
+/// signal's (which stays open for staff); `value` is what the resolving reading read.
 pub fn close(
     tx: &Transaction<'_>,
     rule: &str,
@@ -195,7 +221,7 @@ pub fn close(
     let id: Option<i64> = tx
         .prepare_cached(
             "UPDATE alerts SET state = 'resolved', resolved_at = ?3 \
-             WHERE rule = ?1 AND scope = ?2 AND state != 'resolved' RETURNING id",
+             WHERE rule = ?1 AND scope = ?2 AND state != 'resolved' AND NOT unstable RETURNING id",
         )?
         .query_row(params![rule, scope, at], |r| r.get(0))
         .optional()?;
@@ -327,6 +353,9 @@ pub struct Alert {
     /// The alert of the same rule and scope before this one.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub previous: Option<i64>,
+    /// Opened because the rule had fired too often for its scope of late: it does not
+    /// resolve by itself.
+    pub unstable: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -345,7 +374,7 @@ pub struct ByWhom {
 
 const COLUMNS: &str = "id, rule, rule_version, scope, orchard, block, device, kind, severity, state, \
      since, fired_at, value, threshold, action_en, action_zh, acked_by, acked_at, ack_note, \
-     resolved_at, resolved_by, resolve_note, previous";
+     resolved_at, resolved_by, resolve_note, previous, unstable";
 
 fn alert_of(r: &rusqlite::Row<'_>) -> rusqlite::Result<Alert> {
     let time = |ms: i64| TimestampMs(ms).to_rfc3339();
@@ -389,6 +418,7 @@ fn alert_of(r: &rusqlite::Row<'_>) -> rusqlite::Result<Alert> {
             _ => None,
         },
         previous: r.get(22)?,
+        unstable: r.get(23)?,
     })
 }
 
@@ -576,8 +606,14 @@ pub struct Pending {
     pub alert: Alert,
 }
 
-/// The oldest events not yet delivered on `channel`.
-pub fn pending(conn: &Connection, channel: &str, limit: usize) -> Result<Vec<Pending>, StoreError> {
+/// The oldest events not yet delivered on `channel`; with `critical_only` (quiet hours), only
+/// those of critical alerts.
+pub fn pending(
+    conn: &Connection,
+    channel: &str,
+    limit: usize,
+    critical_only: bool,
+) -> Result<Vec<Pending>, StoreError> {
     type Row = (
         i64,
         String,
@@ -592,9 +628,11 @@ pub fn pending(conn: &Connection, channel: &str, limit: usize) -> Result<Vec<Pen
         .prepare_cached(
             "SELECT e.id, e.event, e.at, e.alert, e.who, e.note, e.value, o.next_attempt_at \
              FROM alert_outbox o JOIN alert_events e ON e.id = o.event \
-             WHERE o.channel = ?1 AND o.delivered_at IS NULL ORDER BY e.id LIMIT ?2",
+             WHERE o.channel = ?1 AND o.delivered_at IS NULL \
+             AND (?3 = 0 OR e.alert IN (SELECT id FROM alerts WHERE severity = 'critical')) \
+             ORDER BY e.id LIMIT ?2",
         )?
-        .query_map(params![channel, limit as i64], |r| {
+        .query_map(params![channel, limit as i64, critical_only], |r| {
             Ok((
                 r.get(0)?,
                 r.get(1)?,
@@ -717,6 +755,97 @@ mod tests {
     }
 
     #[test]
+    fn a_rule_that_fires_again_and_again_becomes_one_unstable_alert_that_stays_open() {
+        let dir = tempfile::tempdir().unwrap();
+        let settings = StoreSettings {
+            path: dir.path().join("o.db"),
+            ..StoreSettings::default()
+        };
+        let mut c = crate::store::open_writer(&settings).unwrap();
+        set_channels(&mut c, &["mqtt".into()]).unwrap();
+        let rules = crate::alerts::rules::built_in().unwrap();
+        let rule = rules.iter().find(|r| r.id == "frost-warning").unwrap();
+        // As shipped: more than 4 alerts of one scope within 6 h.
+        assert_eq!(rule.unstable, (4, 6 * 3_600_000));
+        let min = 60_000;
+        let tx = c.transaction().unwrap();
+        // Four frosts of twenty minutes each, an hour apart: four alerts, each resolved.
+        for i in 0..4 {
+            let at = i * 60 * min;
+            fire(&tx, rule, &series(), at, at, -0.5).unwrap().unwrap();
+            assert!(
+                resolve(&tx, &rule.id, &series(), at + 20 * min, 1.5)
+                    .unwrap()
+                    .is_some()
+            );
+        }
+        // The fifth is the unstable signal's: it does not resolve by itself.
+        let fifth = fire(&tx, rule, &series(), 240 * min, 240 * min, -0.5)
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            resolve(&tx, &rule.id, &series(), 260 * min, 1.5).unwrap(),
+            None
+        );
+        assert_eq!(
+            fire(&tx, rule, &series(), 300 * min, 300 * min, -0.5).unwrap(),
+            None
+        );
+        tx.commit().unwrap();
+        let (alert, events) = get(&c, fifth).unwrap().unwrap();
+        assert!(alert.unstable && alert.state == "firing");
+        assert!(
+            alert
+                .action
+                .en
+                .starts_with("Unstable signal: this alert opened and closed 4 times in 6 h")
+        );
+        assert_eq!(events.len(), 1, "one notification, not a storm");
+        // Staff resolve it; a frost long after is an ordinary alert again.
+        act(
+            &mut c,
+            fifth,
+            StaffAction::Resolve,
+            "Li Wei",
+            Some("fan relay fixed"),
+        )
+        .unwrap();
+        let tx = c.transaction().unwrap();
+        let later = fire(&tx, rule, &series(), 1000 * min, 1000 * min, -0.5)
+            .unwrap()
+            .unwrap();
+        tx.commit().unwrap();
+        assert!(!get(&c, later).unwrap().unwrap().0.unstable);
+    }
+
+    #[test]
+    fn in_quiet_hours_a_channel_is_offered_only_critical_alerts_and_the_rest_wait() {
+        let dir = tempfile::tempdir().unwrap();
+        let settings = StoreSettings {
+            path: dir.path().join("o.db"),
+            ..StoreSettings::default()
+        };
+        let mut c = crate::store::open_writer(&settings).unwrap();
+        set_channels(&mut c, &["webhook:ops".into()]).unwrap();
+        let rules = crate::alerts::rules::built_in().unwrap();
+        let warning = rules.iter().find(|r| r.id == "frost-warning").unwrap();
+        let critical = rules.iter().find(|r| r.id == "frost-critical").unwrap();
+        let tx = c.transaction().unwrap();
+        fire(&tx, warning, &series(), 0, 600_000, -0.5).unwrap();
+        fire(&tx, critical, &series(), 0, 900_000, -2.5).unwrap();
+        tx.commit().unwrap();
+        let rules_of = |quiet| -> Vec<String> {
+            pending(&c, "webhook:ops", 10, quiet)
+                .unwrap()
+                .into_iter()
+                .map(|p| p.alert.rule)
+                .collect()
+        };
+        assert_eq!(rules_of(true), ["frost-critical"]);
+        assert_eq!(rules_of(false), ["frost-warning", "frost-critical"]);
+    }
+
+    #[test]
     fn two_writers_firing_one_rule_for_one_scope_open_one_alert() {
         let dir = tempfile::tempdir().unwrap();
         let settings = StoreSettings {
@@ -786,7 +915,7 @@ mod tests {
             fire(&tx, &rule, &s, 0, 600_000, -1.0).unwrap();
         }
         tx.commit().unwrap();
-        let events: Vec<i64> = pending(&c, &channel, 10)
+        let events: Vec<i64> = pending(&c, &channel, 10, false)
             .unwrap()
             .iter()
             .map(|p| p.event)
@@ -805,7 +934,7 @@ mod tests {
             digest: false,
         };
         attempted(&mut c, &channel, first, &refused, Some(due)).unwrap();
-        let waiting = pending(&c, &channel, 10).unwrap();
+        let waiting = pending(&c, &channel, 10, false).unwrap();
         assert_eq!(waiting[0].next_attempt_at, Some(due));
         assert_eq!(waiting[1].next_attempt_at, None);
 
@@ -819,7 +948,7 @@ mod tests {
             digest: true,
         };
         attempted(&mut c, &channel, digest, &taken, None).unwrap();
-        assert!(pending(&c, &channel, 10).unwrap().is_empty());
+        assert!(pending(&c, &channel, 10, false).unwrap().is_empty());
         // Three events, one message: the window after a restart counts it once.
         assert_eq!(delivered_since(&c, &channel, 0).unwrap().len(), 1);
         let (_, evs) = get(&c, waiting[0].alert.id).unwrap().unwrap();

@@ -17,6 +17,10 @@ pub struct AlertSettings {
     /// at start-up and after local midnight): each judgement computes the block's indices.
     #[serde(with = "humantime_serde")]
     pub daily_every: Duration,
+    /// Local hours `[from, to)` (at `aggregate.utc_offset`) in which webhooks and group robots
+    /// get only critical alerts; the rest wait until the quiet hours end. MQTT, a feed for
+    /// software, is never held back.
+    pub quiet_hours: Option<[u8; 2]>,
     /// Generic webhooks: every alert event POSTed as JSON, signed.
     pub webhooks: Vec<WebhookSettings>,
     /// DingTalk group robots (钉钉群自定义机器人).
@@ -32,6 +36,7 @@ impl Default for AlertSettings {
         Self {
             rules_dir: None,
             daily_every: Duration::from_secs(300),
+            quiet_hours: None,
             webhooks: Vec::new(),
             dingtalk: Vec::new(),
             wecom: Vec::new(),
@@ -185,6 +190,14 @@ struct Common<'a> {
 impl AlertSettings {
     /// Every problem of the notifiers' tables, by key path.
     pub(super) fn problems(&self, problem: &mut impl FnMut(&str, String)) {
+        if let Some([from, to]) = self.quiet_hours
+            && (from > 23 || to > 24 || from == to)
+        {
+            problem(
+                "alerts.quiet_hours",
+                "must be two different local hours from 0 to 24, such as [22, 7]".into(),
+            );
+        }
         let mut common = Vec::new();
         for (i, w) in self.webhooks.iter().enumerate() {
             let key = format!("alerts.webhooks[{i}]");

@@ -262,6 +262,12 @@ const MIGRATIONS: &[&str] = &[
     ALTER TABLE alert_attempts ADD COLUMN digest INTEGER;
     CREATE INDEX alert_attempts_by_channel ON alert_attempts (channel, at);
     "#,
+    // 13: an alert opened by a rule that fired too often for its scope of late stays open
+    // ("unstable signal"); counting them wants alerts by rule, scope and time.
+    r#"
+    ALTER TABLE alerts ADD COLUMN unstable INTEGER NOT NULL DEFAULT 0;
+    CREATE INDEX alerts_by_rule_scope ON alerts (rule, scope, fired_at);
+    "#,
 ];
 
 /// The schema version this build of orchardd writes.

@@ -463,6 +463,7 @@ pub(super) mod tests {
                 resolved_at: None,
                 resolved_by: None,
                 previous: None,
+                unstable: false,
             },
         }
     }

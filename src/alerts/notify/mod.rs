@@ -82,8 +82,31 @@ pub trait Channel: Send + Sync + 'static {
     }
 }
 
+/// Local hours in which a channel delivers only critical alerts.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct QuietHours {
+    pub from: u8,
+    pub to: u8,
+    pub utc_offset_ms: i64,
+}
+
+impl QuietHours {
+    pub fn of(settings: &AlertSettings, utc_offset_ms: i64) -> Option<Self> {
+        settings.quiet_hours.map(|[from, to]| Self {
+            from,
+            to: to % 24,
+            utc_offset_ms,
+        })
+    }
+
+    pub fn holds(&self, now: i64) -> bool {
+        crate::alerts::rules::in_local_hours(now, self.utc_offset_ms, self.from, self.to)
+    }
+}
+
 /// The channels over HTTP of this run, from `[alerts]`: webhooks and group robots.
 pub struct Notifiers {
+    quiet: Option<QuietHours>,
     webhooks: Vec<Webhook>,
     dingtalk: Vec<DingTalk>,
     wecom: Vec<WeCom>,
@@ -103,6 +126,7 @@ impl Notifiers {
             rules: rules.clone(),
         };
         Ok(Self {
+            quiet: QuietHours::of(settings, utc_offset_ms),
             webhooks: settings
                 .webhooks
                 .iter()
@@ -135,36 +159,39 @@ impl Notifiers {
         out
     }
 
-    /// One delivery task per channel.
+    /// One delivery task per channel, each keeping the quiet hours.
     pub fn spawn(self, admin: &Admin, changed: &watch::Sender<u64>, shutdown: &CancellationToken) {
+        let quiet = self.quiet;
         let args = || (admin.clone(), changed.subscribe(), shutdown.clone());
         for c in self.webhooks {
             let (a, ch, s) = args();
-            tokio::spawn(run(c, a, ch, s));
+            tokio::spawn(run(c, quiet, a, ch, s));
         }
         for c in self.dingtalk {
             let (a, ch, s) = args();
-            tokio::spawn(run(c, a, ch, s));
+            tokio::spawn(run(c, quiet, a, ch, s));
         }
         for c in self.wecom {
             let (a, ch, s) = args();
-            tokio::spawn(run(c, a, ch, s));
+            tokio::spawn(run(c, quiet, a, ch, s));
         }
         for c in self.feishu {
             let (a, ch, s) = args();
-            tokio::spawn(run(c, a, ch, s));
+            tokio::spawn(run(c, quiet, a, ch, s));
         }
     }
 }
 
-/// Delivers the outbox of one channel until `shutdown`.
+/// Delivers the outbox of one channel until `shutdown`; in `quiet` hours, only the events of
+/// critical alerts (the others wait, in order, for the hours to end).
 pub async fn run<C: Channel>(
     channel: C,
+    quiet: Option<QuietHours>,
     admin: Admin,
     mut changed: watch::Receiver<u64>,
     shutdown: CancellationToken,
 ) {
-    let mut task = Task::start(channel, admin).await;
+    let mut task = Task::start(channel, quiet, admin).await;
     loop {
         let batch = task.outbox().await;
         if batch.is_empty() {
@@ -200,10 +227,11 @@ struct Task<C> {
     /// The due time this task set after its last failure: one it did not set (from a run
     /// before a restart) is worth a line in the log.
     own_hold: Option<i64>,
+    quiet: Option<QuietHours>,
 }
 
 impl<C: Channel> Task<C> {
-    async fn start(channel: C, admin: Admin) -> Self {
+    async fn start(channel: C, quiet: Option<QuietHours>, admin: Admin) -> Self {
         let name = channel.name();
         let window = match channel.rate() {
             Some(rate) => Some(Window::new(rate, sent_last_minute(&admin, &name).await)),
@@ -216,13 +244,19 @@ impl<C: Channel> Task<C> {
             retry: FIRST_RETRY,
             window,
             own_hold: None,
+            quiet,
         }
     }
 
-    /// The oldest events waiting for the channel.
+    /// The oldest events waiting for the channel (in quiet hours, of critical alerts).
     async fn outbox(&self) -> Vec<Pending> {
         let n = self.name.clone();
-        match self.admin.write(move |c| alerts::pending(c, &n, 100)).await {
+        let critical_only = self.quiet.is_some_and(|q| q.holds(TimestampMs::now().0));
+        match self
+            .admin
+            .write(move |c| alerts::pending(c, &n, 100, critical_only))
+            .await
+        {
             Ok(b) => b,
             Err(e) => {
                 tracing::error!(error = %e, channel = %self.name, "alert notifier: cannot read the outbox");
@@ -314,5 +348,24 @@ async fn sent_last_minute(admin: &Admin, channel: &str) -> Vec<i64> {
             tracing::error!(error = %e, %channel, "alert notifier: cannot read the attempt log");
             Vec::new()
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn quiet_hours_span_midnight_at_the_local_offset() {
+        let settings = AlertSettings {
+            quiet_hours: Some([22, 7]),
+            ..AlertSettings::default()
+        };
+        let q = QuietHours::of(&settings, 8 * 3_600_000).unwrap();
+        let utc = |h: i64| h * 3_600_000;
+        // 22:00 and 06:59 local (+08:00) are quiet; 07:00 and 21:59 are not.
+        assert!(q.holds(utc(14)) && q.holds(utc(23) - 60_000));
+        assert!(!q.holds(utc(23)) && !q.holds(utc(14) - 60_000));
+        assert_eq!(QuietHours::of(&AlertSettings::default(), 0), None);
     }
 }
