@@ -117,6 +117,14 @@ impl Registry {
         }
     }
 
+    /// The shortest `expected_interval` of any device.
+    pub fn min_interval(&self) -> Option<Duration> {
+        self.devices
+            .values()
+            .filter_map(|e| e.expected_interval)
+            .min()
+    }
+
     pub fn get(&self, id: &str) -> Option<&DeviceEntry> {
         self.devices
             .get(id)

@@ -441,12 +441,51 @@ pub fn compute<E>(
     p: &BlockParams,
     first: Day,
     end: Day,
+    readings_of: impl FnMut(Day) -> Result<Vec<SeriesReadings>, E>,
+    entered: &HashMap<Day, f64>,
+) -> Result<Vec<DayIndices>, E> {
+    compute_walking(
+        p,
+        p.season_start_of(first),
+        first,
+        end,
+        readings_of,
+        entered,
+    )
+}
+
+/// The indices a season carries from day to day (sums, the water balance).
+pub const SEASONAL: &[&str] = &[
+    "gdd_season",
+    "depletion_mm",
+    "depletion_pct",
+    "drained_mm",
+    "irrigation_needed_mm",
+];
+
+/// As [`compute`], but from `first` on its own: the [`SEASONAL`] indices count from `first`
+/// instead of the season start, and everything else is the same at a fraction of the cost.
+pub fn compute_without_season<E>(
+    p: &BlockParams,
+    first: Day,
+    end: Day,
+    readings_of: impl FnMut(Day) -> Result<Vec<SeriesReadings>, E>,
+    entered: &HashMap<Day, f64>,
+) -> Result<Vec<DayIndices>, E> {
+    compute_walking(p, first, first, end, readings_of, entered)
+}
+
+fn compute_walking<E>(
+    p: &BlockParams,
+    from: Day,
+    first: Day,
+    end: Day,
     mut readings_of: impl FnMut(Day) -> Result<Vec<SeriesReadings>, E>,
     entered: &HashMap<Day, f64>,
 ) -> Result<Vec<DayIndices>, E> {
     let mut out = Vec::new();
     let mut season = Season::default();
-    let mut day = p.season_start_of(first);
+    let mut day = from;
     while day < end {
         if p.season_start_of(day) == day {
             season = Season::default();

@@ -32,8 +32,23 @@ use crate::model::{Ident, Reading, TimestampMs};
 use crate::registry::Registry;
 use crate::store::{Admin, StoreError};
 
-/// How often silences are looked for.
-const TICK: Duration = Duration::from_secs(1);
+/// How often silences are looked for: a twentieth of the shortest allowance of silence, from
+/// every second (devices that report every second) to every 15 s (the shipped 15-minute
+/// interval allows 45 minutes).
+const QUICKEST: Duration = Duration::from_secs(1);
+const SLOWEST: Duration = Duration::from_secs(15);
+
+fn tick_for(rules: &[Rule], registry: &Registry, default_interval: Duration) -> Duration {
+    let missed = rules
+        .iter()
+        .filter_map(|r| r.absence.as_ref().map(|a| a.missed))
+        .min()
+        .unwrap_or(3);
+    let interval = registry
+        .min_interval()
+        .map_or(default_interval, |i| i.min(default_interval));
+    (interval * missed / 20).clamp(QUICKEST, SLOWEST)
+}
 
 /// What orchardd last heard of one device.
 #[derive(Debug, Clone, PartialEq)]
@@ -455,13 +470,13 @@ pub async fn watch(
 ) {
     let mut current: Arc<Vec<Rule>> = Arc::default();
     let mut known = Known::new();
-    let mut ticks = tokio::time::interval(TICK);
-    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut tick = QUICKEST;
     loop {
         tokio::select! {
-            _ = ticks.tick() => {}
+            _ = tokio::time::sleep(tick) => {}
             _ = shutdown.cancelled() => return,
         }
+        tick = tick_for(&current, &registry.borrow(), default_interval);
         let reloaded = rules.has_changed().unwrap_or(false) || current.is_empty();
         if reloaded {
             current = rules.borrow_and_update().clone();
@@ -660,6 +675,31 @@ action.zh = "{device} 已 {silent} 无数据。"
         let mut known = Known::new();
         known.insert(("offline".into(), "o/b/a1".into()), 10 * MIN);
         assert!(fired(&judge(&a, &rules, &interval, &known, 64 * MIN), &rules).is_empty());
+    }
+
+    #[test]
+    fn silences_are_looked_for_often_enough_and_no_more() {
+        let rules = rules();
+        let none = Registry::new([]);
+        // As shipped: 15-minute devices, 3 missed reports: every 15 s.
+        assert_eq!(
+            tick_for(&rules, &none, Duration::from_secs(900)),
+            Duration::from_secs(15)
+        );
+        // One device of the registry reports every 10 s: 30 s of silence, looked at every 1.5 s.
+        let quick = Registry::new([crate::registry::DeviceEntry {
+            id: "quick".parse().unwrap(),
+            orchard: "o".parse().unwrap(),
+            block: "b".parse().unwrap(),
+            position: None,
+            depths_cm: Vec::new(),
+            installed: None,
+            expected_interval: Some(Duration::from_secs(10)),
+        }]);
+        assert_eq!(
+            tick_for(&rules, &quick, Duration::from_secs(900)),
+            Duration::from_millis(1500)
+        );
     }
 
     #[test]

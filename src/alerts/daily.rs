@@ -158,24 +158,36 @@ fn apply(
     Ok(changed)
 }
 
-/// The indices of yesterday and today for one block, from the store.
+/// The indices of yesterday and today for one block, from the store. The season is walked
+/// from its start only when `seasonal` (a rule tests the water balance or a season sum) and
+/// the block has a site, without which the balance is unknown anyway.
 async fn two_days(
     pool: &ReadPool,
     agronomy: &Agronomy,
     (orchard, block): (&Ident, &Ident),
     today: Day,
     default_interval: Duration,
+    seasonal: bool,
 ) -> Result<Vec<DayIndices>, StoreError> {
     let params = agronomy.params(orchard.as_str(), block.as_str());
     let (o, b) = (orchard.clone(), block.clone());
     let (first, end) = (Day(today.0 - 1), Day(today.0 + 1));
+    let walk = seasonal && params.site.is_some();
     pool.read(move |c| {
         let offset = params.utc_offset_ms;
-        let season = params.season_start_of(first);
-        let entered = irrigation::per_day(c, &o, &b, season, end)?;
+        let from = if walk {
+            params.season_start_of(first)
+        } else {
+            first
+        };
+        let entered = irrigation::per_day(c, &o, &b, from, end)?;
         let series = BlockSeries::of(c, &o, &b, default_interval)?;
         let readings_of = |day: Day| series.around(c, day, offset);
-        indices::compute(&params, first, end, readings_of, &entered)
+        if walk {
+            indices::compute(&params, first, end, readings_of, &entered)
+        } else {
+            indices::compute_without_season(&params, first, end, readings_of, &entered)
+        }
     })
     .await
 }
@@ -252,12 +264,25 @@ impl DailyRules {
         if watching.is_empty() {
             return Ok(());
         }
+        // A season index tested, or named in an action text.
+        let seasonal = watching.iter().any(|r| {
+            let named = |n: &&str| {
+                let p = format!("{{{n}");
+                r.action.en.contains(&p) || r.action.zh.contains(&p)
+            };
+            r.daily.as_ref().is_some_and(|d| {
+                d.when
+                    .iter()
+                    .any(|(name, _)| indices::SEASONAL.contains(&name.as_str()))
+            }) || indices::SEASONAL.iter().any(named)
+        });
         let days = two_days(
             &self.pool,
             &self.agronomy,
             (orchard, block),
             today,
             self.default_interval,
+            seasonal,
         )
         .await?;
         let [yesterday, now_day] = &days[..] else {

@@ -20,6 +20,8 @@ severity = "warning"
 below = 0.0
 clear_above = 1.0
 orchards = ["bench-probe"]
+# It fires and resolves every second by design: not a flapping signal to hold open.
+unstable_after = 0
 action.en = "bench probe at {value} °C"
 action.zh = "基准探针 {value} °C"
 "#;

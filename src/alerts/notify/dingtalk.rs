@@ -66,13 +66,17 @@ impl DingTalk {
 
     fn body(&self, m: &Message) -> Value {
         let content = self.voice.content(m);
-        match self.settings.format {
+        let mut body = match self.settings.format {
             MessageFormat::Text => json!({"msgtype": "text", "text": {"content": content}}),
             MessageFormat::Markdown => json!({
                 "msgtype": "markdown",
                 "markdown": {"title": m.title, "text": content},
             }),
+        };
+        if m.mention_all {
+            body["at"] = json!({"isAtAll": true});
         }
+        body
     }
 
     async fn send(&self, m: &Message) -> Attempt {

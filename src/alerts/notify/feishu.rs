@@ -48,7 +48,11 @@ impl Feishu {
     }
 
     fn body(&self, m: &Message, now_s: i64) -> Value {
-        let mut body = json!({"msg_type": "text", "content": {"text": self.voice.content(m)}});
+        let mut text = self.voice.content(m);
+        if m.mention_all {
+            text = format!("<at user_id=\"all\">所有人</at> {text}");
+        }
+        let mut body = json!({"msg_type": "text", "content": {"text": text}});
         if let Some(secret) = &self.settings.secret {
             body["timestamp"] = json!(now_s.to_string());
             body["sign"] = json!(sign(secret, now_s));

@@ -27,6 +27,8 @@ pub struct Message {
     /// A short line for notifications (DingTalk's markdown title).
     pub title: String,
     pub lines: Vec<Line>,
+    /// An escalation: the robot mentions everyone in the group.
+    pub mention_all: bool,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -196,6 +198,7 @@ impl Style {
                 ),
                 a.scope
             ),
+            mention_all: p.kind == "escalated",
             lines,
         }
     }
@@ -266,6 +269,7 @@ impl Style {
         Message {
             title: heading,
             lines,
+            mention_all: events.iter().any(|p| p.kind == "escalated"),
         }
     }
 
@@ -357,6 +361,10 @@ fn event_words(kind: &str) -> (&'static str, &'static str) {
         "fired" => ("告警触发", "Alert fired"),
         "acknowledged" => ("告警已确认", "Alert acknowledged"),
         "resolved" => ("告警已解除", "Alert resolved"),
+        "escalated" => (
+            "告警升级：无人确认",
+            "Alert escalated: nobody acknowledged it",
+        ),
         _ => ("告警事件", "Alert event"),
     }
 }

@@ -52,6 +52,11 @@ impl WeCom {
     fn body(&self, m: &Message) -> Value {
         let content = self.voice.content(m);
         match self.settings.format {
+            // WeCom mentions in text messages only: markdown takes no `mentioned_list`.
+            MessageFormat::Text if m.mention_all => json!({
+                "msgtype": "text",
+                "text": {"content": content, "mentioned_list": ["@all"]},
+            }),
             MessageFormat::Text => json!({"msgtype": "text", "text": {"content": content}}),
             MessageFormat::Markdown => {
                 json!({"msgtype": "markdown", "markdown": {"content": content}})
