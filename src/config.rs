@@ -15,8 +15,8 @@ use crate::ingest::topic::TopicPattern;
 
 mod alerts;
 pub use alerts::{
-    AlertSettings, DingTalkSecurity, DingTalkSettings, FeishuSettings, Language, MessageFormat,
-    WeComSettings, WebhookSettings,
+    AlertSettings, DingTalkSecurity, DingTalkSettings, EscalationSettings, FeishuSettings,
+    Language, MessageFormat, WeComSettings, WebhookSettings,
 };
 
 /// The shipped, documented configuration file. Parsing it must give [`Settings::default`].

@@ -116,6 +116,18 @@ pub async fn run(settings: Settings) -> Result<(), DaemonError> {
         channels.push("mqtt".into());
     }
     channels.extend(notifiers.names());
+    if let Some(e) = &settings.alerts.escalation {
+        // Channels for escalations only hear nothing else.
+        if e.exclusive {
+            channels.retain(|c| !e.channels.contains(c));
+        }
+        tokio::spawn(escalate(
+            admin.clone(),
+            e.clone(),
+            alerts_changed.clone(),
+            shutdown.clone(),
+        ));
+    }
     admin
         .write(move |c| crate::alerts::store::set_channels(c, &channels))
         .await?;
@@ -391,6 +403,35 @@ async fn notify_ready(mut subscribed: watch::Receiver<bool>, shutdown: Cancellat
 
 /// On SIGHUP, reads the rules again and hands them to the writer; rules with problems are
 /// refused, each problem logged, and the running ones kept.
+/// Every 30 s, escalates the critical alerts nobody acknowledged in time.
+async fn escalate(
+    admin: Admin,
+    settings: crate::config::EscalationSettings,
+    changed: Arc<watch::Sender<u64>>,
+    shutdown: CancellationToken,
+) {
+    let after_ms = settings.after.as_millis() as i64;
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(std::time::Duration::from_secs(30)) => {}
+            _ = shutdown.cancelled() => return,
+        }
+        let channels = settings.channels.clone();
+        let now = TimestampMs::now().0;
+        match admin
+            .write(move |c| crate::alerts::store::escalate(c, after_ms, &channels, now))
+            .await
+        {
+            Ok(0) => {}
+            Ok(n) => {
+                tracing::warn!(alerts = n, "critical alerts unacknowledged: escalated");
+                changed.send_modify(|g| *g += 1);
+            }
+            Err(e) => tracing::error!(error = %e, "cannot escalate alerts; trying again"),
+        }
+    }
+}
+
 async fn reload_rules_on_hangup(
     dir: Option<std::path::PathBuf>,
     rules: watch::Sender<Arc<Vec<crate::alerts::rules::Rule>>>,

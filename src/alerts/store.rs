@@ -168,8 +168,10 @@ pub fn open(
     let inserted = tx
         .prepare_cached(
             "INSERT INTO alerts (rule, rule_version, scope, orchard, block, device, kind, severity, \
-             state, since, fired_at, value, threshold, action_en, action_zh, previous, unstable) \
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, 'firing', ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16) \
+             state, since, fired_at, value, threshold, action_en, action_zh, previous, unstable, \
+             opened_at) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, 'firing', ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, \
+             ?17) \
              ON CONFLICT DO NOTHING",
         )?
         .execute(params![
@@ -189,6 +191,7 @@ pub fn open(
             zh,
             previous,
             unstable,
+            TimestampMs::now().0,
         ])?;
     if inserted == 0 {
         return Ok(None);
@@ -250,6 +253,41 @@ fn event(
     )?
     .execute([id])?;
     Ok(id)
+}
+
+/// Escalates every critical alert nobody acknowledged within `after_ms` of opening, once:
+/// an `escalated` event for `channels` only. Returns how many escalated.
+pub fn escalate(
+    conn: &mut Connection,
+    after_ms: i64,
+    channels: &[String],
+    now: i64,
+) -> Result<u64, StoreError> {
+    let tx = conn.transaction()?;
+    let due: Vec<i64> = tx
+        .prepare_cached(
+            "SELECT id FROM alerts WHERE state = 'firing' AND severity = 'critical' \
+             AND escalated_at IS NULL AND coalesce(opened_at, fired_at) <= ?1",
+        )?
+        .query_map([now - after_ms], |r| r.get(0))?
+        .collect::<Result<_, _>>()?;
+    for id in &due {
+        tx.prepare_cached("UPDATE alerts SET escalated_at = ?2 WHERE id = ?1")?
+            .execute(params![id, now])?;
+        tx.prepare_cached(
+            "INSERT INTO alert_events (alert, event, at) VALUES (?1, 'escalated', ?2)",
+        )?
+        .execute(params![id, now])?;
+        let event = tx.last_insert_rowid();
+        for c in channels {
+            tx.prepare_cached(
+                "INSERT OR IGNORE INTO alert_outbox (event, channel) VALUES (?1, ?2)",
+            )?
+            .execute(params![event, c])?;
+        }
+    }
+    tx.commit()?;
+    Ok(due.len() as u64)
 }
 
 /// What staff do to an alert.
@@ -816,6 +854,48 @@ mod tests {
             .unwrap();
         tx.commit().unwrap();
         assert!(!get(&c, later).unwrap().unwrap().0.unstable);
+    }
+
+    #[test]
+    fn a_critical_alert_nobody_acknowledged_escalates_once_to_its_own_channels() {
+        let dir = tempfile::tempdir().unwrap();
+        let settings = StoreSettings {
+            path: dir.path().join("o.db"),
+            ..StoreSettings::default()
+        };
+        let mut c = crate::store::open_writer(&settings).unwrap();
+        set_channels(&mut c, &["mqtt".into()]).unwrap();
+        let rules = crate::alerts::rules::built_in().unwrap();
+        let warning = rules.iter().find(|r| r.id == "frost-warning").unwrap();
+        let critical = rules.iter().find(|r| r.id == "frost-critical").unwrap();
+        let other = SeriesKey {
+            device: "e".parse().unwrap(),
+            ..series()
+        };
+        let tx = c.transaction().unwrap();
+        let w = fire(&tx, warning, &series(), 0, 0, -0.5).unwrap().unwrap();
+        let acked = fire(&tx, critical, &other, 0, 0, -2.5).unwrap().unwrap();
+        let left = fire(&tx, critical, &series(), 0, 0, -2.5).unwrap().unwrap();
+        tx.commit().unwrap();
+        act(&mut c, acked, StaffAction::Acknowledge, "Li Wei", None).unwrap();
+        let managers = ["dingtalk:managers".to_owned()];
+        let now = TimestampMs::now().0;
+        // Not yet due; then due: only the unacknowledged critical one, and only once.
+        assert_eq!(escalate(&mut c, 900_000, &managers, now).unwrap(), 0);
+        assert_eq!(
+            escalate(&mut c, 900_000, &managers, now + 900_000).unwrap(),
+            1
+        );
+        assert_eq!(
+            escalate(&mut c, 900_000, &managers, now + 1_800_000).unwrap(),
+            0
+        );
+        let (_, events) = get(&c, left).unwrap().unwrap();
+        let last = events.last().unwrap();
+        assert_eq!(last.event, "escalated");
+        let to: Vec<&str> = last.deliveries.iter().map(|d| d.channel.as_str()).collect();
+        assert_eq!(to, ["dingtalk:managers"]);
+        assert_eq!(get(&c, w).unwrap().unwrap().1.len(), 1);
     }
 
     #[test]

@@ -60,7 +60,8 @@ pub async fn probe(port: u16, mut stop: watch::Receiver<bool>) -> Result<Latenci
     };
     let (subscriber, mut sub_loop) = AsyncClient::new(options("bench-alert-subscriber"), 64);
     let (publisher, mut pub_loop) = AsyncClient::new(options("bench-alert-probe"), 64);
-    let (heard_tx, mut heard) = mpsc::channel::<String>(64);
+    // Each event heard: its kind and its alert's id.
+    let (heard_tx, mut heard) = mpsc::channel::<(String, i64)>(64);
     let (subscribed_tx, mut subscribed) = mpsc::channel::<()>(1);
     tokio::spawn(async move {
         loop {
@@ -69,10 +70,12 @@ pub async fn probe(port: u16, mut stop: watch::Receiver<bool>) -> Result<Latenci
                     let _ = subscribed_tx.try_send(());
                 }
                 Ok(Event::Incoming(Packet::Publish(p))) => {
-                    let event = serde_json::from_slice::<serde_json::Value>(&p.payload)
-                        .ok()
-                        .and_then(|v| v["event"].as_str().map(str::to_owned))
-                        .unwrap_or_default();
+                    let v =
+                        serde_json::from_slice::<serde_json::Value>(&p.payload).unwrap_or_default();
+                    let event = (
+                        v["event"].as_str().unwrap_or_default().to_owned(),
+                        v["alert"]["id"].as_i64().unwrap_or_default(),
+                    );
                     if heard_tx.send(event).await.is_err() {
                         return;
                     }
@@ -98,6 +101,9 @@ pub async fn probe(port: u16, mut stop: watch::Receiver<bool>) -> Result<Latenci
         .map_err(|_| "bench: alert probe: no SUBACK from orchardd".to_owned())?;
 
     let mut out = Latencies::default();
+    // The alert the last probe opened: a `fired` event counts only for a newer one, and a
+    // `resolved` only for it, so no event of an earlier probe is taken for this one's.
+    let mut last_alert = 0;
     'probing: loop {
         for (value, expect) in [(-1.0, "fired"), (2.0, "resolved")] {
             if *stop.borrow() {
@@ -111,16 +117,23 @@ pub async fn probe(port: u16, mut stop: watch::Receiver<bool>) -> Result<Latenci
                 .await
                 .map_err(|e| format!("bench: alert probe: {e}"))?;
             let waited = tokio::time::timeout(PATIENCE, async {
-                while let Some(event) = heard.recv().await {
-                    if event == expect {
-                        return true;
+                while let Some((event, alert)) = heard.recv().await {
+                    let ours = match expect {
+                        "fired" => alert > last_alert,
+                        _ => alert == last_alert,
+                    };
+                    if event == expect && ours {
+                        return Some(alert);
                     }
                 }
-                false
+                None
             })
             .await;
             match waited {
-                Ok(true) => out.ms.push(sent.elapsed().as_secs_f64() * 1000.0),
+                Ok(Some(alert)) => {
+                    last_alert = alert;
+                    out.ms.push(sent.elapsed().as_secs_f64() * 1000.0);
+                }
                 _ => out.lost += 1,
             }
             tokio::select! {

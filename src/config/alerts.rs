@@ -21,6 +21,9 @@ pub struct AlertSettings {
     /// get only critical alerts; the rest wait until the quiet hours end. MQTT, a feed for
     /// software, is never held back.
     pub quiet_hours: Option<[u8; 2]>,
+    /// A critical alert nobody acknowledged in time goes to more channels, mentioning
+    /// everyone.
+    pub escalation: Option<EscalationSettings>,
     /// Generic webhooks: every alert event POSTed as JSON, signed.
     pub webhooks: Vec<WebhookSettings>,
     /// DingTalk group robots (钉钉群自定义机器人).
@@ -37,11 +40,42 @@ impl Default for AlertSettings {
             rules_dir: None,
             daily_every: Duration::from_secs(300),
             quiet_hours: None,
+            escalation: None,
             webhooks: Vec::new(),
             dingtalk: Vec::new(),
             wecom: Vec::new(),
             feishu: Vec::new(),
         }
+    }
+}
+
+/// `[alerts.escalation]`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EscalationSettings {
+    /// A critical alert still unacknowledged this long after it fired escalates.
+    #[serde(with = "humantime_serde")]
+    pub after: Duration,
+    /// The channels the escalation goes to, by name (`dingtalk:managers`, `webhook:ops`);
+    /// group robots mention everyone (@all).
+    pub channels: Vec<String>,
+    /// These channels hear escalations only, not every event.
+    #[serde(default)]
+    pub exclusive: bool,
+}
+
+impl AlertSettings {
+    /// The names of the channels configured here (not `mqtt`, which the broker mode gives).
+    pub fn channel_names(&self) -> Vec<String> {
+        let mut out: Vec<String> = self
+            .webhooks
+            .iter()
+            .map(|w| format!("webhook:{}", w.name))
+            .collect();
+        out.extend(self.dingtalk.iter().map(|d| format!("dingtalk:{}", d.name)));
+        out.extend(self.wecom.iter().map(|w| format!("wecom:{}", w.name)));
+        out.extend(self.feishu.iter().map(|f| format!("feishu:{}", f.name)));
+        out
     }
 }
 
@@ -190,6 +224,32 @@ struct Common<'a> {
 impl AlertSettings {
     /// Every problem of the notifiers' tables, by key path.
     pub(super) fn problems(&self, problem: &mut impl FnMut(&str, String)) {
+        if let Some(e) = &self.escalation {
+            if e.after.is_zero() {
+                problem(
+                    "alerts.escalation.after",
+                    "must be longer than 0, such as \"15m\"".into(),
+                );
+            }
+            if e.channels.is_empty() {
+                problem(
+                    "alerts.escalation.channels",
+                    "must name at least one channel, such as \"dingtalk:managers\"".into(),
+                );
+            }
+            let names = self.channel_names();
+            for (i, c) in e.channels.iter().enumerate() {
+                if c != "mqtt" && !names.contains(c) {
+                    problem(
+                        &format!("alerts.escalation.channels[{i}]"),
+                        format!(
+                            "`{c}` is no configured channel; there are: mqtt{}",
+                            names.iter().map(|n| format!(", {n}")).collect::<String>()
+                        ),
+                    );
+                }
+            }
+        }
         if let Some([from, to]) = self.quiet_hours
             && (from > 23 || to > 24 || from == to)
         {
@@ -376,6 +436,45 @@ timeout = "0s"
             "{problems:?}"
         );
         assert!(found[5].1.contains("alerts.webhooks[0]"), "{}", found[5].1);
+    }
+
+    #[test]
+    fn escalation_and_quiet_hours_problems_are_reported_with_their_keys() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("escalation.toml");
+        std::fs::write(
+            &file,
+            r#"
+[alerts]
+quiet_hours = [22, 22]
+[alerts.escalation]
+after = "0s"
+channels = ["mqtt", "dingtalk:managers", "webhook:ops"]
+[[alerts.webhooks]]
+name = "ops"
+url = "https://ops.example.coop/orchardd"
+"#,
+        )
+        .unwrap();
+        let Err(ConfigError::Invalid(problems)) = Settings::load_with_env(Some(&file), Vec::new())
+        else {
+            panic!("expected problems");
+        };
+        let keys: Vec<&str> = problems.iter().map(|p| p.key.as_str()).collect();
+        assert_eq!(
+            keys,
+            [
+                "alerts.escalation.after",
+                "alerts.escalation.channels[1]",
+                "alerts.quiet_hours"
+            ],
+            "{problems:?}"
+        );
+        assert!(
+            problems[1].message.contains("mqtt, webhook:ops"),
+            "{}",
+            problems[1].message
+        );
     }
 
     #[test]

@@ -263,9 +263,12 @@ const MIGRATIONS: &[&str] = &[
     CREATE INDEX alert_attempts_by_channel ON alert_attempts (channel, at);
     "#,
     // 13: an alert opened by a rule that fired too often for its scope of late stays open
-    // ("unstable signal"); counting them wants alerts by rule, scope and time.
+    // ("unstable signal"); counting them wants alerts by rule, scope and time. When an alert
+    // was opened (wall clock; `fired_at` is reading time) and when it escalated.
     r#"
     ALTER TABLE alerts ADD COLUMN unstable INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE alerts ADD COLUMN opened_at INTEGER;
+    ALTER TABLE alerts ADD COLUMN escalated_at INTEGER;
     CREATE INDEX alerts_by_rule_scope ON alerts (rule, scope, fired_at);
     "#,
 ];
