@@ -208,6 +208,26 @@ fn yes() -> bool {
     true
 }
 
+impl Spec {
+    /// The keys of a rule that reads values (threshold, rate, stuck), and whether each is
+    /// given: an absence or daily rule takes none of them.
+    fn reading_keys(&self) -> [(&'static str, bool); 11] {
+        [
+            ("measure", self.measure.is_some()),
+            ("below", self.below.is_some()),
+            ("above", self.above.is_some()),
+            ("for", self.enter_for.is_some()),
+            ("clear_above", self.clear_above.is_some()),
+            ("clear_below", self.clear_below.is_some()),
+            ("clear_for", self.clear_for.is_some()),
+            ("falling_faster_than", self.falling_faster_than.is_some()),
+            ("rising_faster_than", self.rising_faster_than.is_some()),
+            ("over", self.over.is_some()),
+            ("hours", self.hours.is_some()),
+        ]
+    }
+}
+
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct File {
@@ -714,24 +734,13 @@ fn unstable_of(after: Option<u32>, within: Option<Duration>) -> (u32, i64) {
 
 /// An absence rule: `per`, `missed` (3 by default) and `inhibited_by`; no thresholds.
 fn absence(spec: Spec, version: String, problem: &mut impl FnMut(&str, String)) -> Option<Rule> {
-    let numbers = [
-        ("measure", spec.measure.is_some()),
-        ("below", spec.below.is_some()),
-        ("above", spec.above.is_some()),
-        ("for", spec.enter_for.is_some()),
-        ("clear_above", spec.clear_above.is_some()),
-        ("clear_below", spec.clear_below.is_some()),
-        ("clear_for", spec.clear_for.is_some()),
-        ("falling_faster_than", spec.falling_faster_than.is_some()),
-        ("rising_faster_than", spec.rising_faster_than.is_some()),
-        ("over", spec.over.is_some()),
-        ("hours", spec.hours.is_some()),
+    let mut fine = true;
+    let also = [
         ("months", spec.months.is_some()),
         ("when", !spec.when.is_empty()),
         ("on_no_data", spec.on_no_data.is_some()),
     ];
-    let mut fine = true;
-    for (field, given) in numbers {
+    for (field, given) in spec.reading_keys().into_iter().chain(also) {
         if given {
             problem(
                 field,
@@ -792,23 +801,13 @@ fn daily(
         problem(field, message);
         fine = false;
     };
-    for (field, given) in [
-        ("measure", spec.measure.is_some()),
-        ("below", spec.below.is_some()),
-        ("above", spec.above.is_some()),
-        ("for", spec.enter_for.is_some()),
-        ("clear_above", spec.clear_above.is_some()),
-        ("clear_below", spec.clear_below.is_some()),
-        ("clear_for", spec.clear_for.is_some()),
-        ("falling_faster_than", spec.falling_faster_than.is_some()),
-        ("rising_faster_than", spec.rising_faster_than.is_some()),
-        ("over", spec.over.is_some()),
-        ("hours", spec.hours.is_some()),
+    let also = [
         ("per", spec.per.is_some()),
         ("missed", spec.missed.is_some()),
         ("inhibited_by", !spec.inhibited_by.is_empty()),
         ("devices", !spec.devices.is_empty()),
-    ] {
+    ];
+    for (field, given) in spec.reading_keys().into_iter().chain(also) {
         if given {
             refuse(
                 field,

@@ -782,6 +782,17 @@ mod tests {
     use crate::config::StoreSettings;
     use crate::model::Kind;
 
+    /// A new store in a temporary directory, kept as long as the directory is.
+    fn store() -> (tempfile::TempDir, Connection) {
+        let dir = tempfile::tempdir().unwrap();
+        let settings = StoreSettings {
+            path: dir.path().join("o.db"),
+            ..StoreSettings::default()
+        };
+        let c = crate::store::open_writer(&settings).unwrap();
+        (dir, c)
+    }
+
     fn series() -> SeriesKey {
         SeriesKey {
             orchard: "o".parse().unwrap(),
@@ -794,12 +805,7 @@ mod tests {
 
     #[test]
     fn a_rule_that_fires_again_and_again_becomes_one_unstable_alert_that_stays_open() {
-        let dir = tempfile::tempdir().unwrap();
-        let settings = StoreSettings {
-            path: dir.path().join("o.db"),
-            ..StoreSettings::default()
-        };
-        let mut c = crate::store::open_writer(&settings).unwrap();
+        let (_dir, mut c) = store();
         set_channels(&mut c, &["mqtt".into()]).unwrap();
         let rules = crate::alerts::rules::built_in().unwrap();
         let rule = rules.iter().find(|r| r.id == "frost-warning").unwrap();
@@ -858,12 +864,7 @@ mod tests {
 
     #[test]
     fn a_critical_alert_nobody_acknowledged_escalates_once_to_its_own_channels() {
-        let dir = tempfile::tempdir().unwrap();
-        let settings = StoreSettings {
-            path: dir.path().join("o.db"),
-            ..StoreSettings::default()
-        };
-        let mut c = crate::store::open_writer(&settings).unwrap();
+        let (_dir, mut c) = store();
         set_channels(&mut c, &["mqtt".into()]).unwrap();
         let rules = crate::alerts::rules::built_in().unwrap();
         let warning = rules.iter().find(|r| r.id == "frost-warning").unwrap();
@@ -900,12 +901,7 @@ mod tests {
 
     #[test]
     fn in_quiet_hours_a_channel_is_offered_only_critical_alerts_and_the_rest_wait() {
-        let dir = tempfile::tempdir().unwrap();
-        let settings = StoreSettings {
-            path: dir.path().join("o.db"),
-            ..StoreSettings::default()
-        };
-        let mut c = crate::store::open_writer(&settings).unwrap();
+        let (_dir, mut c) = store();
         set_channels(&mut c, &["webhook:ops".into()]).unwrap();
         let rules = crate::alerts::rules::built_in().unwrap();
         let warning = rules.iter().find(|r| r.id == "frost-warning").unwrap();
@@ -976,12 +972,7 @@ mod tests {
 
     #[test]
     fn a_digest_is_one_message_for_each_of_its_events_and_a_failure_says_when_to_try_again() {
-        let dir = tempfile::tempdir().unwrap();
-        let settings = StoreSettings {
-            path: dir.path().join("o.db"),
-            ..StoreSettings::default()
-        };
-        let mut c = crate::store::open_writer(&settings).unwrap();
+        let (_dir, mut c) = store();
         let channel = "dingtalk:field".to_owned();
         set_channels(&mut c, std::slice::from_ref(&channel)).unwrap();
         let mut problems = Vec::new();
