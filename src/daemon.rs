@@ -268,6 +268,8 @@ pub async fn run(settings: Settings) -> Result<(), DaemonError> {
             blocks: settings.blocks.clone(),
         }),
         alerts_changed: alerts_changed.clone(),
+        alert_streams: Arc::new(tokio::sync::Semaphore::new(api::MAX_STREAMS)),
+        shutdown: shutdown.clone(),
         influx: match settings.query.backend {
             QueryBackend::Embedded => None,
             QueryBackend::Influx => Some(Arc::new(
