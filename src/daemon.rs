@@ -282,6 +282,8 @@ pub async fn run(settings: Settings) -> Result<(), DaemonError> {
             blocks: settings.blocks.clone(),
         }),
         alerts_changed: alerts_changed.clone(),
+        alert_streams: Arc::new(tokio::sync::Semaphore::new(api::MAX_STREAMS)),
+        shutdown: shutdown.clone(),
         influx: match settings.query.backend {
             QueryBackend::Embedded => None,
             QueryBackend::Influx => Some(Arc::new(
@@ -298,7 +300,14 @@ pub async fn run(settings: Settings) -> Result<(), DaemonError> {
     // Ingest returns after the writer has committed everything it received.
     let writer_result = tokio::task::spawn_blocking(move || writer.join()).await;
     shutdown.cancel();
-    let _ = http.await;
+    // Alert streams end at the cancel; one whose client stopped reading cannot be told, and
+    // must not hold the exit.
+    if tokio::time::timeout(std::time::Duration::from_secs(10), http)
+        .await
+        .is_err()
+    {
+        tracing::warn!("HTTP API: connections still open after 10 s of shutdown; closing them");
+    }
     if let Some(f) = forwarder {
         let _ = f.await;
     }

@@ -555,7 +555,7 @@ pub struct Logged {
 }
 
 /// One alert, without its events.
-fn alert(conn: &Connection, id: i64) -> Result<Option<Alert>, StoreError> {
+pub(super) fn alert(conn: &Connection, id: i64) -> Result<Option<Alert>, StoreError> {
     Ok(conn
         .prepare_cached(&format!("SELECT {COLUMNS} FROM alerts WHERE id = ?1"))?
         .query_row([id], alert_of)

@@ -16,7 +16,7 @@ use super::params::Params;
 use crate::alerts::store::{self as alerts, ActionError, Filter, StaffAction};
 
 const STATES: &[&str] = &["open", "firing", "acknowledged", "resolved"];
-const SEVERITIES: &[&str] = &["critical", "major", "minor", "warning"];
+pub(super) const SEVERITIES: &[&str] = &["critical", "major", "minor", "warning"];
 
 pub async fn list(
     State(s): State<AppState>,

@@ -1,5 +1,6 @@
 //! The HTTP API (axum): health, metrics and the `/api/v1` queries.
 
+mod alert_stream;
 mod alerts;
 mod devices;
 mod error;
@@ -17,9 +18,10 @@ use axum::http::{StatusCode, header};
 use axum::response::IntoResponse;
 use axum::routing::{get, post};
 use serde_json::json;
-use tokio::sync::watch;
+use tokio::sync::{Semaphore, watch};
 use tokio_util::sync::CancellationToken;
 
+pub use alert_stream::MAX_STREAMS;
 pub use error::ApiError;
 
 use crate::aggregate::indices::Agronomy;
@@ -52,8 +54,13 @@ pub struct AppState {
     pub rollups: bool,
     /// `[aggregate]` and `[[blocks]]`: what the daily indices depend on.
     pub agronomy: Arc<Agronomy>,
-    /// Bumped after staff answer an alert: the notifiers have work.
+    /// Bumped after every commit that opened, acknowledged or resolved an alert: the
+    /// notifiers and the alert streams have news.
     pub alerts_changed: Arc<watch::Sender<u64>>,
+    /// Places for open alert streams ([`MAX_STREAMS`]).
+    pub alert_streams: Arc<Semaphore>,
+    /// Cancelled at shutdown: open alert streams end, so the server can stop.
+    pub shutdown: CancellationToken,
     /// `query.backend = "influx"`: readings and latest answer from InfluxDB.
     pub influx: Option<Arc<InfluxQuery>>,
 }
@@ -76,6 +83,7 @@ pub fn router(state: AppState) -> Router {
         .route("/api/v1/devices", get(devices::list))
         .route("/api/v1/devices/{id}", get(devices::get).put(devices::put))
         .route("/api/v1/alerts", get(alerts::list))
+        .route("/api/v1/alerts/stream", get(alert_stream::stream))
         .route("/api/v1/alerts/{id}", get(alerts::get))
         .route("/api/v1/alerts/{id}/ack", post(alerts::ack))
         .route("/api/v1/alerts/{id}/resolve", post(alerts::resolve))
