@@ -86,7 +86,11 @@ fn day_param(p: &Params, name: &str, offset: i64) -> Result<Option<(Day, bool)>,
     let Some(v) = p.get(name) else {
         return Ok(None);
     };
-    if let Ok(d) = Date::parse(v, &Iso8601::DATE) {
+    // Only a whole `YYYY-MM-DD` is a date: the ISO 8601 date parser also takes the date off
+    // the front of a full time, which would lose the time.
+    if v.len() == 10
+        && let Ok(d) = Date::parse(v, &Iso8601::DATE)
+    {
         return Ok(Some((Day::from_date(d), false)));
     }
     let t = TimestampMs::parse(v).ok_or_else(|| {
@@ -217,4 +221,30 @@ pub async fn list_irrigation(
         .read(move |c| irrigation::list(c, &orchard, &block, first, end))
         .await?;
     Ok(Json(json!({ "irrigation": entries })))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_time_inside_a_day_keeps_that_day_and_a_date_is_its_midnight() {
+        let p = |v: &str| {
+            Params::new(HashMap::from([("to".to_owned(), v.to_owned())]), &["to"]).unwrap()
+        };
+        let day = Day::from_date(time::macros::date!(2026 - 12 - 01));
+        assert_eq!(
+            day_param(&p("2026-12-01"), "to", 0).unwrap(),
+            Some((day, false))
+        );
+        assert_eq!(
+            day_param(&p("2026-12-01T23:59:59Z"), "to", 0).unwrap(),
+            Some((day, true))
+        );
+        // Epoch milliseconds: 2026-12-01T12:00:00Z.
+        assert_eq!(
+            day_param(&p("1796126400000"), "to", 0).unwrap(),
+            Some((day, true))
+        );
+    }
 }
