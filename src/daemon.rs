@@ -23,7 +23,7 @@ use crate::registry::{self, Registry};
 use crate::store::devices::{self, UpdatedBy};
 use crate::store::rollups::Alignment;
 use crate::store::writer::{Heartbeat, Writer};
-use crate::store::{self, Admin, ReadPool, StoreError};
+use crate::store::{self, Admin, ReadPool, StoreError, WriteGate};
 use crate::systemd;
 
 #[derive(Debug, thiserror::Error)]
@@ -88,7 +88,9 @@ pub async fn run(settings: Settings) -> Result<(), DaemonError> {
     let shutdown = CancellationToken::new();
     tokio::spawn(stop_on_signal(shutdown.clone()));
 
-    let admin = Admin::open(&settings.store)?;
+    // Every writing connection of this process takes its turn through one gate.
+    let gate = WriteGate::default();
+    let admin = Admin::open(&settings.store, gate.clone())?;
     let heartbeat = Arc::new(Heartbeat::default());
     let writer = Writer::new(
         writer_conn,
@@ -99,7 +101,8 @@ pub async fn run(settings: Settings) -> Result<(), DaemonError> {
     )
     .with_outbox(settings.influx.enabled)
     .with_utc_offset(utc_offset_ms(&settings))
-    .with_rollups(settings.aggregate.rollups);
+    .with_rollups(settings.aggregate.rollups)
+    .with_gate(gate.clone());
     // Bumped by whoever opens, answers or resolves an alert: the notifiers have work.
     let alerts_changed = Arc::new(watch::Sender::new(0u64));
     let (rules_tx, rules_rx) = watch::channel(settings.rules.clone());
@@ -181,7 +184,7 @@ pub async fn run(settings: Settings) -> Result<(), DaemonError> {
         let writer = spawn_writer(writer, queue_rx, committed_tx)?;
         tokio::spawn(endpoint::ingest::acknowledge_commits(committed_rx));
         // The listener opens only now, with the store open and the writer running.
-        let (session_store, stored) = SessionStore::open(&settings.store)?;
+        let (session_store, stored) = SessionStore::open(&settings.store, gate.clone())?;
         let hub = Hub::new(
             session_store,
             stored,

@@ -641,7 +641,7 @@ mod tests {
             ..StoreSettings::default()
         };
         crate::store::open_writer(&settings).unwrap();
-        let (store, stored) = SessionStore::open(&settings).unwrap();
+        let (store, stored) = SessionStore::open(&settings, Default::default()).unwrap();
         let metrics = Arc::new(Metrics::default());
         (
             dir,

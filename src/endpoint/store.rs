@@ -13,7 +13,7 @@ use tokio::sync::{mpsc, oneshot};
 use super::hub::{Message, Properties, QoS, SubOptions};
 use crate::config::StoreSettings;
 use crate::model::TimestampMs;
-use crate::store::StoreError;
+use crate::store::{StoreError, WriteGate};
 
 /// One change to the endpoint's stored state.
 #[derive(Debug)]
@@ -63,14 +63,15 @@ pub struct Stored {
 
 impl SessionStore {
     /// Opens a connection, reads what is kept, and starts the thread that applies changes.
-    pub fn open(settings: &StoreSettings) -> Result<(Self, Stored), StoreError> {
+    /// Its transactions take turns with the process's other writers through `gate`.
+    pub fn open(settings: &StoreSettings, gate: WriteGate) -> Result<(Self, Stored), StoreError> {
         let conn = Connection::open(&settings.path)?;
         conn.busy_timeout(std::time::Duration::from_secs(30))?;
         let stored = load(&conn)?;
         let (tx, rx) = mpsc::unbounded_channel();
         std::thread::Builder::new()
             .name("endpoint-store".into())
-            .spawn(move || apply_forever(conn, rx))
+            .spawn(move || apply_forever(conn, rx, gate))
             .map_err(|e| StoreError::Task(e.to_string()))?;
         Ok((Self { tx }, stored))
     }
@@ -85,7 +86,7 @@ impl SessionStore {
     }
 }
 
-fn apply_forever(mut conn: Connection, mut rx: mpsc::UnboundedReceiver<Request>) {
+fn apply_forever(mut conn: Connection, mut rx: mpsc::UnboundedReceiver<Request>, gate: WriteGate) {
     while let Some(first) = rx.blocking_recv() {
         let mut batch = vec![first];
         while batch.len() < 1000 {
@@ -96,7 +97,10 @@ fn apply_forever(mut conn: Connection, mut rx: mpsc::UnboundedReceiver<Request>)
         }
         let mut delay = std::time::Duration::from_millis(100);
         loop {
-            match apply(&mut conn, &batch) {
+            let turn = gate.blocking();
+            let applied = apply(&mut conn, &batch);
+            drop(turn);
+            match applied {
                 Ok(()) => break,
                 Err(e) => {
                     tracing::error!(error = %e, retry_in = ?delay, "mqtt endpoint: cannot write session state; retrying");

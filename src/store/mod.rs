@@ -1,7 +1,9 @@
 //! The embedded store: one SQLite file in WAL mode.
 //!
-//! One writer thread owns the only writing connection ([`writer`]); HTTP handlers read through
-//! a small pool of read-only connections ([`ReadPool`]), which WAL lets run beside the writer.
+//! One writer thread owns the ingest's writing connection ([`writer`]); HTTP handlers read
+//! through a small pool of read-only connections ([`ReadPool`]), which WAL lets run beside the
+//! writer. The few other writing connections (the [`Admin`] one, the endpoint's session store)
+//! take turns with the writer through one [`WriteGate`].
 
 pub mod block;
 pub mod devices;
@@ -63,30 +65,59 @@ pub fn open_writer(settings: &StoreSettings) -> Result<Connection, StoreError> {
     Ok(conn)
 }
 
-/// A second writing connection for the API's rare writes (device registry, replays), so they
-/// need not queue behind ingest; SQLite serialises it with the writer thread.
+/// The turn to write, taken by each of this process's writing connections around its
+/// transaction, and handed over first come, first served.
+///
+/// SQLite lets one connection write at a time and makes the others poll: its busy handler
+/// sleeps up to 100 ms between tries, so a connection waiting beside a writer that commits
+/// back to back can miss every gap for a second or more (the alert notifier's outbox update
+/// did, behind ingest). Waiting here instead, in order, a writer waits for at most the
+/// transactions queued before it. The busy timeout stays for other processes (`orchardd`
+/// commands run against the live store).
+#[derive(Clone, Default)]
+pub struct WriteGate(Arc<tokio::sync::Mutex<()>>);
+
+impl WriteGate {
+    /// Waits for the turn on a thread outside the async runtime.
+    pub fn blocking(&self) -> tokio::sync::MutexGuard<'_, ()> {
+        self.0.blocking_lock()
+    }
+
+    /// Waits for the turn without holding a thread.
+    pub async fn turn(&self) -> tokio::sync::OwnedMutexGuard<()> {
+        self.0.clone().lock_owned().await
+    }
+}
+
+/// A second writing connection for the API's and the background tasks' writes (device
+/// registry, replays, alert deliveries), so they need not queue behind ingest's batches;
+/// it takes turns with the writer thread through the [`WriteGate`].
 #[derive(Clone)]
 pub struct Admin {
     conn: Arc<Mutex<Connection>>,
+    gate: WriteGate,
 }
 
 impl Admin {
-    pub fn open(settings: &StoreSettings) -> Result<Self, StoreError> {
+    pub fn open(settings: &StoreSettings, gate: WriteGate) -> Result<Self, StoreError> {
         let conn = Connection::open(&settings.path)?;
         conn.busy_timeout(std::time::Duration::from_secs(10))?;
         Ok(Self {
             conn: Arc::new(Mutex::new(conn)),
+            gate,
         })
     }
 
-    /// Runs `f` with the admin connection on the blocking thread pool.
+    /// Runs `f` with the admin connection on the blocking thread pool, in its turn.
     pub async fn write<T, F>(&self, f: F) -> Result<T, StoreError>
     where
         T: Send + 'static,
         F: FnOnce(&mut Connection) -> Result<T, StoreError> + Send + 'static,
     {
         let conn = self.conn.clone();
+        let turn = self.gate.turn().await;
         tokio::task::spawn_blocking(move || {
+            let _turn = turn;
             let mut conn = conn.lock().unwrap_or_else(|e| e.into_inner());
             f(&mut conn)
         })

@@ -14,8 +14,8 @@ use bytes::Bytes;
 use rusqlite::{Connection, OptionalExtension, Transaction, params};
 use tokio::sync::mpsc;
 
-use super::StoreError;
 use super::rollups::Fold;
+use super::{StoreError, WriteGate};
 use crate::alerts::absence::{SharedActivity, remember_gateway};
 use crate::alerts::rules::Rule;
 use crate::alerts::store as alerts;
@@ -108,6 +108,8 @@ pub struct Writer {
     alerts_changed: Option<Arc<tokio::sync::watch::Sender<u64>>>,
     /// What was last heard of each device, for the absence rules.
     activity: Option<SharedActivity>,
+    /// Taken around each transaction when other connections of this process write too.
+    gate: Option<WriteGate>,
 }
 
 impl Writer {
@@ -133,7 +135,14 @@ impl Writer {
             progress: HashMap::new(),
             alerts_changed: None,
             activity: None,
+            gate: None,
         }
+    }
+
+    /// Take turns with this process's other writing connections through `gate`.
+    pub fn with_gate(mut self, gate: WriteGate) -> Self {
+        self.gate = Some(gate);
+        self
     }
 
     /// Evaluate the alert rules `rules` holds (taking new ones between batches), and tell
@@ -270,6 +279,7 @@ impl Writer {
 
     fn commit_inner(&mut self, envelopes: &[Envelope]) -> Result<BatchOutcome, StoreError> {
         self.take_reloaded_rules();
+        let _turn = self.gate.as_ref().map(WriteGate::blocking);
         let tx = self.conn.transaction()?;
         let mut outcome = BatchOutcome::default();
         let mut rollups = Fold::default();
