@@ -359,16 +359,13 @@ struct BlockDay {
 }
 
 impl BlockDay {
-    fn of(p: &BlockParams, day: Day, series: Vec<SeriesReadings>) -> Self {
-        let mut out = BlockDay::default();
-        for s in series {
-            let d = s.summary.unwrap_or_else(|| DeviceDay::of(p, day, &s));
-            if d.left_out > 0 {
-                *out.left_out.entry(s.kind.name()).or_default() += d.left_out;
-            }
-            out.devices.entry(s.kind).or_default().push(d);
+    /// Summarises one series' day; its readings are not kept.
+    fn add(&mut self, p: &BlockParams, day: Day, s: SeriesReadings) {
+        let d = s.summary.unwrap_or_else(|| DeviceDay::of(p, day, &s));
+        if d.left_out > 0 {
+            *self.left_out.entry(s.kind.name()).or_default() += d.left_out;
         }
-        out
+        self.devices.entry(s.kind).or_default().push(d);
     }
 
     /// A kind's devices for the day, those covering fewer than `min_hours` left out.
@@ -433,15 +430,15 @@ fn across(counted: &[&DeviceDay]) -> KindDay {
     }
 }
 
-/// The indices of every day in `[first, end)`. `readings_of(day)` gives the block's series
-/// around one local day; it is asked for each day from the season start of `first`, one day
-/// at a time, so a season's worth is never in memory at once. `entered` is irrigation
+/// The indices of every day in `[first, end)`. `readings_of(day, each)` hands `each` the
+/// block's series around one local day, one series at a time; it is asked for each day from
+/// the season start of `first`, one day at a time, so only one series' day is ever in memory. `entered` is irrigation
 /// entered through the API, mm per day.
 pub fn compute<E>(
     p: &BlockParams,
     first: Day,
     end: Day,
-    readings_of: impl FnMut(Day) -> Result<Vec<SeriesReadings>, E>,
+    readings_of: impl FnMut(Day, &mut dyn FnMut(SeriesReadings)) -> Result<(), E>,
     entered: &HashMap<Day, f64>,
 ) -> Result<Vec<DayIndices>, E> {
     compute_walking(
@@ -469,7 +466,7 @@ pub fn compute_without_season<E>(
     p: &BlockParams,
     first: Day,
     end: Day,
-    readings_of: impl FnMut(Day) -> Result<Vec<SeriesReadings>, E>,
+    readings_of: impl FnMut(Day, &mut dyn FnMut(SeriesReadings)) -> Result<(), E>,
     entered: &HashMap<Day, f64>,
 ) -> Result<Vec<DayIndices>, E> {
     compute_walking(p, first, first, end, readings_of, entered)
@@ -480,7 +477,7 @@ fn compute_walking<E>(
     from: Day,
     first: Day,
     end: Day,
-    mut readings_of: impl FnMut(Day) -> Result<Vec<SeriesReadings>, E>,
+    mut readings_of: impl FnMut(Day, &mut dyn FnMut(SeriesReadings)) -> Result<(), E>,
     entered: &HashMap<Day, f64>,
 ) -> Result<Vec<DayIndices>, E> {
     let mut out = Vec::new();
@@ -490,7 +487,8 @@ fn compute_walking<E>(
         if p.season_start_of(day) == day {
             season = Season::default();
         }
-        let block_day = BlockDay::of(p, day, readings_of(day)?);
+        let mut block_day = BlockDay::default();
+        readings_of(day, &mut |s| block_day.add(p, day, s))?;
         let entered = entered.get(&day).copied().unwrap_or(0.0);
         let indices = one_day(p, day, &block_day, entered, &mut season);
         if day >= first {
@@ -777,25 +775,24 @@ mod tests {
         entered: &HashMap<Day, f64>,
     ) -> Vec<DayIndices> {
         let gap = HOUR_MS;
-        let readings_of = |d: Day| {
+        let readings_of = |d: Day, each: &mut dyn FnMut(SeriesReadings)| {
             let from = d.start_ms(p.utc_offset_ms) - gap;
             let to = from + DAY_MS + 2 * gap;
-            Ok::<_, ()>(
-                rows.iter()
-                    .map(|r| SeriesReadings {
-                        device: r.device.into(),
-                        kind: r.kind,
-                        gap_limit_ms: gap,
-                        readings: r
-                            .readings
-                            .iter()
-                            .copied()
-                            .filter(|(ts, _, _)| (from..to).contains(ts))
-                            .collect(),
-                        summary: None,
-                    })
-                    .collect(),
-            )
+            for r in rows {
+                each(SeriesReadings {
+                    device: r.device.into(),
+                    kind: r.kind,
+                    gap_limit_ms: gap,
+                    readings: r
+                        .readings
+                        .iter()
+                        .copied()
+                        .filter(|(ts, _, _)| (from..to).contains(ts))
+                        .collect(),
+                    summary: None,
+                });
+            }
+            Ok::<_, ()>(())
         };
         compute(p, first, end, readings_of, entered).unwrap()
     }

@@ -182,7 +182,7 @@ async fn two_days(
         };
         let entered = irrigation::per_day(c, &o, &b, from, end)?;
         let series = BlockSeries::of(c, &o, &b, default_interval)?;
-        let readings_of = |day: Day| series.around(c, day, offset);
+        let readings_of = |day: Day, each: &mut dyn FnMut(_)| series.around(c, day, offset, each);
         if walk {
             indices::compute(&params, first, end, readings_of, &entered)
         } else {

@@ -52,7 +52,8 @@ pub async fn indices(
         .read(move |c| {
             let entered = irrigation::per_day(c, &o, &b, season, end)?;
             let series = BlockSeries::of(c, &o, &b, default_interval)?;
-            let readings_of = |day: Day| series.around(c, day, offset);
+            let readings_of =
+                |day: Day, each: &mut dyn FnMut(_)| series.around(c, day, offset, each);
             indices::compute(&params, first, end, readings_of, &entered)
         })
         .await?;

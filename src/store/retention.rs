@@ -320,7 +320,7 @@ mod tests {
                 &p,
                 first,
                 end,
-                |d| series.around(conn, d, offset),
+                |d, each: &mut dyn FnMut(_)| series.around(conn, d, offset, each),
                 &Default::default(),
             )
             .unwrap();
