@@ -75,20 +75,11 @@ fn a_frost_night_fires_one_critical_alert_that_a_subscriber_hears_and_resolves_a
     // Let the subscription be in place before the night begins.
     std::thread::sleep(Duration::from_millis(500));
 
-    // Last night: 3 °C at 22:00, below 0 from 01:00 to 05:50, warming by 0.5 °C each ten
-    // minutes after sunrise.
     let night = support::now_ms() - 24 * 60 * MIN;
-    let values: Vec<f64> = (0..60)
-        .map(|i| match i {
-            0..18 => 3.0 - i as f64 * 0.15,
-            18..48 => -0.5 - ((i - 18) % 5) as f64 * 0.3,
-            _ => 0.5 + (i - 48) as f64 * 0.5,
-        })
-        .collect();
     mosquitto_pub_lines(
         port,
         "orchards/fengjie/B1/ws1/telemetry",
-        &every_10_min(night, &values),
+        &frost_night(night),
     );
 
     let out = sub.wait_with_output().unwrap();
@@ -247,6 +238,80 @@ fn oscillation_gives_one_alert_kill_9_keeps_a_duration_and_staff_answer_it() {
     let again = &alerts(&daemon, "block=B2&state=firing")[0];
     assert_ne!(again["id"], id);
     assert_eq!(again["previous"], id);
+}
+
+/// Last night: 3 °C at 22:00, below 0 from 01:00 to 05:50, warming by 0.5 °C each ten minutes
+/// after sunrise; one reading every ten minutes.
+fn frost_night(night: i64) -> Vec<String> {
+    let values: Vec<f64> = (0..60)
+        .map(|i| match i {
+            0..18 => 3.0 - i as f64 * 0.15,
+            18..48 => -0.5 - ((i - 18) % 5) as f64 * 0.3,
+            _ => 0.5 + (i - 48) as f64 * 0.5,
+        })
+        .collect();
+    every_10_min(night, &values)
+}
+
+#[test]
+fn late_readings_complete_a_duration_once_and_redelivery_changes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut daemon, cfg) = start(dir.path());
+    let port = cfg.broker_port();
+    let topic = "orchards/fengjie/B4/ws4/telemetry";
+    let night = support::now_ms() - 24 * 60 * MIN;
+    let at = |i: i64| support::rfc3339(night + i * 10 * MIN);
+    let all = frost_night(night);
+
+    // A gateway's buffer sends 01:00, then 02:00 and 02:10, before what lies between: after an
+    // hour unheard the condition is unknown, and twenty minutes below 0 fire nothing yet.
+    let mut first = all[..19].to_vec();
+    first.extend_from_slice(&all[24..26]);
+    mosquitto_pub_lines(port, topic, &first);
+    assert!(alerts(&daemon, "block=B4").is_empty());
+
+    // orchardd restarts before the rest arrives: the late readings are judged against the
+    // progress on disk, and close the gap. Below 0 since 01:00, for 30 minutes at 01:30.
+    assert!(daemon.sigterm().success());
+    daemon.restart();
+    daemon.wait_ready();
+    mosquitto_pub_lines(port, topic, &all[19..24]);
+    let fired = wait_for(
+        Duration::from_secs(20),
+        "the alert the late readings complete",
+        || {
+            let a = alerts(&daemon, "block=B4");
+            (a.len() == 1).then(|| a[0].clone())
+        },
+    );
+    assert_eq!(fired["since"], at(18));
+    assert_eq!(fired["fired_at"], at(21));
+    assert_eq!(fired["state"], "firing");
+
+    // The broker redelivers all of it; the rest of the night comes; a reading of the frost
+    // that is over arrives late; and then the whole night once more.
+    mosquitto_pub_lines(port, topic, &all[..26]);
+    mosquitto_pub_lines(port, topic, &all[26..]);
+    let straggler = json!({"ts": night + 305 * MIN, "readings": {"air_temperature": -2.4}});
+    mosquitto_pub_lines(port, topic, &[straggler.to_string()]);
+    mosquitto_pub_lines(port, topic, &all);
+
+    wait_for(Duration::from_secs(20), "the resolve", || {
+        (alerts(&daemon, "block=B4&state=resolved").len() == 1).then_some(())
+    });
+    let after = alerts(&daemon, "block=B4");
+    assert_eq!(after.len(), 1, "one frost, one alert: {after:?}");
+    assert_eq!(after[0]["id"], fired["id"]);
+    assert_eq!(after[0]["resolved_at"], at(52));
+    let id = fired["id"].as_i64().unwrap();
+    let events: Vec<Value> = daemon.get_ok(&format!("/api/v1/alerts/{id}"))["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["event"].clone())
+        .collect();
+    assert_eq!(events, ["fired", "resolved"]);
+    assert_eq!(daemon.metric("orchardd_readings_duplicate_total"), 86.0);
 }
 
 #[test]

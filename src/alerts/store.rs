@@ -69,6 +69,33 @@ pub fn is_open(tx: &Transaction<'_>, rule: &str, scope: &str) -> Result<bool, St
         .query_row(params![rule, scope], |r| r.get(0))?)
 }
 
+/// When the condition of the open alert of `rule` for `scope` began to hold, if one is open.
+pub fn open_since(
+    tx: &Transaction<'_>,
+    rule: &str,
+    scope: &str,
+) -> Result<Option<i64>, StoreError> {
+    Ok(tx
+        .prepare_cached(
+            "SELECT since FROM alerts WHERE rule = ?1 AND scope = ?2 AND state != 'resolved'",
+        )?
+        .query_row(params![rule, scope], |r| r.get(0))
+        .optional()?)
+}
+
+/// When the last resolved alert of `rule` for `scope` was resolved, if one was.
+pub fn resolved_until(
+    tx: &Transaction<'_>,
+    rule: &str,
+    scope: &str,
+) -> Result<Option<i64>, StoreError> {
+    Ok(tx
+        .prepare_cached(
+            "SELECT max(resolved_at) FROM alerts WHERE rule = ?1 AND scope = ?2 AND state = 'resolved'",
+        )?
+        .query_row(params![rule, scope], |r| r.get(0))?)
+}
+
 /// What an alert is about, as its row names it.
 pub struct Subject<'a> {
     pub scope: &'a str,

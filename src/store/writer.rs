@@ -284,6 +284,7 @@ impl Writer {
         let mut outcome = BatchOutcome::default();
         let mut rollups = Fold::default();
         let mut conflicts = Vec::new();
+        let mut late = Late::default();
         for env in envelopes {
             for r in &env.readings {
                 let series = self.series_ids.get(&tx, r)?;
@@ -308,6 +309,7 @@ impl Writer {
                             outcome.alert_changes += evaluate(
                                 &self.rules,
                                 &mut self.progress,
+                                &mut late,
                                 &tx,
                                 &new,
                                 self.utc_offset_ms,
@@ -330,6 +332,15 @@ impl Writer {
                 outcome.conflicts += conflicts.len() as u64;
                 conflicts.clear();
             }
+        }
+        if !late.0.is_empty() {
+            outcome.alert_changes += rejudge(
+                &self.rules,
+                &mut self.progress,
+                late,
+                &tx,
+                self.utc_offset_ms,
+            )?;
         }
         rollups.write(&tx)?;
         // Noted holding the write lock, before the commit: whoever next takes the lock finds
@@ -383,12 +394,28 @@ struct NewReading<'a> {
 /// Per rule and series: its progress and the time of the series' newest reading.
 type RuleProgress = HashMap<(usize, i64), (Progress, Option<i64>)>;
 
+/// Per rule and series that a batch brought late readings of (older than the series' newest):
+/// the oldest of them, the series and its gap limit. Judged again once the batch is in.
+#[derive(Default)]
+struct Late(HashMap<(usize, i64), (i64, SeriesKey, i64)>);
+
+impl Late {
+    fn note(&mut self, rule: usize, new: &NewReading<'_>) {
+        let ts = new.reading.ts.0;
+        self.0
+            .entry((rule, new.series))
+            .and_modify(|(oldest, _, _)| *oldest = (*oldest).min(ts))
+            .or_insert_with(|| (ts, new.reading.series.clone(), new.gap_limit_ms));
+    }
+}
+
 /// Moves every rule that watches the reading's series on by the reading; returns how many
-/// alerts it opened or resolved. A reading older than the series' newest is not judged (its
-/// window has moved on).
+/// alerts it opened or resolved. A reading older than the series' newest is noted in `late`,
+/// whose windows [`rejudge`] judges again after the batch.
 fn evaluate(
     rules: &[Rule],
     progress: &mut RuleProgress,
+    late: &mut Late,
     tx: &Transaction<'_>,
     new: &NewReading<'_>,
     utc_offset_ms: i64,
@@ -410,24 +437,35 @@ fn evaluate(
         let (p, last) = match progress.get(&(i, series)) {
             Some(known) => *known,
             None => match alerts::progress(tx, &rule.id, &scope())? {
-                Some(p) => (p, newest_before(tx, series, r.ts.0)?),
+                Some(p) => (p, newest_but(tx, series, r.ts.0)?),
                 // A rule new to this series (just added, or orchardd's first start with it)
-                // starts from the series' recent readings: a condition that already holds
-                // is not made to wait for readings still to come.
+                // starts from the series' recent readings, this one included: a condition
+                // that already holds is not made to wait for readings still to come.
                 None => {
-                    let (p, last, fired) =
-                        catch_up(tx, rule, series, r, gap_limit_ms, utc_offset_ms)?;
-                    // No stored progress means quiet; store it only when the catch-up found
+                    let from = r.ts.0 - reach(rule, gap_limit_ms);
+                    let (p, last, fired) = replay(
+                        tx,
+                        rule,
+                        series,
+                        s,
+                        from,
+                        Progress::Quiet,
+                        gap_limit_ms,
+                        utc_offset_ms,
+                    )?;
+                    // No stored progress means quiet; store it only when the replay found
                     // more, so that a restart does not open the same alerts again.
                     if p != Progress::Quiet || fired > 0 {
                         alerts::save_progress(tx, &rule.id, &scope(), &p)?;
                     }
                     changes += fired;
-                    (p, last)
+                    progress.insert((i, series), (p, last));
+                    continue;
                 }
             },
         };
         if last.is_some_and(|l| r.ts.0 <= l) {
+            late.note(i, new);
             continue;
         }
         // Staff may have resolved the alert meanwhile: then the rule starts counting afresh.
@@ -439,17 +477,10 @@ fn evaluate(
             }
             p => p,
         };
-        // What the rule measures: the reading, or for a rate rule its change per hour.
-        let measured = match rule.rate_over_ms {
-            None if rule.stuck => f64::from(u8::from(flags.contains(Flags::STUCK))),
-            None => r.value,
-            Some(over) => match rate_per_hour(tx, series, r, over, gap_limit_ms)? {
-                Some(rate) => rate,
-                None => {
-                    progress.insert((i, series), (p, Some(r.ts.0)));
-                    continue;
-                }
-            },
+        let Some(measured) = measure(tx, rule, series, r.ts.0, r.value, flags, gap_limit_ms)?
+        else {
+            progress.insert((i, series), (p, Some(r.ts.0)));
+            continue;
         };
         let fed = rule.input(r.ts.0, measured, utc_offset_ms);
         let (next, change) = rule.threshold.step(p, last, r.ts.0, fed, gap_limit_ms);
@@ -462,19 +493,139 @@ fn evaluate(
     Ok(changes)
 }
 
-/// The time of the series' newest reading before `ts`.
-fn newest_before(tx: &Transaction<'_>, series: i64, ts: i64) -> Result<Option<i64>, StoreError> {
-    Ok(tx
-        .prepare_cached("SELECT max(ts) FROM readings WHERE series = ?1 AND ts < ?2")?
-        .query_row(params![series, ts], |row| row.get(0))?)
+/// Judges again the window of every rule and series a batch brought late readings of: the
+/// rule is stepped through the stored readings from its longest duration before the oldest
+/// late one to the newest, so a late reading that completes (or breaks) a duration counts as
+/// though it had come in order. Idempotent: judging the same readings again changes nothing.
+///
+/// What staff were told stands. An open alert stays open until its clear condition holds, and
+/// a resolved one is not opened again for the same episode: the replay opens alerts only after
+/// the reading time the scope's last alert was resolved at.
+fn rejudge(
+    rules: &[Rule],
+    progress: &mut RuleProgress,
+    late: Late,
+    tx: &Transaction<'_>,
+    utc_offset_ms: i64,
+) -> Result<u64, StoreError> {
+    let mut changes = 0;
+    for ((i, series), (oldest, key, gap_limit_ms)) in late.0 {
+        let rule = &rules[i];
+        let scope = alerts::scope_of(&key);
+        let from = oldest - reach(rule, gap_limit_ms);
+        // Firing already when the window opens: the replay may find its clear condition.
+        let start = match alerts::open_since(tx, &rule.id, &scope)? {
+            Some(since) if since < from => Progress::Firing { since },
+            _ => Progress::Quiet,
+        };
+        let (p, last, n) = replay(
+            tx,
+            rule,
+            series,
+            &key,
+            from,
+            start,
+            gap_limit_ms,
+            utc_offset_ms,
+        )?;
+        changes += n;
+        let p = match (alerts::open_since(tx, &rule.id, &scope)?, p) {
+            (Some(since), Progress::Quiet | Progress::Entering { .. }) => {
+                Progress::Firing { since }
+            }
+            (None, Progress::Firing { .. } | Progress::Clearing { .. }) => Progress::Quiet,
+            (_, p) => p,
+        };
+        alerts::save_progress(tx, &rule.id, &scope, &p)?;
+        progress.insert((i, series), (p, last));
+    }
+    Ok(changes)
 }
 
-/// The change per hour of the series from its reading at least `over_ms` before `r` to `r`;
-/// `None` when there is none close enough (within `over_ms` and a gap limit).
+/// How far back of a reading a rule's judgement of it reaches: its longest duration and a
+/// gap limit.
+fn reach(rule: &Rule, gap_limit_ms: i64) -> i64 {
+    let t = &rule.threshold;
+    t.enter_for_ms.max(t.clear_for_ms) + gap_limit_ms
+}
+
+/// Steps `rule` through the stored readings of `series` from `from` on, starting at `p`, as
+/// though it had watched them, opening and resolving alerts as it goes, except that nothing
+/// opens at or before the reading time the scope's last alert was resolved at (that episode
+/// is over). Returns where that leaves the rule, the newest reading's time, and the alerts it
+/// opened or resolved. Reads the rows one at a time: a long window costs time, not memory.
+#[allow(clippy::too_many_arguments)]
+fn replay(
+    tx: &Transaction<'_>,
+    rule: &Rule,
+    series: i64,
+    key: &SeriesKey,
+    from: i64,
+    mut p: Progress,
+    gap_limit_ms: i64,
+    utc_offset_ms: i64,
+) -> Result<(Progress, Option<i64>, u64), StoreError> {
+    let over = alerts::resolved_until(tx, &rule.id, &alerts::scope_of(key))?;
+    let mut stmt = tx.prepare_cached(
+        "SELECT ts, value, flags FROM readings WHERE series = ?1 AND ts >= ?2 ORDER BY ts",
+    )?;
+    let mut rows = stmt.query(params![series, from])?;
+    let (mut last, mut changes) = (None, 0);
+    while let Some(row) = rows.next()? {
+        let (ts, value, flags): (i64, f64, u8) = (row.get(0)?, row.get(1)?, row.get(2)?);
+        let Some(measured) = measure(tx, rule, series, ts, value, Flags(flags), gap_limit_ms)?
+        else {
+            last = Some(ts);
+            continue;
+        };
+        let fed = rule.input(ts, measured, utc_offset_ms);
+        let (next, change) = rule.threshold.step(p, last, ts, fed, gap_limit_ms);
+        let change = change.filter(|c| match c {
+            Change::Fire { .. } => over.is_none_or(|over| ts > over),
+            Change::Resolve { .. } => true,
+        });
+        changes += u64::from(apply(tx, rule, key, change, ts, measured)?);
+        (p, last) = (next, Some(ts));
+    }
+    Ok((p, last, changes))
+}
+
+/// What `rule` measures of the reading `(ts, value)` of `series`: the value; for a stuck rule
+/// 1 if the reading was flagged stuck, else 0; for a rate rule the change per hour, `None`
+/// when no earlier reading is close enough to give one.
+fn measure(
+    tx: &Transaction<'_>,
+    rule: &Rule,
+    series: i64,
+    ts: i64,
+    value: f64,
+    flags: Flags,
+    gap_limit_ms: i64,
+) -> Result<Option<f64>, StoreError> {
+    Ok(match rule.rate_over_ms {
+        None if rule.stuck => Some(f64::from(u8::from(flags.contains(Flags::STUCK)))),
+        None => Some(value),
+        Some(over) => rate_per_hour(tx, series, ts, value, over, gap_limit_ms)?,
+    })
+}
+
+/// The time of the series' newest reading other than the one at `ts`.
+fn newest_but(tx: &Transaction<'_>, series: i64, ts: i64) -> Result<Option<i64>, StoreError> {
+    Ok(tx
+        .prepare_cached(
+            "SELECT ts FROM readings WHERE series = ?1 AND ts != ?2 ORDER BY ts DESC LIMIT 1",
+        )?
+        .query_row(params![series, ts], |row| row.get(0))
+        .optional()?)
+}
+
+/// The change per hour of the series from its reading at least `over_ms` before `(ts, value)`
+/// to it; `None` when there is none close enough (within `over_ms` and a gap limit).
 fn rate_per_hour(
     tx: &Transaction<'_>,
     series: i64,
-    r: &Reading,
+    ts: i64,
+    value: f64,
     over_ms: i64,
     gap_limit_ms: i64,
 ) -> Result<Option<f64>, StoreError> {
@@ -482,13 +633,13 @@ fn rate_per_hour(
         .prepare_cached(
             "SELECT ts, value FROM readings WHERE series = ?1 AND ts <= ?2 ORDER BY ts DESC LIMIT 1",
         )?
-        .query_row(params![series, r.ts.0 - over_ms], |row| {
+        .query_row(params![series, ts - over_ms], |row| {
             Ok((row.get(0)?, row.get(1)?))
         })
         .optional()?;
     Ok(before
-        .filter(|(ts, _)| r.ts.0 - ts <= over_ms + gap_limit_ms)
-        .map(|(ts, v)| (r.value - v) / ((r.ts.0 - ts) as f64 / 3_600_000.0)))
+        .filter(|(t, _)| ts - t <= over_ms + gap_limit_ms)
+        .map(|(t, v)| (value - v) / ((ts - t) as f64 / 3_600_000.0)))
 }
 
 /// Opens or resolves the alert a reading `(ts, value)` of `series` changed; true if it did.
@@ -505,41 +656,6 @@ fn apply(
         Some(Change::Resolve { .. }) => alerts::resolve(tx, &rule.id, series, ts, value)?.is_some(),
         None => false,
     })
-}
-
-/// Runs a rule over the readings of `series` that precede `r` by up to its longest duration
-/// and a gap limit, as though it had watched them; returns where that leaves it, the newest
-/// of those readings, and the alerts it opened or resolved on the way.
-fn catch_up(
-    tx: &Transaction<'_>,
-    rule: &Rule,
-    series: i64,
-    r: &Reading,
-    gap_limit_ms: i64,
-    utc_offset_ms: i64,
-) -> Result<(Progress, Option<i64>, u64), StoreError> {
-    // A rate or stuck rule starts quiet: its history would need a rate or the flags.
-    if rule.rate_over_ms.is_some() || rule.stuck {
-        return Ok((Progress::Quiet, newest_before(tx, series, r.ts.0)?, 0));
-    }
-    let t = &rule.threshold;
-    let reach = t.enter_for_ms.max(t.clear_for_ms) + gap_limit_ms;
-    let earlier: Vec<(i64, f64)> = tx
-        .prepare_cached(
-            "SELECT ts, value FROM readings WHERE series = ?1 AND ts >= ?2 AND ts < ?3 ORDER BY ts",
-        )?
-        .query_map(params![series, r.ts.0 - reach, r.ts.0], |row| {
-            Ok((row.get(0)?, row.get(1)?))
-        })?
-        .collect::<Result<_, _>>()?;
-    let (mut p, mut last, mut changes) = (Progress::Quiet, None, 0);
-    for (ts, value) in earlier {
-        let fed = rule.input(ts, value, utc_offset_ms);
-        let (next, change) = t.step(p, last, ts, fed, gap_limit_ms);
-        changes += u64::from(apply(tx, rule, &r.series, change, ts, value)?);
-        (p, last) = (next, Some(ts));
-    }
-    Ok((p, last, changes))
 }
 
 /// What became of a reading offered to the store.
