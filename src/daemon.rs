@@ -114,10 +114,8 @@ pub async fn run(settings: Settings) -> Result<(), DaemonError> {
         rules_tx.subscribe(),
     )
     .map_err(DaemonError::Alerts)?;
-    let mut channels: Vec<String> = Vec::new();
-    if settings.broker.embedded {
-        channels.push("mqtt".into());
-    }
+    // MQTT in either mode: through the endpoint, or to the external broker.
+    let mut channels: Vec<String> = vec!["mqtt".into()];
     channels.extend(notifiers.names());
     if let Some(e) = &settings.alerts.escalation {
         // Channels for escalations only hear nothing else.
@@ -231,11 +229,27 @@ pub async fn run(settings: Settings) -> Result<(), DaemonError> {
         let (queue_tx, queue_rx) = mpsc::channel(settings.ingest.queue_messages);
         let (committed_tx, committed_rx) = mpsc::unbounded_channel();
         let writer = spawn_writer(writer, queue_rx, committed_tx)?;
+        let endpoint = parse_url(&settings.mqtt.url).map_err(DaemonError::Mqtt)?;
+        let alerts_client = format!("{}-alerts", settings.mqtt.client_id);
+        let options = crate::ingest::mqtt::options(&settings.mqtt, &endpoint, &alerts_client)
+            .map_err(DaemonError::Mqtt)?;
+        tokio::spawn(crate::alerts::notify::run(
+            crate::alerts::notify::Broker::start(
+                options,
+                settings.mqtt.reconnect_max_delay,
+                shutdown.clone(),
+            ),
+            // A feed for software: never held back by quiet hours.
+            None,
+            admin.clone(),
+            alerts_changed.subscribe(),
+            shutdown.clone(),
+        ));
         let subscription = Subscription {
             decoder: decoder.clone(),
             limiter,
             settings: settings.mqtt.clone(),
-            endpoint: parse_url(&settings.mqtt.url).map_err(DaemonError::Mqtt)?,
+            endpoint,
             metrics: metrics.clone(),
         };
         let ingest =

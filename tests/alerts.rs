@@ -315,6 +315,93 @@ fn late_readings_complete_a_duration_once_and_redelivery_changes_nothing() {
 }
 
 #[test]
+fn with_an_external_broker_alerts_go_to_its_subscribers_and_wait_out_its_outage() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut broker = support::Mosquitto::start(dir.path());
+    let rules = dir.path().join("rules");
+    std::fs::create_dir_all(&rules).unwrap();
+    std::fs::write(rules.join("frost.toml"), RULES).unwrap();
+    let cfg = DaemonConfig {
+        // The test's own rule file; everything else as shipped.
+        extra: format!("[alerts]\nrules_dir = \"{}\"\n", rules.display()),
+        ..DaemonConfig::shipped_defaults_external(broker.port)
+    };
+    let daemon = Daemon::start(dir.path(), &cfg);
+    daemon.wait_ready();
+    let port = broker.port.to_string();
+    // A persistent subscriber of the alerts, as a co-op's own software would be: it keeps its
+    // subscription at the broker while it is away.
+    let watch = |count: &str| {
+        Command::new(require_binary("mosquitto_sub", "mosquitto-clients"))
+            .args(["-h", "127.0.0.1", "-p", &port, "-q", "1"])
+            .args(["-c", "-i", "alert-watch", "-t", "orchards/fengjie/alerts"])
+            .args(["-C", count, "-W", "60"])
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    let heard = |child: std::process::Child| -> Vec<Value> {
+        let out = child.wait_with_output().unwrap();
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
+    };
+    let sub = watch("1");
+    std::thread::sleep(Duration::from_millis(500));
+
+    let night = support::now_ms() - 24 * 60 * MIN;
+    mosquitto_pub_lines(
+        broker.port,
+        "orchards/fengjie/B5/ws5/telemetry",
+        &frost_night(night)[..30],
+    );
+    let fired = heard(sub);
+    assert_eq!(fired.len(), 1, "{fired:?}");
+    assert_eq!(fired[0]["event"], "fired");
+    assert_eq!(fired[0]["alert"]["scope"], "fengjie/B5/ws5");
+    let id = fired[0]["alert"]["id"].as_i64().unwrap();
+
+    // The broker goes down; staff acknowledge meanwhile. The event waits, each attempt logged.
+    broker.stop();
+    let (status, body) = http_request(
+        daemon.http,
+        "POST",
+        &format!("/api/v1/alerts/{id}/ack"),
+        r#"{"by": "Li Wei", "note": "fans on"}"#,
+    )
+    .unwrap();
+    assert_eq!(status, 200, "{body}");
+    let mqtt_delivery = |d: &Value| d["events"][1]["deliveries"][0].clone();
+    let waiting = wait_for(Duration::from_secs(20), "a failed attempt", || {
+        let d = mqtt_delivery(&daemon.get_ok(&format!("/api/v1/alerts/{id}")));
+        (d["attempts"].as_i64() >= Some(1)).then_some(d)
+    });
+    assert_eq!(waiting["channel"], "mqtt");
+    assert!(waiting["delivered_at"].is_null(), "{waiting}");
+    assert!(waiting["last_error"].is_string(), "{waiting}");
+
+    // Back: the event is delivered once, to the subscriber that was away.
+    broker.start_again();
+    let d = wait_for(Duration::from_secs(30), "the delivery", || {
+        let d = mqtt_delivery(&daemon.get_ok(&format!("/api/v1/alerts/{id}")));
+        d["delivered_at"].is_string().then_some(d)
+    });
+    let log = d["log"].as_array().unwrap();
+    assert!(log.len() >= 2, "{d}");
+    assert!(
+        log[..log.len() - 1].iter().all(|a| a["error"].is_string()),
+        "{d}"
+    );
+    assert!(log[log.len() - 1]["error"].is_null(), "{d}");
+    let acked = heard(watch("1"));
+    assert_eq!(acked.len(), 1, "{acked:?}");
+    assert_eq!(acked[0]["event"], "acknowledged");
+    assert_eq!(acked[0]["alert"]["id"], id);
+    assert_eq!(acked[0]["alert"]["acknowledged"]["by"], "Li Wei");
+}
+
+#[test]
 fn a_condition_already_true_when_a_rule_arrives_fires_once() {
     let dir = tempfile::tempdir().unwrap();
     let rules = dir.path().join("rules");

@@ -77,28 +77,37 @@ pub struct Subscription {
 /// which would make the broker redeliver the same message forever.
 const MQTT_MAX_PACKET: usize = 268_435_455;
 
+/// How to reach the broker of `settings` at `endpoint` as `client_id`: credentials, TLS, keep-alive.
+pub fn options(
+    settings: &MqttSettings,
+    endpoint: &Endpoint,
+    client_id: &str,
+) -> Result<MqttOptions, String> {
+    let s = settings;
+    let mut o = MqttOptions::new(client_id, &endpoint.host, endpoint.port);
+    o.set_keep_alive(s.keep_alive)
+        .set_max_packet_size(MQTT_MAX_PACKET, 64 * 1024);
+    if let Some(user) = &s.username {
+        o.set_credentials(user, s.password.as_deref().unwrap_or_default());
+    }
+    if endpoint.tls {
+        let transport = match &s.ca_file {
+            Some(path) => {
+                let ca = std::fs::read(path)
+                    .map_err(|e| format!("mqtt.ca_file {}: {e}", path.display()))?;
+                Transport::tls(ca, None, None)
+            }
+            None => Transport::tls_with_default_config(),
+        };
+        o.set_transport(transport);
+    }
+    Ok(o)
+}
+
 impl Subscription {
     fn options(&self) -> Result<MqttOptions, String> {
-        let s = &self.settings;
-        let mut o = MqttOptions::new(&s.client_id, &self.endpoint.host, self.endpoint.port);
-        o.set_clean_session(false)
-            .set_manual_acks(true)
-            .set_keep_alive(s.keep_alive)
-            .set_max_packet_size(MQTT_MAX_PACKET, 64 * 1024);
-        if let Some(user) = &s.username {
-            o.set_credentials(user, s.password.as_deref().unwrap_or_default());
-        }
-        if self.endpoint.tls {
-            let transport = match &s.ca_file {
-                Some(path) => {
-                    let ca = std::fs::read(path)
-                        .map_err(|e| format!("mqtt.ca_file {}: {e}", path.display()))?;
-                    Transport::tls(ca, None, None)
-                }
-                None => Transport::tls_with_default_config(),
-            };
-            o.set_transport(transport);
-        }
+        let mut o = options(&self.settings, &self.endpoint, &self.settings.client_id)?;
+        o.set_clean_session(false).set_manual_acks(true);
         Ok(o)
     }
 

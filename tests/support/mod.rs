@@ -529,9 +529,20 @@ impl Mosquitto {
 
     /// A clean restart: SIGTERM (Mosquitto saves its persistence file), then start again.
     pub fn restart(&mut self) {
-        let mut child = self.child.take().unwrap();
+        self.stop();
+        self.spawn();
+    }
+
+    /// SIGTERM (Mosquitto saves its persistence file), and wait for it to exit: an outage
+    /// that lasts until [`Mosquitto::start_again`].
+    pub fn stop(&mut self) {
+        let mut child = self.child.take().expect("running");
         signal(child.id(), "TERM");
         child.wait().unwrap();
+    }
+
+    pub fn start_again(&mut self) {
+        assert!(self.child.is_none(), "still running");
         self.spawn();
     }
 

@@ -3,9 +3,9 @@
 //! each attempt is logged (status, error, the start of the answer), and a failed delivery is
 //! retried with capped back-off, in order.
 //!
-//! - `mqtt`: `orchards/{orchard}/alerts`, QoS 1, JSON, through orchardd's own endpoint; an
-//!   event counts as delivered once the endpoint has taken it (and stored it for offline
-//!   persistent sessions).
+//! - `mqtt`: `orchards/{orchard}/alerts`, QoS 1, JSON, through orchardd's own endpoint (an
+//!   event counts as delivered once the endpoint has taken it, and stored it for offline
+//!   persistent sessions), or to the external broker (delivered at its PUBACK).
 //! - `webhook:{name}`: a JSON POST, signed `X-Orchardd-Signature: sha256=<hex HMAC-SHA256 of
 //!   the body>` when the webhook has a secret; any 2xx answer is delivered.
 //! - `dingtalk:{name}`, `wecom:{name}`, `feishu:{name}`: group robots, a message worded for
@@ -44,7 +44,7 @@ use window::{MINUTE_MS, Rate, Step, Window};
 
 pub use dingtalk::DingTalk;
 pub use feishu::Feishu;
-pub use mqtt::Mqtt;
+pub use mqtt::{Broker, Mqtt};
 pub use webhook::{Webhook, signature};
 pub use wecom::WeCom;
 
