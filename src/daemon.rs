@@ -132,15 +132,18 @@ pub async fn run(settings: Settings) -> Result<(), DaemonError> {
     admin
         .write(move |c| crate::alerts::store::set_channels(c, &channels))
         .await?;
-    tokio::spawn(crate::alerts::absence::watch(
-        admin.clone(),
-        activity.clone(),
-        rules_rx.clone(),
-        registry_rx.clone(),
-        settings.health.expected_interval,
-        alerts_changed.clone(),
-        shutdown.clone(),
-    ));
+    tokio::spawn(
+        crate::alerts::absence::Watch {
+            admin: admin.clone(),
+            activity: activity.clone(),
+            rules: rules_rx.clone(),
+            registry: registry_rx.clone(),
+            default_interval: settings.health.expected_interval,
+            utc_offset_ms: utc_offset_ms(&settings),
+            changed: alerts_changed.clone(),
+        }
+        .run(shutdown.clone()),
+    );
     tokio::spawn(
         crate::alerts::daily::DailyRules {
             pool: pool.clone(),

@@ -402,6 +402,107 @@ fn with_an_external_broker_alerts_go_to_its_subscribers_and_wait_out_its_outage(
 }
 
 #[test]
+fn no_data_fires_a_frost_rule_that_asks_for_it_and_resolves_a_heat_rule_that_ignores_it() {
+    let dir = tempfile::tempdir().unwrap();
+    // Stations that report every second, so that the gap limit (two reports) takes seconds
+    // rather than the half hour of the shipped 15-minute interval.
+    std::fs::write(
+        dir.path().join("devices.toml"),
+        "[[device]]\nid = \"ws6\"\norchard = \"fengjie\"\nblock = \"B6\"\nexpected_interval = \"1s\"\n\
+         [[device]]\nid = \"ws7\"\norchard = \"fengjie\"\nblock = \"B6\"\nexpected_interval = \"1s\"\n",
+    )
+    .unwrap();
+    let rules = dir.path().join("rules");
+    std::fs::create_dir_all(&rules).unwrap();
+    std::fs::write(
+        rules.join("no-data.toml"),
+        r#"
+[[rule]]
+id = "frost-failsafe"
+kind = "threshold"
+measure = "air_temperature"
+severity = "critical"
+below = 0.0
+clear_above = 1.0
+devices = ["ws6"]
+on_no_data = "fire"
+action.en = "Frost in {block} ({device}): start frost protection."
+action.zh = "{block}（{device}）霜冻：请启动防霜措施。"
+
+[[rule]]
+id = "heat"
+kind = "threshold"
+measure = "air_temperature"
+severity = "major"
+above = 35.0
+devices = ["ws7"]
+on_no_data = "ignore"
+action.en = "Heat in {block} ({device}): {value:.1} °C."
+action.zh = "{block}（{device}）高温：{value:.1} °C。"
+"#,
+    )
+    .unwrap();
+    let cfg = DaemonConfig {
+        extra: format!("[alerts]\nrules_dir = \"{}\"\n", rules.display()),
+        ..DaemonConfig::shipped_defaults_embedded()
+    };
+    let daemon = Daemon::start(dir.path(), &cfg);
+    daemon.wait_ready();
+    let port = cfg.broker_port();
+    let now = support::now_ms();
+    let reading =
+        |ts: i64, v: f64| json!({"ts": ts, "readings": {"air_temperature": v}}).to_string();
+    mosquitto_pub_lines(
+        port,
+        "orchards/fengjie/B6/ws6/telemetry",
+        &[reading(now - 1000, 0.6), reading(now, 0.5)],
+    );
+    mosquitto_pub_lines(
+        port,
+        "orchards/fengjie/B6/ws7/telemetry",
+        &[reading(now - 1000, 36.1), reading(now, 36.4)],
+    );
+    assert_eq!(alerts(&daemon, "state=open&block=B6").len(), 1, "the heat");
+
+    // Both fall silent: ws6's frost rule counts no data as frost, ws7's heat alert resolves.
+    let fired = wait_for(Duration::from_secs(20), "the failsafe frost alert", || {
+        let a = alerts(&daemon, "state=firing&block=B6");
+        (a.len() == 1 && a[0]["rule"] == "frost-failsafe").then(|| a[0].clone())
+    });
+    assert_eq!(fired["scope"], "fengjie/B6/ws6");
+    assert_eq!(fired["severity"], "critical");
+    assert_eq!(fired["value"], 0.5, "the last reading");
+    let en = fired["action"]["en"].as_str().unwrap();
+    assert!(
+        en.starts_with("No data from ws6 since") && en.ends_with("start frost protection."),
+        "{en}"
+    );
+    assert!(fired["action"]["zh"].as_str().unwrap().contains("无数据"));
+    let heat: Vec<Value> = alerts(&daemon, "block=B6")
+        .into_iter()
+        .filter(|a| a["rule"] == "heat")
+        .collect();
+    assert_eq!(heat.len(), 1, "{heat:?}");
+    assert_eq!(heat[0]["state"], "resolved");
+    // One silence, one alert.
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(alerts(&daemon, "block=B6").len(), 2);
+
+    // ws6 reads again, above the clear threshold: the readings resolve what no data fired.
+    mosquitto_pub_lines(
+        port,
+        "orchards/fengjie/B6/ws6/telemetry",
+        &[reading(support::now_ms(), 2.5)],
+    );
+    wait_for(Duration::from_secs(10), "the resolve", || {
+        alerts(&daemon, "state=open&block=B6")
+            .is_empty()
+            .then_some(())
+    });
+    assert_eq!(alerts(&daemon, "block=B6").len(), 2);
+}
+
+#[test]
 fn a_condition_already_true_when_a_rule_arrives_fires_once() {
     let dir = tempfile::tempdir().unwrap();
     let rules = dir.path().join("rules");

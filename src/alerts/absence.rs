@@ -13,6 +13,12 @@
 //! again while the narrower stays silent, the narrower silence is no longer explained and
 //! fires then.
 //!
+//! A rule on readings with `on_no_data = "fire"` or `"ignore"` is judged here too: a device
+//! it watches that has sent nothing for its gap limit (twice its interval, when a reading rule
+//! counts the condition unknown) opens the rule's alert for each series of the device that
+//! the rule reads, or resolves them. Held back by `inhibited_by` as a device's own absence
+//! alert is; the readings, when they come back, clear it as they clear any alert of the rule.
+//!
 //! A silence fires once per episode (an episode is named by the subject's newest reading), so
 //! staff resolving an alert of a device still silent does not bring it back; the next reading
 //! resolves it. After a restart each device counts as heard at start-up: a silence is not
@@ -26,9 +32,10 @@ use rusqlite::{Connection, Transaction, TransactionBehavior, params};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
-use super::rules::{Filled, Per, Rule};
+use super::rules::{Absence, Filled, OnNoData, Per, Rule};
 use super::store::{self as alerts, Firing, Subject};
-use crate::model::{Ident, Reading, TimestampMs};
+use crate::alerts::threshold::Progress;
+use crate::model::{Ident, Reading, SeriesKey, TimestampMs};
 use crate::registry::Registry;
 use crate::store::{Admin, StoreError};
 
@@ -37,11 +44,16 @@ use crate::store::{Admin, StoreError};
 /// interval allows 45 minutes).
 const QUICKEST: Duration = Duration::from_secs(1);
 const SLOWEST: Duration = Duration::from_secs(15);
+/// A rule on readings has no data after this many intervals: its gap limit.
+const NO_DATA_AFTER: u32 = 2;
 
 fn tick_for(rules: &[Rule], registry: &Registry, default_interval: Duration) -> Duration {
     let missed = rules
         .iter()
-        .filter_map(|r| r.absence.as_ref().map(|a| a.missed))
+        .filter_map(|r| match &r.absence {
+            Some(a) => Some(a.missed),
+            None => r.no_data_on_the_clock().then_some(NO_DATA_AFTER),
+        })
         .min()
         .unwrap_or(3);
     let interval = registry
@@ -67,6 +79,10 @@ pub struct Heard {
 #[derive(Debug, Default)]
 pub struct Activity {
     devices: HashMap<Ident, Heard>,
+    /// `(rule, series)` whose stored progress the absence task changed (a rule's alert that
+    /// no data opened or closed): the writer forgets its own copy before its next batch, and
+    /// reads the stored one.
+    stale: Vec<(String, i64)>,
 }
 
 pub type SharedActivity = Arc<Mutex<Activity>>;
@@ -116,7 +132,15 @@ impl Activity {
                 heard.gateway = Some(Arc::from(row.get::<_, String>(1)?.as_str()));
             }
         }
-        Ok(Self { devices })
+        Ok(Self {
+            devices,
+            stale: Vec::new(),
+        })
+    }
+
+    /// The `(rule, series)` progress changed behind the writer's back since it last asked.
+    pub fn take_stale(&mut self) -> Vec<(String, i64)> {
+        std::mem::take(&mut self.stale)
     }
 
     /// Notes a reading that arrived at `received_at` through `gateway`; true when the device
@@ -278,21 +302,34 @@ enum Verdict {
 /// Per absence rule and scope: the episode (newest reading's time) its latest alert is about.
 type Known = HashMap<(String, String), i64>;
 
-/// The silences of every absence rule of `rules` at `now`, and the alerts they open or close.
+/// The silences of every absence rule of `rules` at `now`, and the alerts they open or close;
+/// a rule on readings that no data fires is judged only in its hours and months (local at
+/// `utc_offset_ms`).
 fn judge(
     activity: &Activity,
     rules: &[Rule],
     interval_ms: &dyn Fn(&Ident) -> i64,
     known: &Known,
     now: i64,
+    utc_offset_ms: i64,
 ) -> Vec<Verdict> {
     // Every subject of every absence rule, by rule and scope.
     let mut subjects: Vec<HashMap<String, Silence>> = Vec::with_capacity(rules.len());
     for rule in rules {
         let mut of_rule = HashMap::new();
-        let Some(a) = &rule.absence else {
-            subjects.push(of_rule);
-            continue;
+        let no_data = Absence {
+            per: Per::Device,
+            missed: NO_DATA_AFTER,
+        };
+        let watching = rule.on_no_data == OnNoData::Ignore
+            || (rule.in_hours(now, utc_offset_ms) && rule.in_months(now, utc_offset_ms));
+        let a = match &rule.absence {
+            Some(a) => a,
+            None if rule.no_data_on_the_clock() && watching => &no_data,
+            None => {
+                subjects.push(of_rule);
+                continue;
+            }
         };
         let mut groups: HashMap<String, Group> = HashMap::new();
         for (device, heard) in &activity.devices {
@@ -343,7 +380,8 @@ fn judge(
     for (i, rule) in rules.iter().enumerate() {
         for silence in subjects[i].values() {
             let episode = known.get(&(rule.id.clone(), silence.scope.clone()));
-            if episode.is_some_and(|since| *since < silence.last_ts) {
+            // A rule on readings is resolved by its readings, not here.
+            if rule.absence.is_some() && episode.is_some_and(|since| *since < silence.last_ts) {
                 verdicts.push(Verdict::Resolve {
                     rule: i,
                     scope: silence.scope.clone(),
@@ -352,22 +390,24 @@ fn judge(
             if !silence.is_silent(now) || episode == Some(&silence.last_ts) {
                 continue;
             }
-            let explained = rule.inhibited_by.iter().any(|id| {
-                let Some(j) = rules.iter().position(|r| &r.id == id) else {
-                    return false;
-                };
-                let wider_scope = match rules[j].absence.as_ref().map(|a| a.per) {
-                    Some(Per::All) => "all".to_owned(),
-                    Some(Per::Gateway) => match &silence.gateway {
-                        Some(g) => format!("gateway/{g}"),
-                        None => return false,
-                    },
-                    _ => return false,
-                };
-                subjects[j]
-                    .get(&wider_scope)
-                    .is_some_and(|wider| silence.explained_by(wider))
-            });
+            // No data that counts as not holding resolves, whatever the cause.
+            let explained = rule.on_no_data != OnNoData::Ignore
+                && rule.inhibited_by.iter().any(|id| {
+                    let Some(j) = rules.iter().position(|r| &r.id == id) else {
+                        return false;
+                    };
+                    let wider_scope = match rules[j].absence.as_ref().map(|a| a.per) {
+                        Some(Per::All) => "all".to_owned(),
+                        Some(Per::Gateway) => match &silence.gateway {
+                            Some(g) => format!("gateway/{g}"),
+                            None => return false,
+                        },
+                        _ => return false,
+                    };
+                    subjects[j]
+                        .get(&wider_scope)
+                        .is_some_and(|wider| silence.explained_by(wider))
+                });
             if !explained {
                 verdicts.push(Verdict::Fire {
                     rule: i,
@@ -390,13 +430,15 @@ pub fn human(ms: i64) -> String {
     }
 }
 
-/// Opens or closes the alerts of `verdicts`; returns how many it changed.
+/// Opens or closes the alerts of `verdicts`; returns how many it changed. The rule progress
+/// it changes is added to `stale`.
 fn apply(
     tx: &Transaction<'_>,
     rules: &[Rule],
     verdicts: &[Verdict],
     known: &mut Known,
     now: i64,
+    stale: &mut Vec<(String, i64)>,
 ) -> Result<u64, StoreError> {
     let mut changed = 0;
     // Closing first: a subject heard again and silent again is a new episode.
@@ -412,6 +454,11 @@ fn apply(
             continue;
         };
         let rule = &rules[*rule];
+        if rule.absence.is_none() {
+            changed += no_data(tx, rule, s, now, stale)?;
+            known.insert((rule.id.clone(), s.scope.clone()), s.last_ts);
+            continue;
+        }
         let subject = Subject {
             scope: &s.scope,
             orchard: &s.orchard,
@@ -441,6 +488,102 @@ fn apply(
     Ok(changed)
 }
 
+/// A device silent past a reading rule's gap limit: opens (`on_no_data = "fire"`) or resolves
+/// (`"ignore"`) the rule's alert of each series of the device that the rule reads, stores the
+/// progress that follows and notes it in `stale`; returns how many alerts it changed.
+fn no_data(
+    tx: &Transaction<'_>,
+    rule: &Rule,
+    s: &Silence,
+    now: i64,
+    stale: &mut Vec<(String, i64)>,
+) -> Result<u64, StoreError> {
+    let Some(kind) = rule.measure else {
+        return Ok(0);
+    };
+    let (Ok(orchard), Ok(block), Ok(device)) = (
+        s.orchard.parse::<Ident>(),
+        s.block.parse::<Ident>(),
+        s.device.parse::<Ident>(),
+    ) else {
+        return Ok(0);
+    };
+    let series: Vec<(i64, Option<u16>, Option<f64>)> = tx
+        .prepare_cached(
+            "SELECT id, depth_cm, (SELECT value FROM readings WHERE series = s.id ORDER BY ts DESC LIMIT 1) \
+             FROM series s WHERE orchard = ?1 AND block = ?2 AND device = ?3 AND kind = ?4",
+        )?
+        .query_map(
+            params![s.orchard, s.block, s.device, kind.name()],
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+        )?
+        .collect::<Result<_, _>>()?;
+    let silent_ms = now - s.heard_at;
+    let mut changed = 0;
+    for (id, depth_cm, last_value) in series {
+        let Some(last_value) = last_value else {
+            continue;
+        };
+        let key = SeriesKey {
+            orchard: orchard.clone(),
+            block: block.clone(),
+            device: device.clone(),
+            kind,
+            depth_cm,
+        };
+        let scope = alerts::scope_of(&key);
+        let progress = match rule.on_no_data {
+            OnNoData::Fire => {
+                let subject = Subject {
+                    scope: &scope,
+                    orchard: &s.orchard,
+                    block: &s.block,
+                    device: &s.device,
+                    kind: kind.name(),
+                };
+                let firing = Firing {
+                    since: s.last_ts,
+                    at: now,
+                    value: last_value,
+                    threshold: rule.threshold.enter,
+                };
+                let last = TimestampMs(s.last_ts).to_rfc3339();
+                let silent = human(silent_ms);
+                let note = (
+                    format!(
+                        "No data from {} since {last} ({silent}), counted as holding.",
+                        s.device
+                    ),
+                    format!(
+                        "{} 自 {last} 起（{silent}）无数据，按条件成立处理。",
+                        s.device
+                    ),
+                );
+                let more = |name: &str| match name {
+                    "silent" => Some(Filled::Text(silent.clone())),
+                    "last" => Some(Filled::Text(last.clone())),
+                    _ => None,
+                };
+                if alerts::open_noted(tx, rule, &subject, firing, more, Some(note))?.is_none() {
+                    continue;
+                }
+                Progress::Firing { since: s.last_ts }
+            }
+            OnNoData::Ignore => {
+                if alerts::close(tx, &rule.id, &scope, now, None)?.is_none() {
+                    continue;
+                }
+                Progress::Quiet
+            }
+            OnNoData::Hold => continue,
+        };
+        alerts::save_progress(tx, &rule.id, &scope, &progress)?;
+        stale.push((rule.id.clone(), id));
+        changed += 1;
+    }
+    Ok(changed)
+}
+
 /// The episode of the latest alert of each absence rule and scope.
 fn load_known(conn: &Connection, rules: &[Rule]) -> Result<Known, StoreError> {
     let mut known = Known::new();
@@ -448,82 +591,112 @@ fn load_known(conn: &Connection, rules: &[Rule]) -> Result<Known, StoreError> {
         "SELECT scope, since FROM alerts WHERE id IN \
          (SELECT max(id) FROM alerts WHERE rule = ?1 GROUP BY scope)",
     )?;
-    for rule in rules.iter().filter(|r| r.absence.is_some()) {
+    for rule in rules
+        .iter()
+        .filter(|r| r.absence.is_some() || r.no_data_on_the_clock())
+    {
         let rows = stmt.query_map([&rule.id], |r| Ok((r.get(0)?, r.get(1)?)))?;
         for row in rows {
-            let (scope, since): (String, i64) = row?;
+            let (mut scope, since): (String, i64) = row?;
+            // A reading rule's alert is a series' (`…@30cm`); its silences are the device's.
+            if let Some(at) = scope.find('@') {
+                scope.truncate(at);
+            }
             known.insert((rule.id.clone(), scope), since);
         }
     }
     Ok(known)
 }
 
-/// Looks for silences every second until `shutdown`, with the rules `rules` holds.
-pub async fn watch(
-    admin: Admin,
-    activity: SharedActivity,
-    mut rules: watch::Receiver<Arc<Vec<Rule>>>,
-    registry: watch::Receiver<Arc<Registry>>,
-    default_interval: Duration,
-    changed: Arc<watch::Sender<u64>>,
-    shutdown: CancellationToken,
-) {
-    let mut current: Arc<Vec<Rule>> = Arc::default();
-    let mut known = Known::new();
-    let mut tick = QUICKEST;
-    loop {
-        tokio::select! {
-            _ = tokio::time::sleep(tick) => {}
-            _ = shutdown.cancelled() => return,
-        }
-        tick = tick_for(&current, &registry.borrow(), default_interval);
-        let reloaded = rules.has_changed().unwrap_or(false) || current.is_empty();
-        if reloaded {
-            current = rules.borrow_and_update().clone();
-        }
-        if !current.iter().any(|r| r.absence.is_some()) {
-            continue;
-        }
-        let (r, a, reg) = (current.clone(), activity.clone(), registry.borrow().clone());
-        let default_ms = default_interval.as_millis() as i64;
-        let taken = std::mem::take(&mut known);
-        let result = admin
-            .write(move |conn| {
-                let mut known = if reloaded {
-                    load_known(conn, &r)?
-                } else {
-                    taken
-                };
-                let interval = |d: &Ident| {
-                    reg.get(d.as_str())
-                        .and_then(|e| e.expected_interval)
-                        .map_or(default_ms, |i| i.as_millis() as i64)
-                };
-                let now = TimestampMs::now().0;
-                let lock = || a.lock().unwrap_or_else(|e| e.into_inner());
-                if judge(&lock(), &r, &interval, &known, now).is_empty() {
-                    return Ok((known, 0));
-                }
-                // Judged again holding the store's write lock: the writer notes what it
-                // heard before it commits, so nothing committed is missing from the activity.
-                let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-                let now = TimestampMs::now().0;
-                let verdicts = judge(&lock(), &r, &interval, &known, now);
-                let n = apply(&tx, &r, &verdicts, &mut known, now)?;
-                tx.commit()?;
-                Ok((known, n))
-            })
-            .await;
-        match result {
-            Ok((k, n)) => {
-                known = k;
-                if n > 0 {
-                    changed.send_modify(|g| *g += 1);
-                }
+/// The task that looks for silences.
+pub struct Watch {
+    pub admin: Admin,
+    pub activity: SharedActivity,
+    pub rules: watch::Receiver<Arc<Vec<Rule>>>,
+    pub registry: watch::Receiver<Arc<Registry>>,
+    /// A device's interval when its registry entry names none.
+    pub default_interval: Duration,
+    /// Local time, for the hours and months of a rule that no data fires.
+    pub utc_offset_ms: i64,
+    /// Bumped when an alert opens or closes.
+    pub changed: Arc<watch::Sender<u64>>,
+}
+
+impl Watch {
+    /// Looks for silences every second or so until `shutdown`, with the rules `rules` holds.
+    pub async fn run(self, shutdown: CancellationToken) {
+        let Watch {
+            admin,
+            activity,
+            mut rules,
+            registry,
+            default_interval,
+            utc_offset_ms,
+            changed,
+        } = self;
+        let mut current: Arc<Vec<Rule>> = Arc::default();
+        let mut known = Known::new();
+        let mut tick = QUICKEST;
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep(tick) => {}
+                _ = shutdown.cancelled() => return,
             }
-            Err(e) => {
-                tracing::error!(error = %e, "absence rules: cannot judge silences; trying again");
-                current = Arc::default();
+            tick = tick_for(&current, &registry.borrow(), default_interval);
+            let reloaded = rules.has_changed().unwrap_or(false) || current.is_empty();
+            if reloaded {
+                current = rules.borrow_and_update().clone();
+            }
+            if !current
+                .iter()
+                .any(|r| r.absence.is_some() || r.no_data_on_the_clock())
+            {
+                continue;
+            }
+            let (r, a, reg) = (current.clone(), activity.clone(), registry.borrow().clone());
+            let default_ms = default_interval.as_millis() as i64;
+            let taken = std::mem::take(&mut known);
+            let result = admin
+                .write(move |conn| {
+                    let mut known = if reloaded {
+                        load_known(conn, &r)?
+                    } else {
+                        taken
+                    };
+                    let interval = |d: &Ident| {
+                        reg.get(d.as_str())
+                            .and_then(|e| e.expected_interval)
+                            .map_or(default_ms, |i| i.as_millis() as i64)
+                    };
+                    let now = TimestampMs::now().0;
+                    let lock = || a.lock().unwrap_or_else(|e| e.into_inner());
+                    if judge(&lock(), &r, &interval, &known, now, utc_offset_ms).is_empty() {
+                        return Ok((known, 0));
+                    }
+                    // Judged again holding the store's write lock: the writer notes what it
+                    // heard before it commits, so nothing committed is missing from the activity.
+                    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+                    let now = TimestampMs::now().0;
+                    let verdicts = judge(&lock(), &r, &interval, &known, now, utc_offset_ms);
+                    let mut stale = Vec::new();
+                    let n = apply(&tx, &r, &verdicts, &mut known, now, &mut stale)?;
+                    tx.commit()?;
+                    // Still holding the write gate: the writer's next batch finds it.
+                    lock().stale.extend(stale);
+                    Ok((known, n))
+                })
+                .await;
+            match result {
+                Ok((k, n)) => {
+                    known = k;
+                    if n > 0 {
+                        changed.send_modify(|g| *g += 1);
+                    }
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "absence rules: cannot judge silences; trying again");
+                    current = Arc::default();
+                }
             }
         }
     }
@@ -613,7 +786,7 @@ action.zh = "{device} 已 {silent} 无数据。"
             ("b1", "g2", 20),
             ("b2", "g2", 20),
         ]);
-        let v = judge(&a, &rules, &|_| MIN, &Known::new(), 20 * MIN);
+        let v = judge(&a, &rules, &|_| MIN, &Known::new(), 20 * MIN, 0);
         assert_eq!(fired(&v, &rules), ["gateway-offline gateway/g1"]);
         let Verdict::Fire { silence, .. } = &v[0] else {
             panic!()
@@ -622,10 +795,104 @@ action.zh = "{device} 已 {silent} 无数据。"
     }
 
     #[test]
+    fn no_data_fires_a_reading_rule_after_two_intervals_in_its_hours_unless_the_gateway_explains_it()
+     {
+        let mut problems = Vec::new();
+        let extra = r#"
+[[rule]]
+id = "frost"
+kind = "threshold"
+measure = "air_temperature"
+severity = "critical"
+below = 0.0
+hours = [18, 7]
+on_no_data = "fire"
+inhibited_by = ["gateway-offline"]
+action.en = "Frost in {block}."
+action.zh = "{block} 霜冻。"
+
+[[rule]]
+id = "heat"
+kind = "threshold"
+measure = "air_temperature"
+severity = "major"
+above = 35.0
+on_no_data = "ignore"
+action.en = "Heat in {block}."
+action.zh = "{block} 高温。"
+"#;
+        let mut rules = parse("r.toml", extra, &mut problems);
+        rules.extend(self::rules());
+        assert!(problems.is_empty(), "{problems:?}");
+        let night = 20 * 60 * MIN;
+        // a1 last heard at 20:00, its gateway and the other devices still at 20:03.
+        let a = activity(&[
+            ("a1", "g1", 20 * 60),
+            ("a2", "g1", 20 * 60 + 3),
+            ("b1", "g2", 20 * 60 + 3),
+        ]);
+        let at = |m: i64| night + m * MIN;
+        // One interval late: no data yet. Two: the frost rule fires and the heat rule resolves.
+        assert!(
+            fired(
+                &judge(&a, &rules, &|_| MIN, &Known::new(), at(1), 0),
+                &rules
+            )
+            .is_empty()
+        );
+        assert_eq!(
+            fired(
+                &judge(&a, &rules, &|_| MIN, &Known::new(), at(2), 0),
+                &rules
+            ),
+            ["frost o/b/a1", "heat o/b/a1"]
+        );
+        // By day the frost rule does not watch; the heat rule resolves whenever.
+        let day = activity(&[
+            ("a1", "g1", 10 * 60),
+            ("a2", "g1", 10 * 60 + 3),
+            ("b1", "g2", 10 * 60 + 3),
+        ]);
+        assert_eq!(
+            fired(
+                &judge(
+                    &day,
+                    &rules,
+                    &|_| MIN,
+                    &Known::new(),
+                    10 * 60 * MIN + 2 * MIN,
+                    0
+                ),
+                &rules
+            ),
+            ["heat o/b/a1"]
+        );
+        // The whole gateway silent: its alert, not the frost's per device (the heat rule's
+        // resolve is no message of its own and is not held back).
+        let out = activity(&[
+            ("a1", "g1", 20 * 60),
+            ("a2", "g1", 20 * 60),
+            ("b1", "g2", 20 * 60 + 5),
+        ]);
+        assert_eq!(
+            fired(
+                &judge(&out, &rules, &|_| MIN, &Known::new(), at(5), 0),
+                &rules
+            ),
+            ["gateway-offline gateway/g1", "heat o/b/a1", "heat o/b/a2"]
+        );
+        // An episode is judged once.
+        let mut known = Known::new();
+        known.insert(("frost".into(), "o/b/a1".into()), night);
+        known.insert(("heat".into(), "o/b/a1".into()), night);
+        assert!(fired(&judge(&a, &rules, &|_| MIN, &known, at(2), 0), &rules).is_empty());
+    }
+
+    #[test]
     fn a_device_silent_while_its_gateway_is_heard_fires_on_its_own() {
         let rules = rules();
         let a = activity(&[("a1", "g1", 10), ("a2", "g1", 20), ("b1", "g2", 20)]);
-        let v = judge(&a, &rules, &|_| MIN, &Known::new(), 20 * MIN);
+        let v = judge(&a, &rules, &|_| MIN, &Known::new(), 20 * MIN, 0);
         assert_eq!(fired(&v, &rules), ["offline o/b/a1"]);
     }
 
@@ -633,7 +900,7 @@ action.zh = "{device} 已 {silent} 无数据。"
     fn when_nothing_is_heard_only_the_stall_fires() {
         let rules = rules();
         let a = activity(&[("a1", "g1", 10), ("a2", "g1", 10), ("b1", "g2", 9)]);
-        let v = judge(&a, &rules, &|_| MIN, &Known::new(), 20 * MIN);
+        let v = judge(&a, &rules, &|_| MIN, &Known::new(), 20 * MIN, 0);
         assert_eq!(fired(&v, &rules), ["stalled all"]);
     }
 
@@ -644,7 +911,7 @@ action.zh = "{device} 已 {silent} 无数据。"
         let mut known = Known::new();
         known.insert(("offline".into(), "o/b/a1".into()), 10 * MIN);
         // Staff resolved it, or it is still open: the same episode does not fire again.
-        assert!(judge(&a, &rules, &|_| MIN, &known, 21 * MIN).is_empty());
+        assert!(judge(&a, &rules, &|_| MIN, &known, 21 * MIN, 0).is_empty());
         a.devices
             .get_mut(&"a1".parse::<Ident>().unwrap())
             .unwrap()
@@ -654,7 +921,7 @@ action.zh = "{device} 已 {silent} 无数据。"
             .unwrap()
             .heard_at = 21 * MIN;
         assert_eq!(
-            judge(&a, &rules, &|_| MIN, &known, 21 * MIN),
+            judge(&a, &rules, &|_| MIN, &known, 21 * MIN, 0),
             [Verdict::Resolve {
                 rule: 2,
                 scope: "o/b/a1".into()
@@ -668,13 +935,13 @@ action.zh = "{device} 已 {silent} 无数据。"
         // a1 reports every minute, a2 every hour and last did 30 minutes ago.
         let a = activity(&[("a1", "g1", 60), ("a2", "g1", 30), ("b1", "g2", 64)]);
         let interval = |d: &Ident| if d.as_str() == "a2" { 60 * MIN } else { MIN };
-        let v = judge(&a, &rules, &interval, &Known::new(), 64 * MIN);
+        let v = judge(&a, &rules, &interval, &Known::new(), 64 * MIN, 0);
         assert_eq!(fired(&v, &rules), ["gateway-offline gateway/g1"]);
         // With a1 long dead on its own (and alerted), the gateway is judged by a2 alone.
         let a = activity(&[("a1", "g1", 10), ("a2", "g1", 60), ("b1", "g2", 64)]);
         let mut known = Known::new();
         known.insert(("offline".into(), "o/b/a1".into()), 10 * MIN);
-        assert!(fired(&judge(&a, &rules, &interval, &known, 64 * MIN), &rules).is_empty());
+        assert!(fired(&judge(&a, &rules, &interval, &known, 64 * MIN, 0), &rules).is_empty());
     }
 
     #[test]

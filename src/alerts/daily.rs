@@ -55,7 +55,7 @@ pub fn holds(rule: &Rule, daily: &Daily, day: Day, d: &DayIndices, utc_offset_ms
             None => unknown = true,
         }
     }
-    match (unknown, daily.on_no_data) {
+    match (unknown, rule.on_no_data) {
         (false, _) | (true, OnNoData::Fire) => Holds::Yes,
         (true, OnNoData::Hold) => Holds::Unknown,
         (true, OnNoData::Ignore) => Holds::No,

@@ -59,14 +59,16 @@ enum RuleKind {
     Daily,
 }
 
-/// What a daily rule does when a day has no figure for an index it tests.
+/// What a rule does without data: a daily rule when a day has no figure for an index it
+/// tests; a rule on readings when a device it watches has sent nothing for longer than its
+/// gap limit (twice its interval), judged on the clock.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum OnNoData {
     /// Neither fires nor resolves: unknown is not resolved.
     #[default]
     Hold,
-    /// Counts as holding: fires (a day without data is itself worth a look).
+    /// Counts as holding: fires (a day, or a night, without data is itself worth a look).
     Fire,
     /// Counts as not holding: resolves.
     Ignore,
@@ -93,7 +95,6 @@ impl Bound {
 pub struct Daily {
     /// Index name (one of `DayIndices::NAMES`) and its bound, by name.
     pub when: Vec<(String, Bound)>,
-    pub on_no_data: OnNoData,
 }
 
 /// What an absence rule watches falling silent.
@@ -255,6 +256,8 @@ pub struct Rule {
     pub absence: Option<Absence>,
     /// Absence rules that hold this one back when their silence explains its own.
     pub inhibited_by: Vec<String>,
+    /// What no data counts as (absence rules are about no data, and hold).
+    pub on_no_data: OnNoData,
     /// A daily rule, judged on a block's daily indices.
     pub daily: Option<Daily>,
     /// The local months the rule watches, a bit each (bit 1 = January); `None`: all.
@@ -270,6 +273,11 @@ pub struct Rule {
 }
 
 impl Rule {
+    /// A rule on readings that no data fires or resolves: judged on the clock as well.
+    pub fn no_data_on_the_clock(&self) -> bool {
+        self.measure.is_some() && self.on_no_data != OnNoData::Hold
+    }
+
     /// Whether `ts` falls in the rule's local hours (always, without `hours`).
     pub fn in_hours(&self, ts: i64, utc_offset_ms: i64) -> bool {
         self.hours
@@ -557,15 +565,8 @@ pub fn parse(file: &str, text: &str, problems: &mut Vec<Problem>) -> Vec<Rule> {
             }
             continue;
         }
-        if !spec.when.is_empty() || spec.on_no_data.is_some() {
-            problem(
-                if spec.when.is_empty() {
-                    "on_no_data"
-                } else {
-                    "when"
-                },
-                "only a daily rule takes this".into(),
-            );
+        if !spec.when.is_empty() {
+            problem("when", "only a daily rule takes this".into());
         }
         if spec.kind == RuleKind::Absence {
             // A rule with problems fails the whole load, so it may be pushed all the same.
@@ -574,10 +575,15 @@ pub fn parse(file: &str, text: &str, problems: &mut Vec<Problem>) -> Vec<Rule> {
             }
             continue;
         }
+        if !spec.inhibited_by.is_empty() && spec.on_no_data != Some(OnNoData::Fire) {
+            problem(
+                "inhibited_by",
+                "a rule on readings is held back only where no data fires it: it takes this with on_no_data = \"fire\"".into(),
+            );
+        }
         for (field, given) in [
             ("per", spec.per.is_some()),
             ("missed", spec.missed.is_some()),
-            ("inhibited_by", !spec.inhibited_by.is_empty()),
         ] {
             if given {
                 problem(field, "only an absence rule takes this".into());
@@ -690,7 +696,8 @@ pub fn parse(file: &str, text: &str, problems: &mut Vec<Problem>) -> Vec<Rule> {
                 hours: spec.hours.map(|[f, t]| (f, t % 24)),
                 stuck,
                 absence: None,
-                inhibited_by: Vec::new(),
+                inhibited_by: spec.inhibited_by,
+                on_no_data: spec.on_no_data.unwrap_or_default(),
                 daily: None,
                 months,
                 unstable: unstable_of(spec.unstable_after, spec.unstable_within),
@@ -770,6 +777,7 @@ fn absence(spec: Spec, version: String, problem: &mut impl FnMut(&str, String)) 
             missed,
         }),
         inhibited_by: spec.inhibited_by,
+        on_no_data: OnNoData::Hold,
         daily: None,
         months: None,
         unstable: unstable_of(spec.unstable_after, spec.unstable_within),
@@ -857,9 +865,9 @@ fn daily(
         stuck: false,
         absence: None,
         inhibited_by: Vec::new(),
+        on_no_data: spec.on_no_data.unwrap_or_default(),
         daily: Some(Daily {
             when: spec.when.into_iter().collect(),
-            on_no_data: spec.on_no_data.unwrap_or_default(),
         }),
         months,
         unstable: unstable_of(spec.unstable_after, spec.unstable_within),
@@ -878,22 +886,23 @@ fn daily(
     })
 }
 
-/// Each `inhibited_by` must name an absence rule that watches something wider.
+/// Each `inhibited_by` must name an absence rule that watches something wider: for a rule on
+/// readings (whose silences are a device's), a gateway or all-device rule.
 fn check_inhibitors(file: &str, rules: &[Rule], problems: &mut Vec<Problem>) {
     for rule in rules {
-        let Some(own) = &rule.absence else { continue };
+        let own = rule.absence.as_ref().map_or(Per::Device, |a| a.per);
         for (j, id) in rule.inhibited_by.iter().enumerate() {
             let wider = rules
                 .iter()
                 .find(|r| &r.id == id)
                 .and_then(|r| r.absence.as_ref())
-                .map(|a| a.per > own.per);
+                .map(|a| a.per > own);
             let message = match wider {
                 Some(true) => continue,
                 Some(false) => format!(
                     "`{id}` watches no more than `{}` does (per = \"{}\"): only a gateway or all-device rule can hold back a narrower one",
                     rule.id,
-                    own.per.as_str()
+                    own.as_str()
                 ),
                 None => format!("`{id}` is no enabled absence rule"),
             };

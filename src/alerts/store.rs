@@ -153,6 +153,18 @@ pub fn open(
     firing: Firing,
     more: impl Fn(&str) -> Option<Filled>,
 ) -> Result<Option<i64>, StoreError> {
+    open_noted(tx, rule, subject, firing, more, None)
+}
+
+/// [`open`], with a note `(en, zh)` put before the action text.
+pub fn open_noted(
+    tx: &Transaction<'_>,
+    rule: &Rule,
+    subject: &Subject<'_>,
+    firing: Firing,
+    more: impl Fn(&str) -> Option<Filled>,
+    note: Option<(String, String)>,
+) -> Result<Option<i64>, StoreError> {
     let fill = |name: &str| {
         Some(match name {
             "orchard" => Filled::Text(subject.orchard.to_owned()),
@@ -183,6 +195,10 @@ pub fn open(
         render(&rule.action.en, &fill),
         render(&rule.action.zh, &fill),
     );
+    if let Some((note_en, note_zh)) = note {
+        en = format!("{note_en} {en}");
+        zh = format!("{note_zh}{zh}");
+    }
     if unstable {
         let hours = within_ms as f64 / 3_600_000.0;
         en = format!(

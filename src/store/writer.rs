@@ -280,6 +280,19 @@ impl Writer {
     fn commit_inner(&mut self, envelopes: &[Envelope]) -> Result<BatchOutcome, StoreError> {
         self.take_reloaded_rules();
         let _turn = self.gate.as_ref().map(WriteGate::blocking);
+        // Progress the absence task changed (no data opened or closed an alert) is read
+        // again from the store.
+        if let Some(activity) = &self.activity {
+            let stale = activity
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .take_stale();
+            for (rule, series) in stale {
+                if let Some(i) = self.rules.iter().position(|r| r.id == rule) {
+                    self.progress.remove(&(i, series));
+                }
+            }
+        }
         let tx = self.conn.transaction()?;
         let mut outcome = BatchOutcome::default();
         let mut rollups = Fold::default();
