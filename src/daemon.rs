@@ -440,9 +440,14 @@ async fn escalate(
     shutdown: CancellationToken,
 ) {
     let after_ms = settings.after.as_millis() as i64;
+    // Late by at most a tenth of the wait: every 30 s for the usual quarter of an hour.
+    let every = (settings.after / 10).clamp(
+        std::time::Duration::from_secs(1),
+        std::time::Duration::from_secs(30),
+    );
     loop {
         tokio::select! {
-            _ = tokio::time::sleep(std::time::Duration::from_secs(30)) => {}
+            _ = tokio::time::sleep(every) => {}
             _ = shutdown.cancelled() => return,
         }
         let channels = settings.channels.clone();

@@ -82,7 +82,7 @@ class H(http.server.BaseHTTPRequestHandler):
         m = body.get(body.get("msgtype") or body.get("msg_type"), {})
         line = {"answer": answer, "refused": refused,
                 "msgtype": body.get("msgtype") or body.get("msg_type"),
-                "title": m.get("title"),
+                "title": m.get("title"), "at_all": (body.get("at") or {}).get("isAtAll"),
                 "content": m.get("content") or m.get("text") or body.get("content", {}).get("text")}
         print(json.dumps(line, ensure_ascii=False), flush=True)
         if answer == "timeout":
@@ -697,4 +697,123 @@ url = "not a url"
     ] {
         assert!(stdout.contains(key), "{key}\n{stdout}");
     }
+}
+
+#[test]
+fn quiet_hours_let_only_the_critical_through_the_rest_follows_them_and_an_unanswered_critical_escalates_once()
+ {
+    let dir = tempfile::tempdir().unwrap();
+    let field = Robot::start(json!({"kind": "dingtalk", "secret": DINGTALK_SECRET}));
+    let managers = Robot::start(json!({"kind": "dingtalk", "secret": DINGTALK_SECRET}));
+    // Quiet hours that hold now (local time is UTC on the shipped `aggregate.utc_offset`),
+    // for two hours so that the test cannot run past their end.
+    let hour = (support::now_ms() / 3_600_000 % 24) as u8;
+    let quiet = format!("quiet_hours = [{hour}, {}]", (hour + 2) % 24);
+    let alerts = format!(
+        r#"[alerts]
+{quiet}
+[alerts.escalation]
+after = "3s"
+channels = ["dingtalk:managers"]
+exclusive = true
+[[alerts.dingtalk]]
+name = "field"
+url = "{}"
+secret = "{DINGTALK_SECRET}"
+[[alerts.dingtalk]]
+name = "managers"
+url = "{}"
+secret = "{DINGTALK_SECRET}"
+"#,
+        field.url("/robot/send?access_token=field"),
+        managers.url("/robot/send?access_token=managers")
+    );
+    let (mut daemon, cfg) = start(dir.path(), &alerts);
+
+    // Four hours and ten minutes at −3 °C or so: the pack's frost warning (a warning) and
+    // its damaging frost (critical) both fire.
+    let start = support::now_ms() - 5 * 60 * MIN;
+    let night: Vec<String> = (0..26)
+        .map(|i| {
+            let v = -3.0 - f64::from(i % 3) * 0.1;
+            json!({"ts": start + i64::from(i) * 10 * MIN, "readings": {"air_temperature": v}})
+                .to_string()
+        })
+        .collect();
+    mosquitto_pub_lines(
+        cfg.broker_port(),
+        "orchards/fengjie/B1/ws1/telemetry",
+        &night,
+    );
+    let list = |daemon: &Daemon| daemon.get_ok("/api/v1/alerts")["alerts"].clone();
+    let id_of = |daemon: &Daemon, rule: &str| -> i64 {
+        wait_for(Duration::from_secs(20), rule, || {
+            list(daemon)
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|a| a["rule"] == rule)
+                .map(|a| a["id"].as_i64().unwrap())
+        })
+    };
+    let (warning, critical) = (
+        id_of(&daemon, "frost-warning"),
+        id_of(&daemon, "frost-critical"),
+    );
+
+    // In the quiet hours the field robot hears the critical alert only.
+    let first = field.next();
+    assert_eq!(first["answer"], "ok");
+    assert!(
+        first["content"]
+            .as_str()
+            .unwrap()
+            .contains("· frost-critical"),
+        "{first}"
+    );
+    // Nobody acknowledges it: after 3 s the managers' robot, which hears escalations only,
+    // is told, mentioning everyone.
+    let escalated = managers.next();
+    assert_eq!(escalated["at_all"], true, "{escalated}");
+    assert!(
+        escalated["content"]
+            .as_str()
+            .unwrap()
+            .contains("· frost-critical"),
+        "{escalated}"
+    );
+    let events: Vec<Value> = alert(&daemon, critical)["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["event"].clone())
+        .collect();
+    assert_eq!(events, ["fired", "escalated"]);
+    std::thread::sleep(Duration::from_secs(3));
+    assert!(
+        field.so_far().is_empty(),
+        "the warning waits for the quiet hours to end"
+    );
+    assert!(managers.so_far().is_empty(), "escalated once");
+    let waiting = delivery(&daemon, warning, 0, "dingtalk:field", |d| !delivered(d));
+    assert_eq!(waiting["attempts"], 0, "{waiting}");
+
+    // The quiet hours end (here: orchardd restarts with hours that do not hold now): the
+    // warning goes out, once, and nothing delivered before goes again.
+    assert!(daemon.sigterm().success());
+    let config = dir.path().join("orchardd.toml");
+    let text = std::fs::read_to_string(&config).unwrap();
+    let later = format!("quiet_hours = [{}, {}]", (hour + 2) % 24, (hour + 3) % 24);
+    std::fs::write(&config, text.replace(&quiet, &later)).unwrap();
+    daemon.restart();
+    daemon.wait_ready();
+    let next = field.next();
+    assert!(
+        next["content"].as_str().unwrap().contains("· frost-warning"),
+        "{next}"
+    );
+    delivery(&daemon, warning, 0, "dingtalk:field", delivered);
+    std::thread::sleep(Duration::from_secs(3));
+    assert!(field.so_far().is_empty());
+    assert!(managers.so_far().is_empty());
 }
