@@ -809,7 +809,10 @@ secret = "{DINGTALK_SECRET}"
     daemon.wait_ready();
     let next = field.next();
     assert!(
-        next["content"].as_str().unwrap().contains("· frost-warning"),
+        next["content"]
+            .as_str()
+            .unwrap()
+            .contains("· frost-warning"),
         "{next}"
     );
     delivery(&daemon, warning, 0, "dingtalk:field", delivered);

@@ -41,13 +41,31 @@ fn every_10_min(start: i64, values: &[f64]) -> Vec<String> {
 }
 
 fn start(dir: &std::path::Path) -> (Daemon, DaemonConfig) {
-    let rules = dir.join("rules");
-    std::fs::create_dir_all(&rules).unwrap();
-    std::fs::write(rules.join("frost.toml"), RULES).unwrap();
+    start_with(
+        dir,
+        &[("frost.toml", RULES)],
+        "",
+        DaemonConfig::shipped_defaults_embedded(),
+    )
+}
+
+/// orchardd as `base` has it (the shipped defaults) but for its rules: `rules` (file name and
+/// text) are the only rule files, in `dir/rules`, and `more` config follows the `[alerts]`
+/// key that points there. Started and ready.
+fn start_with(
+    dir: &std::path::Path,
+    rules: &[(&str, &str)],
+    more: &str,
+    base: DaemonConfig,
+) -> (Daemon, DaemonConfig) {
+    let rules_dir = dir.join("rules");
+    std::fs::create_dir_all(&rules_dir).unwrap();
+    for (file, text) in rules {
+        std::fs::write(rules_dir.join(file), text).unwrap();
+    }
     let cfg = DaemonConfig {
-        // The test's own rule file; everything else as shipped.
-        extra: format!("[alerts]\nrules_dir = \"{}\"\n", rules.display()),
-        ..DaemonConfig::shipped_defaults_embedded()
+        extra: format!("[alerts]\nrules_dir = \"{}\"\n{more}", rules_dir.display()),
+        ..base
     };
     let daemon = Daemon::start(dir, &cfg);
     daemon.wait_ready();
@@ -318,16 +336,12 @@ fn late_readings_complete_a_duration_once_and_redelivery_changes_nothing() {
 fn with_an_external_broker_alerts_go_to_its_subscribers_and_wait_out_its_outage() {
     let dir = tempfile::tempdir().unwrap();
     let mut broker = support::Mosquitto::start(dir.path());
-    let rules = dir.path().join("rules");
-    std::fs::create_dir_all(&rules).unwrap();
-    std::fs::write(rules.join("frost.toml"), RULES).unwrap();
-    let cfg = DaemonConfig {
-        // The test's own rule file; everything else as shipped.
-        extra: format!("[alerts]\nrules_dir = \"{}\"\n", rules.display()),
-        ..DaemonConfig::shipped_defaults_external(broker.port)
-    };
-    let daemon = Daemon::start(dir.path(), &cfg);
-    daemon.wait_ready();
+    let (daemon, _) = start_with(
+        dir.path(),
+        &[("frost.toml", RULES)],
+        "",
+        DaemonConfig::shipped_defaults_external(broker.port),
+    );
     let port = broker.port.to_string();
     // A persistent subscriber of the alerts, as a co-op's own software would be: it keeps its
     // subscription at the broker while it is away.
@@ -401,22 +415,7 @@ fn with_an_external_broker_alerts_go_to_its_subscribers_and_wait_out_its_outage(
     assert_eq!(acked[0]["alert"]["acknowledged"]["by"], "Li Wei");
 }
 
-#[test]
-fn no_data_fires_a_frost_rule_that_asks_for_it_and_resolves_a_heat_rule_that_ignores_it() {
-    let dir = tempfile::tempdir().unwrap();
-    // Stations that report every second, so that the gap limit (two reports) takes seconds
-    // rather than the half hour of the shipped 15-minute interval.
-    std::fs::write(
-        dir.path().join("devices.toml"),
-        "[[device]]\nid = \"ws6\"\norchard = \"fengjie\"\nblock = \"B6\"\nexpected_interval = \"1s\"\n\
-         [[device]]\nid = \"ws7\"\norchard = \"fengjie\"\nblock = \"B6\"\nexpected_interval = \"1s\"\n",
-    )
-    .unwrap();
-    let rules = dir.path().join("rules");
-    std::fs::create_dir_all(&rules).unwrap();
-    std::fs::write(
-        rules.join("no-data.toml"),
-        r#"
+const NO_DATA_RULES: &str = r#"
 [[rule]]
 id = "frost-failsafe"
 kind = "threshold"
@@ -439,15 +438,25 @@ devices = ["ws7"]
 on_no_data = "ignore"
 action.en = "Heat in {block} ({device}): {value:.1} °C."
 action.zh = "{block}（{device}）高温：{value:.1} °C。"
-"#,
+"#;
+
+#[test]
+fn no_data_fires_a_frost_rule_that_asks_for_it_and_resolves_a_heat_rule_that_ignores_it() {
+    let dir = tempfile::tempdir().unwrap();
+    // Stations that report every second, so that the gap limit (two reports) takes seconds
+    // rather than the half hour of the shipped 15-minute interval.
+    std::fs::write(
+        dir.path().join("devices.toml"),
+        "[[device]]\nid = \"ws6\"\norchard = \"fengjie\"\nblock = \"B6\"\nexpected_interval = \"1s\"\n\
+         [[device]]\nid = \"ws7\"\norchard = \"fengjie\"\nblock = \"B6\"\nexpected_interval = \"1s\"\n",
     )
     .unwrap();
-    let cfg = DaemonConfig {
-        extra: format!("[alerts]\nrules_dir = \"{}\"\n", rules.display()),
-        ..DaemonConfig::shipped_defaults_embedded()
-    };
-    let daemon = Daemon::start(dir.path(), &cfg);
-    daemon.wait_ready();
+    let (daemon, cfg) = start_with(
+        dir.path(),
+        &[("no-data.toml", NO_DATA_RULES)],
+        "",
+        DaemonConfig::shipped_defaults_embedded(),
+    );
     let port = cfg.broker_port();
     let now = support::now_ms();
     let reading =
@@ -505,14 +514,13 @@ action.zh = "{block}（{device}）高温：{value:.1} °C。"
 #[test]
 fn a_condition_already_true_when_a_rule_arrives_fires_once() {
     let dir = tempfile::tempdir().unwrap();
+    let (mut daemon, cfg) = start_with(
+        dir.path(),
+        &[],
+        "",
+        DaemonConfig::shipped_defaults_embedded(),
+    );
     let rules = dir.path().join("rules");
-    std::fs::create_dir_all(&rules).unwrap();
-    let cfg = DaemonConfig {
-        extra: format!("[alerts]\nrules_dir = \"{}\"\n", rules.display()),
-        ..DaemonConfig::shipped_defaults_embedded()
-    };
-    let mut daemon = Daemon::start(dir.path(), &cfg);
-    daemon.wait_ready();
     let port = cfg.broker_port();
     // 40 minutes below 0 while no rule watches.
     let t = support::now_ms() - 6 * 60 * MIN;
@@ -686,18 +694,14 @@ fn a_signed_webhook_is_retried_after_a_500_and_delays_no_other_channel() {
     let port: u16 = next().trim().parse().unwrap();
 
     let dir = tempfile::tempdir().unwrap();
-    let rules = dir.path().join("rules");
-    std::fs::create_dir_all(&rules).unwrap();
-    std::fs::write(rules.join("frost.toml"), RULES).unwrap();
-    let cfg = DaemonConfig {
-        extra: format!(
-            "[alerts]\nrules_dir = \"{}\"\n[[alerts.webhooks]]\nname = \"ops\"\nurl = \"http://127.0.0.1:{port}/hook\"\nsecret = \"s3cret\"\n",
-            rules.display()
+    let (daemon, cfg) = start_with(
+        dir.path(),
+        &[("frost.toml", RULES)],
+        &format!(
+            "[[alerts.webhooks]]\nname = \"ops\"\nurl = \"http://127.0.0.1:{port}/hook\"\nsecret = \"s3cret\"\n"
         ),
-        ..DaemonConfig::shipped_defaults_embedded()
-    };
-    let daemon = Daemon::start(dir.path(), &cfg);
-    daemon.wait_ready();
+        DaemonConfig::shipped_defaults_embedded(),
+    );
     let t = support::now_ms() - 6 * 60 * MIN;
     mosquitto_pub_lines(
         cfg.broker_port(),
@@ -754,14 +758,7 @@ fn a_signed_webhook_is_retried_after_a_500_and_delays_no_other_channel() {
     assert!(mqtt["delivered_at"].as_str() < hook["delivered_at"].as_str());
 }
 
-#[test]
-fn a_fast_fall_at_night_fires_a_rate_rule_and_the_same_fall_by_day_does_not() {
-    let dir = tempfile::tempdir().unwrap();
-    let rules = dir.path().join("rules");
-    std::fs::create_dir_all(&rules).unwrap();
-    std::fs::write(
-        rules.join("rate.toml"),
-        r#"
+const RATE_RULES: &str = r#"
 [[rule]]
 id = "falling-at-night"
 kind = "rate"
@@ -773,19 +770,18 @@ hours = [18, 7]
 for = "20m"
 action.en = "{block}: falling {value:.1} °C/h."
 action.zh = "{block}：每小时下降 {value:.1} °C。"
-"#,
-    )
-    .unwrap();
-    let cfg = DaemonConfig {
-        // The rule file, and China's clock for the rule's local hours.
-        extra: format!(
-            "[aggregate]\nutc_offset = \"+08:00\"\n[alerts]\nrules_dir = \"{}\"\n",
-            rules.display()
-        ),
-        ..DaemonConfig::shipped_defaults_embedded()
-    };
-    let daemon = Daemon::start(dir.path(), &cfg);
-    daemon.wait_ready();
+"#;
+
+#[test]
+fn a_fast_fall_at_night_fires_a_rate_rule_and_the_same_fall_by_day_does_not() {
+    let dir = tempfile::tempdir().unwrap();
+    let (daemon, cfg) = start_with(
+        dir.path(),
+        &[("rate.toml", RATE_RULES)],
+        // China's clock, for the rule's local hours.
+        "[aggregate]\nutc_offset = \"+08:00\"\n",
+        DaemonConfig::shipped_defaults_embedded(),
+    );
     let port = cfg.broker_port();
     // Local midnight two days ago, at +08:00.
     let day = 86_400_000;

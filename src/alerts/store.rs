@@ -62,11 +62,7 @@ pub fn save_progress(
 
 /// Whether an alert of `rule` is open for the scope.
 pub fn is_open(tx: &Transaction<'_>, rule: &str, scope: &str) -> Result<bool, StoreError> {
-    Ok(tx
-        .prepare_cached(
-            "SELECT EXISTS (SELECT 1 FROM alerts WHERE rule = ?1 AND scope = ?2 AND state != 'resolved')",
-        )?
-        .query_row(params![rule, scope], |r| r.get(0))?)
+    Ok(open_since(tx, rule, scope)?.is_some())
 }
 
 /// When the condition of the open alert of `rule` for `scope` began to hold, if one is open.
