@@ -122,12 +122,27 @@ pub async fn run(settings: Settings) -> Result<(), DaemonError> {
         if e.exclusive {
             channels.retain(|c| !e.channels.contains(c));
         }
-        tokio::spawn(escalate(
+        let (after_ms, to) = (e.after.as_millis() as i64, e.channels.clone());
+        on_the_clock(
             admin.clone(),
-            e.clone(),
+            e.after,
+            "critical alerts nobody acknowledged: escalated",
+            move |c, now| crate::alerts::store::escalate(c, after_ms, &to, now),
             alerts_changed.clone(),
             shutdown.clone(),
-        ));
+        );
+    }
+    let repeat = settings.alerts.repeat_every;
+    if !repeat.is_zero() {
+        let every_ms = repeat.as_millis() as i64;
+        on_the_clock(
+            admin.clone(),
+            repeat,
+            "alerts still firing: reminded",
+            move |c, now| crate::alerts::store::remind(c, every_ms, now),
+            alerts_changed.clone(),
+            shutdown.clone(),
+        );
     }
     admin
         .write(move |c| crate::alerts::store::set_channels(c, &channels))
@@ -430,42 +445,49 @@ async fn notify_ready(mut subscribed: watch::Receiver<bool>, shutdown: Cancellat
     }
 }
 
-/// On SIGHUP, reads the rules again and hands them to the writer; rules with problems are
-/// refused, each problem logged, and the running ones kept.
-/// Every 30 s, escalates the critical alerts nobody acknowledged in time.
-async fn escalate(
+/// Every tenth of `wait` (1 s to 30 s, so at most that late), runs `task` on the store with
+/// the time it is, and tells the notifiers when it changed alerts; `what` says in the log
+/// what the changes were.
+fn on_the_clock<F>(
     admin: Admin,
-    settings: crate::config::EscalationSettings,
+    wait: std::time::Duration,
+    what: &'static str,
+    task: F,
     changed: Arc<watch::Sender<u64>>,
     shutdown: CancellationToken,
-) {
-    let after_ms = settings.after.as_millis() as i64;
-    // Late by at most a tenth of the wait: every 30 s for the usual quarter of an hour.
-    let every = (settings.after / 10).clamp(
+) -> tokio::task::JoinHandle<()>
+where
+    F: Fn(&mut rusqlite::Connection, i64) -> Result<u64, crate::store::StoreError>
+        + Clone
+        + Send
+        + 'static,
+{
+    let every = (wait / 10).clamp(
         std::time::Duration::from_secs(1),
         std::time::Duration::from_secs(30),
     );
-    loop {
-        tokio::select! {
-            _ = tokio::time::sleep(every) => {}
-            _ = shutdown.cancelled() => return,
-        }
-        let channels = settings.channels.clone();
-        let now = TimestampMs::now().0;
-        match admin
-            .write(move |c| crate::alerts::store::escalate(c, after_ms, &channels, now))
-            .await
-        {
-            Ok(0) => {}
-            Ok(n) => {
-                tracing::warn!(alerts = n, "critical alerts unacknowledged: escalated");
-                changed.send_modify(|g| *g += 1);
+    tokio::spawn(async move {
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep(every) => {}
+                _ = shutdown.cancelled() => return,
             }
-            Err(e) => tracing::error!(error = %e, "cannot escalate alerts; trying again"),
+            let now = TimestampMs::now().0;
+            let task = task.clone();
+            match admin.write(move |c| task(c, now)).await {
+                Ok(0) => {}
+                Ok(n) => {
+                    tracing::info!(alerts = n, "{what}");
+                    changed.send_modify(|g| *g += 1);
+                }
+                Err(e) => tracing::error!(error = %e, "{what}: cannot; trying again"),
+            }
         }
-    }
+    })
 }
 
+/// On SIGHUP, reads the rules again and hands them to the writer; rules with problems are
+/// refused, each problem logged, and the running ones kept.
 async fn reload_rules_on_hangup(
     dir: Option<std::path::PathBuf>,
     rules: watch::Sender<Arc<Vec<crate::alerts::rules::Rule>>>,

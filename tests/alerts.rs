@@ -867,3 +867,63 @@ fn check_config_names_the_rule_file_and_key_of_every_problem() {
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(stdout.contains("`citrus.toml: rule[0].below`"), "{stdout}");
 }
+
+#[test]
+fn an_alert_nobody_acknowledges_is_sent_again_until_someone_does() {
+    let dir = tempfile::tempdir().unwrap();
+    let (daemon, cfg) = start_with(
+        dir.path(),
+        &[("frost.toml", RULES)],
+        // Every 2 s rather than the shipped four hours (whose timing the store's unit test
+        // checks), so that the test hears reminders.
+        "repeat_every = \"2s\"\n",
+        DaemonConfig::shipped_defaults_embedded(),
+    );
+    let port = cfg.broker_port();
+    let sub = Command::new(require_binary("mosquitto_sub", "mosquitto-clients"))
+        .args(["-h", "127.0.0.1", "-p", &port.to_string(), "-q", "1"])
+        .args(["-t", "orchards/fengjie/alerts", "-C", "3", "-W", "60"])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    let night = support::now_ms() - 24 * 60 * MIN;
+    mosquitto_pub_lines(
+        port,
+        "orchards/fengjie/B8/ws8/telemetry",
+        &frost_night(night)[..30],
+    );
+    let out = sub.wait_with_output().unwrap();
+    let heard: Vec<Value> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let kinds: Vec<&str> = heard.iter().map(|e| e["event"].as_str().unwrap()).collect();
+    assert_eq!(kinds, ["fired", "reminder", "reminder"]);
+    let id = heard[0]["alert"]["id"].as_i64().unwrap();
+    assert!(heard.iter().all(|e| e["alert"]["id"] == id));
+    assert_eq!(heard[2]["alert"]["state"], "firing");
+
+    let (status, body) = http_request(
+        daemon.http,
+        "POST",
+        &format!("/api/v1/alerts/{id}/ack"),
+        r#"{"by": "Li Wei", "note": "on my way"}"#,
+    )
+    .unwrap();
+    assert_eq!(status, 200, "{body}");
+    std::thread::sleep(Duration::from_secs(5));
+    let events: Vec<String> = daemon.get_ok(&format!("/api/v1/alerts/{id}"))["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["event"].as_str().unwrap().to_owned())
+        .collect();
+    let acked = events.iter().position(|e| e == "acknowledged").unwrap();
+    assert_eq!(
+        acked,
+        events.len() - 1,
+        "no reminder after the acknowledgement: {events:?}"
+    );
+    assert!(acked >= 3, "{events:?}");
+}

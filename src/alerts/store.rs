@@ -329,6 +329,26 @@ pub fn escalate(
     Ok(due.len() as u64)
 }
 
+/// Reminds of every alert still `firing` (nobody acknowledged it) `every_ms` after it opened
+/// or was last reminded of: a `reminder` event on every channel. Acknowledging stops them.
+/// Returns how many it reminded of.
+pub fn remind(conn: &mut Connection, every_ms: i64, now: i64) -> Result<u64, StoreError> {
+    let tx = conn.transaction()?;
+    let due: Vec<i64> = tx
+        .prepare_cached(
+            "SELECT id FROM alerts a WHERE state = 'firing' AND coalesce( \
+             (SELECT max(at) FROM alert_events WHERE alert = a.id AND event = 'reminder'), \
+             opened_at, fired_at) <= ?1",
+        )?
+        .query_map([now - every_ms], |r| r.get(0))?
+        .collect::<Result<_, _>>()?;
+    for id in &due {
+        event(&tx, *id, "reminder", now, None, None, None)?;
+    }
+    tx.commit()?;
+    Ok(due.len() as u64)
+}
+
 /// What staff do to an alert.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum StaffAction {
@@ -899,6 +919,37 @@ mod tests {
             .unwrap();
         tx.commit().unwrap();
         assert!(!get(&c, later).unwrap().unwrap().0.unstable);
+    }
+
+    #[test]
+    fn a_firing_alert_is_reminded_of_every_four_hours_until_someone_acknowledges_it() {
+        let (_dir, mut c) = store();
+        set_channels(&mut c, &["mqtt".into()]).unwrap();
+        let rules = crate::alerts::rules::built_in().unwrap();
+        let warning = rules.iter().find(|r| r.id == "frost-warning").unwrap();
+        let tx = c.transaction().unwrap();
+        let id = fire(&tx, warning, &series(), 0, 0, -0.5).unwrap().unwrap();
+        tx.commit().unwrap();
+        let opened: i64 = c
+            .query_row("SELECT opened_at FROM alerts WHERE id = ?1", [id], |r| {
+                r.get(0)
+            })
+            .unwrap();
+        // The shipped default.
+        let every = crate::config::AlertSettings::default().repeat_every;
+        assert_eq!(every, std::time::Duration::from_secs(4 * 3600));
+        let every = every.as_millis() as i64;
+        let minute = 60_000;
+        assert_eq!(remind(&mut c, every, opened + every - minute).unwrap(), 0);
+        assert_eq!(remind(&mut c, every, opened + every).unwrap(), 1);
+        assert_eq!(remind(&mut c, every, opened + every + minute).unwrap(), 0);
+        assert_eq!(remind(&mut c, every, opened + 2 * every).unwrap(), 1);
+        act(&mut c, id, StaffAction::Acknowledge, "Li Wei", None).unwrap();
+        assert_eq!(remind(&mut c, every, opened + 5 * every).unwrap(), 0);
+        let (_, events) = get(&c, id).unwrap().unwrap();
+        let kinds: Vec<&str> = events.iter().map(|e| e.event.as_str()).collect();
+        assert_eq!(kinds, ["fired", "reminder", "reminder", "acknowledged"]);
+        assert_eq!(events[1].deliveries[0].channel, "mqtt");
     }
 
     #[test]

@@ -21,6 +21,10 @@ pub struct AlertSettings {
     /// get only critical alerts; the rest wait until the quiet hours end. MQTT, a feed for
     /// software, is never held back.
     pub quiet_hours: Option<[u8; 2]>,
+    /// An alert still firing (nobody acknowledged it) is sent again this often, as a
+    /// `reminder` event; 0 turns reminders off.
+    #[serde(with = "humantime_serde")]
+    pub repeat_every: Duration,
     /// A critical alert nobody acknowledged in time goes to more channels, mentioning
     /// everyone.
     pub escalation: Option<EscalationSettings>,
@@ -40,6 +44,7 @@ impl Default for AlertSettings {
             rules_dir: None,
             daily_every: Duration::from_secs(300),
             quiet_hours: None,
+            repeat_every: Duration::from_secs(4 * 3600),
             escalation: None,
             webhooks: Vec::new(),
             dingtalk: Vec::new(),

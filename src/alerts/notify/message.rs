@@ -365,6 +365,10 @@ fn event_words(kind: &str) -> (&'static str, &'static str) {
             "告警升级：无人确认",
             "Alert escalated: nobody acknowledged it",
         ),
+        "reminder" => (
+            "告警提醒：仍未确认",
+            "Reminder: still firing, not acknowledged",
+        ),
         _ => ("告警事件", "Alert event"),
     }
 }
