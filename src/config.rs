@@ -302,6 +302,10 @@ pub struct BlockSettings {
     pub target_depletion_mm: Option<f64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub wind_height_m: Option<f64>,
+    /// `MM-DD` the block's harvest usually begins: daily rules with `not_before_harvest`
+    /// (irrigation advice) fall silent that many days before it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub harvest_from: Option<String>,
 }
 
 /// `MM-DD` to a month and day that exist in every year (so not 02-29).
@@ -880,6 +884,9 @@ impl Settings {
                     &format!("{key}.gdd_base_c"),
                     "must be from -20 to 40 °C".into(),
                 );
+            }
+            if let Some(Err(e)) = b.harvest_from.as_deref().map(parse_month_day) {
+                problem(&format!("{key}.harvest_from"), e);
             }
             AggregateSettings::agronomy_problems(
                 &key,

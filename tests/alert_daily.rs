@@ -30,6 +30,7 @@ id = "irrigate"
 kind = "daily"
 severity = "major"
 when.irrigation_needed_mm = { above = 0.5 }
+not_before_harvest = "30d"
 action.en = "Irrigate {block} with about {irrigation_needed_mm:.1} mm today ({date})."
 action.zh = "{block} 今天请灌溉约 {irrigation_needed_mm:.1} 毫米（{date}）。"
 "#;
@@ -64,14 +65,23 @@ fn a_wet_mild_day_and_a_dry_hot_one_each_raise_their_blocks_alert_once() {
     let rules = dir.path().join("rules");
     std::fs::create_dir_all(&rules).unwrap();
     std::fs::write(rules.join("daily.toml"), RULES).unwrap();
+    // B4, as dry as B2, is picked from ten days on (a day of the year every year has): the
+    // irrigation rule says nothing in the last 30 days before a harvest.
+    let harvest = [10, 11]
+        .map(|d| support::rfc3339(support::now_ms() + d * DAY_MS)[5..10].to_owned())
+        .into_iter()
+        .find(|md| md != "02-29")
+        .unwrap();
     let cfg = DaemonConfig {
         extra: format!(
-            // The test's rules; a block with a site, so its water balance is known; and
+            // The test's rules; blocks with a site, so their water balance is known; and
             // `daily_every` of 1 s instead of the shipped 5 min, so that a block is judged
             // again as soon as the test's day of readings is in (the default's schedule has a
             // unit test of its own).
             "[alerts]\nrules_dir = \"{}\"\ndaily_every = \"1s\"\n\
-             [[blocks]]\norchard = \"fengjie\"\nblock = \"B2\"\nlatitude = 31.0\nelevation_m = 300.0\n",
+             [[blocks]]\norchard = \"fengjie\"\nblock = \"B2\"\nlatitude = 31.0\nelevation_m = 300.0\n\
+             [[blocks]]\norchard = \"fengjie\"\nblock = \"B4\"\nlatitude = 31.0\nelevation_m = 300.0\n\
+             harvest_from = \"{harvest}\"\n",
             rules.display()
         ),
         ..DaemonConfig::shipped_defaults_embedded()
@@ -99,15 +109,20 @@ fn a_wet_mild_day_and_a_dry_hot_one_each_raise_their_blocks_alert_once() {
         b3,
         &day_of("leaf_wetness", |t| if hour(t) < 12.0 { 100.0 } else { 0.0 }),
     );
-    // B2: dry and hot, 18 °C at dawn to 34 °C in the afternoon.
-    let b2 = "orchards/fengjie/B2/air-2/telemetry";
-    mosquitto_pub_lines(
-        port,
-        b2,
-        &day_of("air_temperature", |t| {
-            26.0 - 8.0 * ((hour(t) - 3.0) / 24.0 * std::f64::consts::TAU).cos()
-        }),
+    // B2 and B4: dry and hot, 18 °C at dawn to 34 °C in the afternoon.
+    let (b2, b4) = (
+        "orchards/fengjie/B2/air-2/telemetry",
+        "orchards/fengjie/B4/air-4/telemetry",
     );
+    for topic in [b2, b4] {
+        mosquitto_pub_lines(
+            port,
+            topic,
+            &day_of("air_temperature", |t| {
+                26.0 - 8.0 * ((hour(t) - 3.0) / 24.0 * std::f64::consts::TAU).cos()
+            }),
+        );
+    }
 
     let open = wait_for(Duration::from_secs(60), "both daily alerts", || {
         let open = alerts(&daemon, "state=open");
@@ -168,7 +183,7 @@ fn a_wet_mild_day_and_a_dry_hot_one_each_raise_their_blocks_alert_once() {
     daemon.restart();
     daemon.wait_ready();
     // A reading from each block, so the restarted daemon judges them.
-    for topic in [b1, b2, b3] {
+    for topic in [b1, b2, b3, b4] {
         let now = json!({"readings": {"air_temperature": 20.0}}).to_string();
         mosquitto_pub_lines(port, topic, &[now]);
     }

@@ -41,10 +41,22 @@ pub enum Holds {
     Unknown,
 }
 
-/// Whether day `day` of a block, with indices `d`, meets the rule.
-pub fn holds(rule: &Rule, daily: &Daily, day: Day, d: &DayIndices, utc_offset_ms: i64) -> Holds {
+/// Whether day `day` of a block, with indices `d`, meets the rule; `harvest` is the month
+/// and day the block's harvest begins, if its `[[blocks]]` entry says.
+pub fn holds(
+    rule: &Rule,
+    daily: &Daily,
+    (day, d): (Day, &DayIndices),
+    harvest: Option<(time::Month, u8)>,
+    utc_offset_ms: i64,
+) -> Holds {
     // Noon, so that the day's month is the day's own at any offset.
     if !rule.in_months(day.start_ms(utc_offset_ms) + 43_200_000, utc_offset_ms) {
+        return Holds::No;
+    }
+    if let (Some(n), Some(h)) = (daily.not_before_harvest_days, harvest)
+        && days_to_harvest(day, h) < n
+    {
         return Holds::No;
     }
     let mut unknown = false;
@@ -59,6 +71,19 @@ pub fn holds(rule: &Rule, daily: &Daily, day: Day, d: &DayIndices, utc_offset_ms
         (false, _) | (true, OnNoData::Fire) => Holds::Yes,
         (true, OnNoData::Hold) => Holds::Unknown,
         (true, OnNoData::Ignore) => Holds::No,
+    }
+}
+
+/// Whole days from `day` to the next start of harvest on or after it (0 on the day itself).
+fn days_to_harvest(day: Day, (month, dom): (time::Month, u8)) -> i64 {
+    let date = day.date();
+    let on = |year: i32| time::Date::from_calendar_date(year, month, dom).ok();
+    match on(date.year())
+        .filter(|h| *h >= date)
+        .or_else(|| on(date.year() + 1))
+    {
+        Some(h) => (h - date).whole_days(),
+        None => i64::MAX,
     }
 }
 
@@ -288,6 +313,13 @@ impl DailyRules {
         let [yesterday, now_day] = &days[..] else {
             return Ok(());
         };
+        let harvest = self
+            .agronomy
+            .blocks
+            .iter()
+            .find(|b| b.orchard == orchard.as_str() && b.block == block.as_str())
+            .and_then(|b| b.harvest_from.as_deref())
+            .and_then(|h| crate::config::parse_month_day(h).ok());
         let mut work: Vec<(usize, Vec<Judged>)> = Vec::new();
         for (i, rule) in rules.iter().enumerate() {
             let Some(daily) = &rule.daily else { continue };
@@ -296,9 +328,9 @@ impl DailyRules {
             }
             let y = (
                 Day(today.0 - 1),
-                holds(rule, daily, Day(today.0 - 1), yesterday, offset),
+                holds(rule, daily, (Day(today.0 - 1), yesterday), harvest, offset),
             );
-            let t = (today, holds(rule, daily, today, now_day, offset));
+            let t = (today, holds(rule, daily, (today, now_day), harvest, offset));
             let verdicts: Vec<_> = judge(y, t)
                 .into_iter()
                 .map(|v| {
@@ -343,6 +375,30 @@ mod tests {
     use super::*;
 
     const DAY: Day = Day(20_000);
+
+    #[test]
+    fn days_to_harvest_count_to_the_next_start_of_harvest_on_or_after_the_day() {
+        let day = |y, m, d| Day::from_date(time::Date::from_calendar_date(y, m, d).unwrap());
+        let nov_15 = (time::Month::November, 15);
+        assert_eq!(
+            days_to_harvest(day(2026, time::Month::October, 16), nov_15),
+            30
+        );
+        assert_eq!(
+            days_to_harvest(day(2026, time::Month::November, 15), nov_15),
+            0
+        );
+        // Harvest has begun: the next one is a year away.
+        assert_eq!(
+            days_to_harvest(day(2026, time::Month::November, 16), nov_15),
+            364
+        );
+        let jan_10 = (time::Month::January, 10);
+        assert_eq!(
+            days_to_harvest(day(2026, time::Month::December, 31), jan_10),
+            10
+        );
+    }
 
     #[test]
     fn a_day_that_holds_fires_once_and_a_finished_day_that_does_not_resolves() {

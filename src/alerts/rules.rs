@@ -95,6 +95,8 @@ impl Bound {
 pub struct Daily {
     /// Index name (one of `DayIndices::NAMES`) and its bound, by name.
     pub when: Vec<(String, Bound)>,
+    /// Whole days before a block's harvest in which the rule does not hold.
+    pub not_before_harvest_days: Option<i64>,
 }
 
 /// What an absence rule watches falling silent.
@@ -180,6 +182,10 @@ struct Spec {
     when: std::collections::BTreeMap<String, Bound>,
     #[serde(default)]
     on_no_data: Option<OnNoData>,
+    /// Daily rules: silent this long before the block's `harvest_from` (its `[[blocks]]`
+    /// entry), as irrigation advice is before harvest.
+    #[serde(default, with = "humantime_serde")]
+    not_before_harvest: Option<Duration>,
     /// Local months (1-12) the rule watches; outside them its condition does not hold.
     #[serde(default)]
     months: Option<Vec<u8>>,
@@ -568,6 +574,9 @@ pub fn parse(file: &str, text: &str, problems: &mut Vec<Problem>) -> Vec<Rule> {
         if !spec.when.is_empty() {
             problem("when", "only a daily rule takes this".into());
         }
+        if spec.not_before_harvest.is_some() {
+            problem("not_before_harvest", "only a daily rule takes this".into());
+        }
         if spec.kind == RuleKind::Absence {
             // A rule with problems fails the whole load, so it may be pushed all the same.
             if let Some(rule) = absence(spec, version, &mut problem) {
@@ -746,6 +755,7 @@ fn absence(spec: Spec, version: String, problem: &mut impl FnMut(&str, String)) 
         ("months", spec.months.is_some()),
         ("when", !spec.when.is_empty()),
         ("on_no_data", spec.on_no_data.is_some()),
+        ("not_before_harvest", spec.not_before_harvest.is_some()),
     ];
     for (field, given) in spec.reading_keys().into_iter().chain(also) {
         if given {
@@ -823,6 +833,14 @@ fn daily(
             );
         }
     }
+    if let Some(d) = spec.not_before_harvest
+        && (d.as_secs() % 86_400 != 0 || d.is_zero() || d.as_secs() > 366 * 86_400)
+    {
+        refuse(
+            "not_before_harvest",
+            "must be whole days, 1 to 366, such as \"30d\"".into(),
+        );
+    }
     if spec.when.is_empty() {
         refuse(
             "when",
@@ -868,6 +886,9 @@ fn daily(
         on_no_data: spec.on_no_data.unwrap_or_default(),
         daily: Some(Daily {
             when: spec.when.into_iter().collect(),
+            not_before_harvest_days: spec
+                .not_before_harvest
+                .map(|d| (d.as_secs() / 86_400) as i64),
         }),
         months,
         unstable: unstable_of(spec.unstable_after, spec.unstable_within),
@@ -1027,6 +1048,19 @@ source = "UF/IFAS"
                 "{r}"
             );
         }
+        let irrigate = built_in()
+            .unwrap()
+            .into_iter()
+            .find(|r| r.id == "irrigate")
+            .unwrap();
+        assert_eq!(irrigate.daily.unwrap().not_before_harvest_days, Some(30));
+        let mut problems = Vec::new();
+        parse(
+            "a.toml",
+            &FROST.replace("blocks = [\"B1\"]", "not_before_harvest = \"30d\""),
+            &mut problems,
+        );
+        assert_eq!(problems[0].key, "a.toml: rule[0].not_before_harvest");
     }
 
     #[test]

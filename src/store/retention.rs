@@ -254,6 +254,7 @@ mod tests {
                 root_zone_mm: None,
                 target_depletion_mm: None,
                 wind_height_m: None,
+                harvest_from: None,
             }],
         };
         let p = agronomy.params("o", "b");
