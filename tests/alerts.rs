@@ -5,7 +5,7 @@
 
 mod support;
 
-use std::process::{Command, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use serde_json::{Value, json};
@@ -72,6 +72,34 @@ fn start_with(
     (daemon, cfg)
 }
 
+/// Debian's `mosquitto_sub` on fengjie's alerts, at QoS 1, leaving after `count` messages
+/// (or 60 s); `session` makes it a persistent session of that client id.
+fn listen(port: u16, count: u32, session: Option<&str>) -> Child {
+    let mut sub = Command::new(require_binary("mosquitto_sub", "mosquitto-clients"));
+    sub.args(["-h", "127.0.0.1", "-p", &port.to_string(), "-q", "1"])
+        .args([
+            "-t",
+            "orchards/fengjie/alerts",
+            "-C",
+            &count.to_string(),
+            "-W",
+            "60",
+        ]);
+    if let Some(id) = session {
+        sub.args(["-c", "-i", id]);
+    }
+    sub.stdout(Stdio::piped()).spawn().unwrap()
+}
+
+/// The alert events a [`listen`]er heard.
+fn heard(sub: Child) -> Vec<Value> {
+    let out = sub.wait_with_output().unwrap();
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
 fn alerts(daemon: &Daemon, query: &str) -> Vec<Value> {
     daemon.get_ok(&format!("/api/v1/alerts?{query}"))["alerts"]
         .as_array()
@@ -84,12 +112,7 @@ fn a_frost_night_fires_one_critical_alert_that_a_subscriber_hears_and_resolves_a
     let dir = tempfile::tempdir().unwrap();
     let (daemon, cfg) = start(dir.path());
     let port = cfg.broker_port();
-    let sub = Command::new(require_binary("mosquitto_sub", "mosquitto-clients"))
-        .args(["-h", "127.0.0.1", "-p", &port.to_string(), "-q", "1"])
-        .args(["-t", "orchards/fengjie/alerts", "-C", "2", "-W", "60"])
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let sub = listen(port, 2, None);
     // Let the subscription be in place before the night begins.
     std::thread::sleep(Duration::from_millis(500));
 
@@ -100,11 +123,7 @@ fn a_frost_night_fires_one_critical_alert_that_a_subscriber_hears_and_resolves_a
         &frost_night(night),
     );
 
-    let out = sub.wait_with_output().unwrap();
-    let heard: Vec<Value> = String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
+    let heard = heard(sub);
     assert_eq!(heard.len(), 2, "fired and resolved: {heard:?}");
     assert_eq!(heard[0]["event"], "fired");
     assert_eq!(heard[1]["event"], "resolved");
@@ -342,26 +361,11 @@ fn with_an_external_broker_alerts_go_to_its_subscribers_and_wait_out_its_outage(
         "",
         DaemonConfig::shipped_defaults_external(broker.port),
     );
-    let port = broker.port.to_string();
     // A persistent subscriber of the alerts, as a co-op's own software would be: it keeps its
     // subscription at the broker while it is away.
-    let watch = |count: &str| {
-        Command::new(require_binary("mosquitto_sub", "mosquitto-clients"))
-            .args(["-h", "127.0.0.1", "-p", &port, "-q", "1"])
-            .args(["-c", "-i", "alert-watch", "-t", "orchards/fengjie/alerts"])
-            .args(["-C", count, "-W", "60"])
-            .stdout(Stdio::piped())
-            .spawn()
-            .unwrap()
-    };
-    let heard = |child: std::process::Child| -> Vec<Value> {
-        let out = child.wait_with_output().unwrap();
-        String::from_utf8_lossy(&out.stdout)
-            .lines()
-            .map(|l| serde_json::from_str(l).unwrap())
-            .collect()
-    };
-    let sub = watch("1");
+    let port = broker.port;
+    let watch = move || listen(port, 1, Some("alert-watch"));
+    let sub = watch();
     std::thread::sleep(Duration::from_millis(500));
 
     let night = support::now_ms() - 24 * 60 * MIN;
@@ -408,7 +412,7 @@ fn with_an_external_broker_alerts_go_to_its_subscribers_and_wait_out_its_outage(
         "{d}"
     );
     assert!(log[log.len() - 1]["error"].is_null(), "{d}");
-    let acked = heard(watch("1"));
+    let acked = heard(watch());
     assert_eq!(acked.len(), 1, "{acked:?}");
     assert_eq!(acked[0]["event"], "acknowledged");
     assert_eq!(acked[0]["alert"]["id"], id);
@@ -880,12 +884,7 @@ fn an_alert_nobody_acknowledges_is_sent_again_until_someone_does() {
         DaemonConfig::shipped_defaults_embedded(),
     );
     let port = cfg.broker_port();
-    let sub = Command::new(require_binary("mosquitto_sub", "mosquitto-clients"))
-        .args(["-h", "127.0.0.1", "-p", &port.to_string(), "-q", "1"])
-        .args(["-t", "orchards/fengjie/alerts", "-C", "3", "-W", "60"])
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let sub = listen(port, 3, None);
     std::thread::sleep(Duration::from_millis(500));
     let night = support::now_ms() - 24 * 60 * MIN;
     mosquitto_pub_lines(
@@ -893,11 +892,7 @@ fn an_alert_nobody_acknowledges_is_sent_again_until_someone_does() {
         "orchards/fengjie/B8/ws8/telemetry",
         &frost_night(night)[..30],
     );
-    let out = sub.wait_with_output().unwrap();
-    let heard: Vec<Value> = String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
+    let heard = heard(sub);
     let kinds: Vec<&str> = heard.iter().map(|e| e["event"].as_str().unwrap()).collect();
     assert_eq!(kinds, ["fired", "reminder", "reminder"]);
     let id = heard[0]["alert"]["id"].as_i64().unwrap();
