@@ -8,11 +8,10 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 
+use super::http;
 use super::message::{Message, Style};
-use super::robot::{self, SlowDown, Voice};
-use super::window::Rate;
-use super::{Channel, http};
-use crate::alerts::store::{Attempt, Pending};
+use super::robot::{self, Robot, SlowDown, Voice};
+use crate::alerts::store::Attempt;
 use crate::config::{DingTalkSecurity, DingTalkSettings, MessageFormat};
 use crate::model::TimestampMs;
 
@@ -78,17 +77,6 @@ impl DingTalk {
         }
         body
     }
-
-    async fn send(&self, m: &Message) -> Attempt {
-        let request = self
-            .client
-            .post(self.url(TimestampMs::now().0))
-            .json(&self.body(m));
-        match http::post(request, self.settings.timeout).await {
-            Ok(answer) => robot::judge("DingTalk", &answer, &[TOO_FAST]),
-            Err(failed) => failed,
-        }
-    }
 }
 
 /// DingTalk's signature: base64 of the HMAC-SHA256 of `"{timestamp_ms}\n{secret}"` keyed by
@@ -100,25 +88,26 @@ pub fn sign(secret: &str, timestamp_ms: i64) -> String {
     )
 }
 
-impl Channel for DingTalk {
-    fn name(&self) -> String {
-        format!("dingtalk:{}", self.settings.name)
+impl Robot for DingTalk {
+    const SERVICE: &'static str = "dingtalk";
+
+    fn robot_name(&self) -> &str {
+        &self.settings.name
     }
 
-    fn rate(&self) -> Option<Rate> {
-        Some(Rate {
-            per_minute: self.settings.per_minute,
-            min_gap: Duration::ZERO,
-        })
+    fn voice(&self) -> &Voice {
+        &self.voice
     }
 
-    async fn deliver(&self, p: &Pending) -> Attempt {
-        self.send(&self.voice.single(p)).await
-    }
-
-    async fn deliver_digest(&self, events: &[Pending]) -> (usize, Attempt) {
-        let (m, n) = self.voice.digest(events);
-        (n, self.send(&m).await)
+    async fn send(&self, m: &Message) -> Attempt {
+        let request = self
+            .client
+            .post(self.url(TimestampMs::now().0))
+            .json(&self.body(m));
+        match http::post(request, self.settings.timeout).await {
+            Ok(answer) => robot::judge("DingTalk", &answer, &[TOO_FAST]),
+            Err(failed) => failed,
+        }
     }
 }
 

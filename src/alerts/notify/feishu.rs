@@ -6,11 +6,10 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 
+use super::http;
 use super::message::{Message, Style};
-use super::robot::{self, SlowDown, Voice};
-use super::window::Rate;
-use super::{Channel, http};
-use crate::alerts::store::{Attempt, Pending};
+use super::robot::{self, Robot, SlowDown, Voice};
+use crate::alerts::store::Attempt;
 use crate::config::{FeishuSettings, MessageFormat};
 use crate::model::TimestampMs;
 
@@ -59,6 +58,25 @@ impl Feishu {
         }
         body
     }
+}
+
+/// Feishu's signature: base64 of the HMAC-SHA256 of an empty message keyed by
+/// `"{timestamp_s}\n{secret}"`.
+pub fn sign(secret: &str, timestamp_s: i64) -> String {
+    robot::hmac_base64(format!("{timestamp_s}\n{secret}").as_bytes(), b"")
+}
+
+impl Robot for Feishu {
+    const SERVICE: &'static str = "feishu";
+    const MIN_GAP: Duration = MIN_GAP;
+
+    fn robot_name(&self) -> &str {
+        &self.settings.name
+    }
+
+    fn voice(&self) -> &Voice {
+        &self.voice
+    }
 
     async fn send(&self, m: &Message) -> Attempt {
         let now_s = TimestampMs::now().0 / 1000;
@@ -70,34 +88,6 @@ impl Feishu {
             Ok(answer) => robot::judge("Feishu", &answer, &[FREQUENCY_LIMITED]),
             Err(failed) => failed,
         }
-    }
-}
-
-/// Feishu's signature: base64 of the HMAC-SHA256 of an empty message keyed by
-/// `"{timestamp_s}\n{secret}"`.
-pub fn sign(secret: &str, timestamp_s: i64) -> String {
-    robot::hmac_base64(format!("{timestamp_s}\n{secret}").as_bytes(), b"")
-}
-
-impl Channel for Feishu {
-    fn name(&self) -> String {
-        format!("feishu:{}", self.settings.name)
-    }
-
-    fn rate(&self) -> Option<Rate> {
-        Some(Rate {
-            per_minute: self.settings.per_minute,
-            min_gap: MIN_GAP,
-        })
-    }
-
-    async fn deliver(&self, p: &Pending) -> Attempt {
-        self.send(&self.voice.single(p)).await
-    }
-
-    async fn deliver_digest(&self, events: &[Pending]) -> (usize, Attempt) {
-        let (m, n) = self.voice.digest(events);
-        (n, self.send(&m).await)
     }
 }
 

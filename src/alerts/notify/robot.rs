@@ -2,13 +2,16 @@
 //! both DingTalk and Feishu sign with, and how a robot's answer (`{"errcode":0}`,
 //! `{"code":0}`) is judged.
 
+use std::future::Future;
 use std::time::Duration;
 
 use base64::Engine;
 use serde::Deserialize;
 
+use super::Channel;
 use super::http::Answer;
 use super::message::{Message, Style, cut};
+use super::window::Rate;
 use crate::alerts::store::{Attempt, Pending};
 use crate::config::MessageFormat;
 
@@ -20,6 +23,42 @@ pub struct Voice {
     /// The most bytes the service takes in a message's content.
     pub max_bytes: usize,
     pub per_minute: u32,
+}
+
+/// A group robot: one way to send a worded message. Every robot is a [`Channel`] the same
+/// way: named `{service}:{name}`, held to its minute cap, sending single messages and digests
+/// in its voice.
+pub trait Robot: Send + Sync + 'static {
+    /// `dingtalk`, `wecom`, `feishu`.
+    const SERVICE: &'static str;
+    /// Least time between two messages, beside the minute cap.
+    const MIN_GAP: Duration = Duration::ZERO;
+
+    fn robot_name(&self) -> &str;
+    fn voice(&self) -> &Voice;
+    fn send(&self, m: &Message) -> impl Future<Output = Attempt> + Send;
+}
+
+impl<R: Robot> Channel for R {
+    fn name(&self) -> String {
+        format!("{}:{}", R::SERVICE, self.robot_name())
+    }
+
+    fn rate(&self) -> Option<Rate> {
+        Some(Rate {
+            per_minute: self.voice().per_minute,
+            min_gap: R::MIN_GAP,
+        })
+    }
+
+    async fn deliver(&self, p: &Pending) -> Attempt {
+        self.send(&self.voice().single(p)).await
+    }
+
+    async fn deliver_digest(&self, events: &[Pending]) -> (usize, Attempt) {
+        let (m, n) = self.voice().digest(events);
+        (n, self.send(&m).await)
+    }
 }
 
 /// A digest is kept to what a phone shows in a few screens, whatever the service takes.

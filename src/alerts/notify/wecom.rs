@@ -5,11 +5,10 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 
+use super::http;
 use super::message::{Message, Style};
-use super::robot::{self, SlowDown, Voice};
-use super::window::Rate;
-use super::{Channel, http};
-use crate::alerts::store::{Attempt, Pending};
+use super::robot::{self, Robot, SlowDown, Voice};
+use crate::alerts::store::Attempt;
 use crate::config::{MessageFormat, WeComSettings};
 
 /// "api freq out of limit": WeCom counts a robot's messages by the minute.
@@ -63,6 +62,18 @@ impl WeCom {
             }
         }
     }
+}
+
+impl Robot for WeCom {
+    const SERVICE: &'static str = "wecom";
+
+    fn robot_name(&self) -> &str {
+        &self.settings.name
+    }
+
+    fn voice(&self) -> &Voice {
+        &self.voice
+    }
 
     async fn send(&self, m: &Message) -> Attempt {
         let request = self.client.post(&self.settings.url).json(&self.body(m));
@@ -70,28 +81,6 @@ impl WeCom {
             Ok(answer) => robot::judge("WeCom", &answer, &[FREQ_OUT_OF_LIMIT]),
             Err(failed) => failed,
         }
-    }
-}
-
-impl Channel for WeCom {
-    fn name(&self) -> String {
-        format!("wecom:{}", self.settings.name)
-    }
-
-    fn rate(&self) -> Option<Rate> {
-        Some(Rate {
-            per_minute: self.settings.per_minute,
-            min_gap: Duration::ZERO,
-        })
-    }
-
-    async fn deliver(&self, p: &Pending) -> Attempt {
-        self.send(&self.voice.single(p)).await
-    }
-
-    async fn deliver_digest(&self, events: &[Pending]) -> (usize, Attempt) {
-        let (m, n) = self.voice.digest(events);
-        (n, self.send(&m).await)
     }
 }
 
