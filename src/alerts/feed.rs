@@ -7,7 +7,7 @@
 
 use rusqlite::{Connection, params};
 
-use super::store::{Pending, alert};
+use super::store::{EVENT_COLUMNS, Pending, pending_of};
 use crate::store::StoreError;
 
 /// Which events a reader wants: those of alerts in this orchard, block and severity.
@@ -50,24 +50,16 @@ pub fn after(
     limit: usize,
 ) -> Result<Page, StoreError> {
     let head = newest(conn)?;
-    type Row = (
-        i64,
-        String,
-        i64,
-        i64,
-        Option<String>,
-        Option<String>,
-        Option<f64>,
-    );
-    let rows: Vec<Row> = conn
-        .prepare_cached(
-            "SELECT e.id, e.event, e.at, e.alert, e.who, e.note, e.value \
+    // Each row read with its alert; a row whose alert is gone is `None`, yet moves the cursor.
+    let rows: Vec<(i64, Option<Pending>)> = conn
+        .prepare_cached(&format!(
+            "SELECT {EVENT_COLUMNS} \
              FROM alert_events e JOIN alerts a ON a.id = e.alert \
              WHERE e.id > ?1 AND e.id <= ?2 \
              AND (?3 IS NULL OR a.orchard = ?3) AND (?4 IS NULL OR a.block = ?4) \
              AND (?5 IS NULL OR a.severity = ?5) \
-             ORDER BY e.id LIMIT ?6",
-        )?
+             ORDER BY e.id LIMIT ?6"
+        ))?
         .query_map(
             params![
                 cursor,
@@ -77,36 +69,12 @@ pub fn after(
                 only.severity,
                 limit as i64
             ],
-            |r| {
-                Ok((
-                    r.get(0)?,
-                    r.get(1)?,
-                    r.get(2)?,
-                    r.get(3)?,
-                    r.get(4)?,
-                    r.get(5)?,
-                    r.get(6)?,
-                ))
-            },
+            |r| Ok((r.get(0)?, pending_of(conn, r, false)?)),
         )?
         .collect::<Result<_, _>>()?;
     let more = rows.len() == limit;
     let next = next_cursor(cursor, head, rows.last().map(|r| r.0), more);
-    let mut events = Vec::with_capacity(rows.len());
-    for (event, kind, at, alert_id, by, note, value) in rows {
-        if let Some(alert) = alert(conn, alert_id)? {
-            events.push(Pending {
-                event,
-                kind,
-                at,
-                by,
-                note,
-                value,
-                next_attempt_at: None,
-                alert,
-            });
-        }
-    }
+    let events = rows.into_iter().filter_map(|(_, p)| p).collect();
     Ok(Page {
         events,
         cursor: next,

@@ -615,10 +615,13 @@ pub struct Logged {
 
 /// One alert, without its events.
 pub(super) fn alert(conn: &Connection, id: i64) -> Result<Option<Alert>, StoreError> {
-    Ok(conn
-        .prepare_cached(&format!("SELECT {COLUMNS} FROM alerts WHERE id = ?1"))?
+    Ok(alert_row(conn, id)?)
+}
+
+fn alert_row(conn: &Connection, id: i64) -> rusqlite::Result<Option<Alert>> {
+    conn.prepare_cached(&format!("SELECT {COLUMNS} FROM alerts WHERE id = ?1"))?
         .query_row([id], alert_of)
-        .optional()?)
+        .optional()
 }
 
 /// An alert with its events and their deliveries.
@@ -703,6 +706,31 @@ pub struct Pending {
     pub alert: Alert,
 }
 
+/// An event's columns, of `alert_events e`, as [`pending_of`] reads them.
+pub(super) const EVENT_COLUMNS: &str = "e.id, e.event, e.at, e.alert, e.who, e.note, e.value";
+
+/// The event of a row that starts with [`EVENT_COLUMNS`] (then `next_attempt_at`, when
+/// `waiting`), with its alert; `None` if the alert is gone.
+pub(super) fn pending_of(
+    conn: &Connection,
+    r: &rusqlite::Row<'_>,
+    waiting: bool,
+) -> rusqlite::Result<Option<Pending>> {
+    let Some(alert) = alert_row(conn, r.get(3)?)? else {
+        return Ok(None);
+    };
+    Ok(Some(Pending {
+        event: r.get(0)?,
+        kind: r.get(1)?,
+        at: r.get(2)?,
+        by: r.get(4)?,
+        note: r.get(5)?,
+        value: r.get(6)?,
+        next_attempt_at: if waiting { r.get(7)? } else { None },
+        alert,
+    }))
+}
+
 /// The oldest events not yet delivered on `channel`; with `critical_only` (quiet hours), only
 /// those of critical alerts.
 pub fn pending(
@@ -711,53 +739,19 @@ pub fn pending(
     limit: usize,
     critical_only: bool,
 ) -> Result<Vec<Pending>, StoreError> {
-    type Row = (
-        i64,
-        String,
-        i64,
-        i64,
-        Option<String>,
-        Option<String>,
-        Option<f64>,
-        Option<i64>,
-    );
-    let rows: Vec<Row> = conn
-        .prepare_cached(
-            "SELECT e.id, e.event, e.at, e.alert, e.who, e.note, e.value, o.next_attempt_at \
+    let rows: Vec<Option<Pending>> = conn
+        .prepare_cached(&format!(
+            "SELECT {EVENT_COLUMNS}, o.next_attempt_at \
              FROM alert_outbox o JOIN alert_events e ON e.id = o.event \
              WHERE o.channel = ?1 AND o.delivered_at IS NULL \
              AND (?3 = 0 OR e.alert IN (SELECT id FROM alerts WHERE severity = 'critical')) \
-             ORDER BY e.id LIMIT ?2",
-        )?
+             ORDER BY e.id LIMIT ?2"
+        ))?
         .query_map(params![channel, limit as i64, critical_only], |r| {
-            Ok((
-                r.get(0)?,
-                r.get(1)?,
-                r.get(2)?,
-                r.get(3)?,
-                r.get(4)?,
-                r.get(5)?,
-                r.get(6)?,
-                r.get(7)?,
-            ))
+            pending_of(conn, r, true)
         })?
         .collect::<Result<_, _>>()?;
-    let mut out = Vec::with_capacity(rows.len());
-    for (event, kind, at, alert_id, by, note, value, next_attempt_at) in rows {
-        if let Some(alert) = alert(conn, alert_id)? {
-            out.push(Pending {
-                event,
-                kind,
-                at,
-                by,
-                note,
-                value,
-                next_attempt_at,
-                alert,
-            });
-        }
-    }
-    Ok(out)
+    Ok(rows.into_iter().flatten().collect())
 }
 
 /// How one delivery attempt went.
