@@ -81,6 +81,8 @@ pub struct BlockParams {
     pub gdd_base_c: f64,
     /// Month and day the season (degree-day sum, water balance) starts.
     pub season_start: (Month, u8),
+    /// Month and day its harvest usually begins, if its `[[blocks]]` entry says.
+    pub harvest_from: Option<(Month, u8)>,
     /// Hours of a local day a device's readings must cover for it to count that day.
     pub min_hours: u32,
     /// Crop coefficient per month, January first.
@@ -147,6 +149,9 @@ impl Agronomy {
             illuminance_to_solar: a.illuminance_to_solar,
             gdd_base_c: pick(entry.and_then(|b| b.gdd_base_c), a.gdd_base_c),
             season_start: parse_month_day(season).unwrap_or((Month::January, 1)),
+            harvest_from: entry
+                .and_then(|b| b.harvest_from.as_deref())
+                .and_then(|h| parse_month_day(h).ok()),
             min_hours: a.min_hours,
             kc: std::array::from_fn(|i| kc.get(i).copied().unwrap_or(1.0)),
             zone: RootZone {
@@ -747,6 +752,7 @@ mod tests {
             illuminance_to_solar: None,
             gdd_base_c: 13.0,
             season_start: (Month::March, 1),
+            harvest_from: None,
             min_hours: 20,
             kc: [0.7; 12],
             zone: RootZone {

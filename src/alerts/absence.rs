@@ -47,13 +47,23 @@ const SLOWEST: Duration = Duration::from_secs(15);
 /// A rule on readings has no data after this many intervals: its gap limit.
 const NO_DATA_AFTER: u32 = 2;
 
+/// The silence a rule is judged on here: an absence rule's own, or for a rule on readings
+/// that no data fires or resolves, a device's silence past its gap limit; `None` for the rest.
+fn silence_of(rule: &Rule) -> Option<Absence> {
+    match rule.absence {
+        Some(a) => Some(a),
+        None if rule.no_data_on_the_clock() => Some(Absence {
+            per: Per::Device,
+            missed: NO_DATA_AFTER,
+        }),
+        None => None,
+    }
+}
+
 fn tick_for(rules: &[Rule], registry: &Registry, default_interval: Duration) -> Duration {
     let missed = rules
         .iter()
-        .filter_map(|r| match &r.absence {
-            Some(a) => Some(a.missed),
-            None => r.no_data_on_the_clock().then_some(NO_DATA_AFTER),
-        })
+        .filter_map(|r| silence_of(r).map(|a| a.missed))
         .min()
         .unwrap_or(3);
     let interval = registry
@@ -79,10 +89,10 @@ pub struct Heard {
 #[derive(Debug, Default)]
 pub struct Activity {
     devices: HashMap<Ident, Heard>,
-    /// `(rule, series)` whose stored progress the absence task changed (a rule's alert that
-    /// no data opened or closed): the writer forgets its own copy before its next batch, and
+    /// Series whose stored rule progress the absence task changed (a rule's alert that no
+    /// data opened or closed): the writer forgets its own copy before its next batch, and
     /// reads the stored one.
-    stale: Vec<(String, i64)>,
+    stale: Vec<i64>,
 }
 
 pub type SharedActivity = Arc<Mutex<Activity>>;
@@ -138,8 +148,8 @@ impl Activity {
         })
     }
 
-    /// The `(rule, series)` progress changed behind the writer's back since it last asked.
-    pub fn take_stale(&mut self) -> Vec<(String, i64)> {
+    /// The series whose rule progress changed behind the writer's back since it last asked.
+    pub fn take_stale(&mut self) -> Vec<i64> {
         std::mem::take(&mut self.stale)
     }
 
@@ -317,19 +327,12 @@ fn judge(
     let mut subjects: Vec<HashMap<String, Silence>> = Vec::with_capacity(rules.len());
     for rule in rules {
         let mut of_rule = HashMap::new();
-        let no_data = Absence {
-            per: Per::Device,
-            missed: NO_DATA_AFTER,
-        };
-        let watching = rule.on_no_data == OnNoData::Ignore
+        // A rule that no data fires watches only in its hours and months.
+        let watching = rule.on_no_data != OnNoData::Fire
             || (rule.in_hours(now, utc_offset_ms) && rule.in_months(now, utc_offset_ms));
-        let a = match &rule.absence {
-            Some(a) => a,
-            None if rule.no_data_on_the_clock() && watching => &no_data,
-            None => {
-                subjects.push(of_rule);
-                continue;
-            }
+        let Some(a) = silence_of(rule).filter(|_| watching) else {
+            subjects.push(of_rule);
+            continue;
         };
         let mut groups: HashMap<String, Group> = HashMap::new();
         for (device, heard) in &activity.devices {
@@ -438,7 +441,7 @@ fn apply(
     verdicts: &[Verdict],
     known: &mut Known,
     now: i64,
-    stale: &mut Vec<(String, i64)>,
+    stale: &mut Vec<i64>,
 ) -> Result<u64, StoreError> {
     let mut changed = 0;
     // Closing first: a subject heard again and silent again is a new episode.
@@ -496,7 +499,7 @@ fn no_data(
     rule: &Rule,
     s: &Silence,
     now: i64,
-    stale: &mut Vec<(String, i64)>,
+    stale: &mut Vec<i64>,
 ) -> Result<u64, StoreError> {
     let Some(kind) = rule.measure else {
         return Ok(0);
@@ -578,7 +581,7 @@ fn no_data(
             OnNoData::Hold => continue,
         };
         alerts::save_progress(tx, &rule.id, &scope, &progress)?;
-        stale.push((rule.id.clone(), id));
+        stale.push(id);
         changed += 1;
     }
     Ok(changed)
@@ -591,10 +594,7 @@ fn load_known(conn: &Connection, rules: &[Rule]) -> Result<Known, StoreError> {
         "SELECT scope, since FROM alerts WHERE id IN \
          (SELECT max(id) FROM alerts WHERE rule = ?1 GROUP BY scope)",
     )?;
-    for rule in rules
-        .iter()
-        .filter(|r| r.absence.is_some() || r.no_data_on_the_clock())
-    {
+    for rule in rules.iter().filter(|r| silence_of(r).is_some()) {
         let rows = stmt.query_map([&rule.id], |r| Ok((r.get(0)?, r.get(1)?)))?;
         for row in rows {
             let (mut scope, since): (String, i64) = row?;
@@ -647,10 +647,7 @@ impl Watch {
             if reloaded {
                 current = rules.borrow_and_update().clone();
             }
-            if !current
-                .iter()
-                .any(|r| r.absence.is_some() || r.no_data_on_the_clock())
-            {
+            if !current.iter().any(|r| silence_of(r).is_some()) {
                 continue;
             }
             let (r, a, reg) = (current.clone(), activity.clone(), registry.borrow().clone());

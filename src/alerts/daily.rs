@@ -315,11 +315,8 @@ impl DailyRules {
         };
         let harvest = self
             .agronomy
-            .blocks
-            .iter()
-            .find(|b| b.orchard == orchard.as_str() && b.block == block.as_str())
-            .and_then(|b| b.harvest_from.as_deref())
-            .and_then(|h| crate::config::parse_month_day(h).ok());
+            .params(orchard.as_str(), block.as_str())
+            .harvest_from;
         let mut work: Vec<(usize, Vec<Judged>)> = Vec::new();
         for (i, rule) in rules.iter().enumerate() {
             let Some(daily) = &rule.daily else { continue };

@@ -122,7 +122,7 @@ impl Per {
 }
 
 /// An absence rule's numbers.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Absence {
     pub per: Per,
     /// Silent for this many of a device's expected intervals.

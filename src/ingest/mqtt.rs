@@ -77,13 +77,13 @@ pub struct Subscription {
 /// which would make the broker redeliver the same message forever.
 const MQTT_MAX_PACKET: usize = 268_435_455;
 
-/// How to reach the broker of `settings` at `endpoint` as `client_id`: credentials, TLS, keep-alive.
+/// How to reach the broker of settings `s` at `endpoint` as `client_id`: credentials, TLS,
+/// keep-alive.
 pub fn options(
-    settings: &MqttSettings,
+    s: &MqttSettings,
     endpoint: &Endpoint,
     client_id: &str,
 ) -> Result<MqttOptions, String> {
-    let s = settings;
     let mut o = MqttOptions::new(client_id, &endpoint.host, endpoint.port);
     o.set_keep_alive(s.keep_alive)
         .set_max_packet_size(MQTT_MAX_PACKET, 64 * 1024);

@@ -287,10 +287,8 @@ impl Writer {
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
                 .take_stale();
-            for (rule, series) in stale {
-                if self.rules.iter().any(|r| r.id == rule) {
-                    self.progress.forget(series);
-                }
+            for series in stale {
+                self.progress.forget(series);
             }
         }
         let tx = self.conn.transaction()?;
