@@ -14,10 +14,12 @@ use serde_json::Value;
 use crate::ingest::topic::TopicPattern;
 
 mod alerts;
+mod lots;
 pub use alerts::{
     AlertSettings, DingTalkSecurity, DingTalkSettings, EscalationSettings, FeishuSettings,
     Language, MessageFormat, WeComSettings, WebhookSettings,
 };
+pub use lots::{LotSettings, PUBLISHABLE};
 
 /// The shipped, documented configuration file. Parsing it must give [`Settings::default`].
 pub const SHIPPED_TOML: &str = include_str!("../config/orchardd.toml");
@@ -41,6 +43,10 @@ pub struct Settings {
     /// Where each block is and how it is grown, for its daily indices.
     pub blocks: Vec<BlockSettings>,
     pub alerts: AlertSettings,
+    pub lots: LotSettings,
+    /// The grading standard `lots.grading_file` names, read when the settings were loaded.
+    #[serde(skip)]
+    pub grading: std::sync::Arc<crate::harvest::grade::Standard>,
     /// The alert rules read from `alerts.rules_dir` when the settings were loaded.
     #[serde(skip)]
     pub rules: std::sync::Arc<Vec<crate::alerts::rules::Rule>>,
@@ -71,6 +77,11 @@ impl Default for Settings {
             aggregate: Default::default(),
             blocks: Vec::new(),
             alerts: AlertSettings::default(),
+            lots: LotSettings::default(),
+            // Checked by a test: the shipped table always parses.
+            grading: std::sync::Arc::new(
+                crate::harvest::grade::load(None).expect("the shipped grading table parses"),
+            ),
             // Checked by a test: the pack always parses.
             rules: std::sync::Arc::new(crate::alerts::rules::built_in().unwrap_or_default()),
         }
@@ -696,6 +707,13 @@ impl Settings {
                 Ok(rules) => s.rules = std::sync::Arc::new(rules),
                 Err(p) => problems.extend(p),
             }
+            match crate::harvest::grade::load(s.lots.grading_file.as_deref()) {
+                Ok(standard) => s.grading = std::sync::Arc::new(standard),
+                Err(e) => problems.push(Problem {
+                    key: "lots.grading_file".into(),
+                    message: e.to_string(),
+                }),
+            }
         }
         problems.sort();
         problems.dedup();
@@ -716,6 +734,9 @@ impl Settings {
         };
         if self.mqtt.topics.is_empty() {
             problem("mqtt.topics", "at least one topic pattern is needed".into());
+        }
+        for (key, message) in self.lots.problems() {
+            problem(&key, message);
         }
         for (i, t) in self.mqtt.topics.iter().enumerate() {
             if let Err(e) = TopicPattern::parse(t) {
@@ -1038,6 +1059,7 @@ fn type_problems(tree: &Value) -> Vec<Problem> {
         section::<AggregateSettings>(tree, "aggregate"),
         section::<Vec<BlockSettings>>(tree, "blocks"),
         section::<AlertSettings>(tree, "alerts"),
+        section::<LotSettings>(tree, "lots"),
     ]
     .into_iter()
     .flatten()

@@ -319,6 +319,7 @@ pub async fn run(settings: Settings) -> Result<(), DaemonError> {
         alerts_changed: alerts_changed.clone(),
         alert_streams: Arc::new(tokio::sync::Semaphore::new(api::MAX_STREAMS)),
         shutdown: shutdown.clone(),
+        lots: Arc::new(settings.lots.clone()),
         influx: match settings.query.backend {
             QueryBackend::Embedded => None,
             QueryBackend::Influx => Some(Arc::new(
@@ -403,11 +404,16 @@ fn load_registry(
     conn: &rusqlite::Connection,
     file: &std::path::Path,
 ) -> Result<Registry, DaemonError> {
+    let mut blocks = Vec::new();
     match registry::load_file(file)? {
         None => {
             tracing::info!(file = %file.display(), "no devices file; devices are assigned through the API")
         }
-        Some(entries) => {
+        Some(registry::RegistryFile {
+            devices: entries,
+            blocks: listed,
+        }) => {
+            blocks = listed;
             for entry in &entries {
                 if let Some((stored, by)) = devices::get(conn, entry.id.as_str())?
                     && by == "api"
@@ -420,7 +426,7 @@ fn load_registry(
             tracing::info!(file = %file.display(), devices = entries.len(), "devices file applied");
         }
     }
-    Ok(Registry::new(devices::all(conn)?))
+    Ok(Registry::new(devices::all(conn)?).with_blocks(blocks))
 }
 
 /// Runs the store writer on its own thread; each committed batch's tokens go to `committed`.

@@ -13,6 +13,7 @@ pub mod cli;
 pub mod config;
 pub mod daemon;
 pub mod endpoint;
+pub mod harvest;
 pub mod health;
 pub mod influx;
 pub mod ingest;

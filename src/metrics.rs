@@ -32,6 +32,8 @@ pub struct Metrics {
     pub messages_received: Counter,
     pub readings_accepted: Counter,
     pub readings_duplicate: Counter,
+    pub lots_accepted: Counter,
+    pub lots_duplicate: Counter,
     pub rejected: Family<ReasonLabel, Counter>,
     pub commit_seconds: Histogram,
     pub batch_readings: Histogram,
@@ -66,6 +68,8 @@ impl Default for Metrics {
             messages_received: Counter::default(),
             readings_accepted: Counter::default(),
             readings_duplicate: Counter::default(),
+            lots_accepted: Counter::default(),
+            lots_duplicate: Counter::default(),
             rejected: Family::default(),
             commit_seconds: Histogram::new(exponential_buckets(0.0001, 1.5, 28)),
             batch_readings: Histogram::new(exponential_buckets(1.0, 2.0, 16)),
@@ -108,6 +112,16 @@ impl Default for Metrics {
             "readings_duplicate",
             "Readings dropped because the store already held them (redeliveries)",
             m.readings_duplicate.clone(),
+        );
+        registry.register(
+            "lots_accepted",
+            "Harvest lots committed to the store (MQTT and HTTP)",
+            m.lots_accepted.clone(),
+        );
+        registry.register(
+            "lots_duplicate",
+            "Harvest lots the store already held with the same content (redeliveries, repeated POSTs)",
+            m.lots_duplicate.clone(),
         );
         registry.register(
             "rejected",

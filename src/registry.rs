@@ -40,6 +40,51 @@ pub struct DeviceEntry {
     pub expected_interval: Option<Duration>,
 }
 
+/// One block of an orchard, as the season report and the lot pages need it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BlockEntry {
+    pub orchard: Ident,
+    pub block: Ident,
+    /// Planted area, hectares.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub area_ha: Option<f64>,
+    /// Trees in the block.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trees: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub variety: Option<String>,
+    /// Where it is, as buyers read it: "重庆市奉节县 …" and "Fengjie County, Chongqing".
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub place_zh: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub place_en: Option<String>,
+}
+
+impl BlockEntry {
+    fn check(&self) -> Result<(), RegistryError> {
+        let invalid = |message: &str| RegistryError::Invalid {
+            id: format!("{}/{}", self.orchard, self.block),
+            message: message.into(),
+        };
+        if self.area_ha.is_some_and(|a| !(a > 0.0 && a < 1e5)) {
+            return Err(invalid("area_ha must be more than 0 and below 100 000"));
+        }
+        if self.trees == Some(0) {
+            return Err(invalid("trees must be at least 1"));
+        }
+        for text in [&self.variety, &self.place_zh, &self.place_en]
+            .into_iter()
+            .flatten()
+        {
+            if text.chars().count() > 200 || text.chars().any(char::is_control) {
+                return Err(invalid("texts must be one line of at most 200 characters"));
+            }
+        }
+        Ok(())
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum RegistryError {
     #[error("{path}: {message}")]
@@ -103,6 +148,7 @@ pub fn normalise(id: &str) -> Option<Ident> {
 #[derive(Debug, Clone, Default)]
 pub struct Registry {
     devices: HashMap<String, DeviceEntry>,
+    blocks: Arc<Vec<BlockEntry>>,
 }
 
 pub type Snapshot = Arc<Registry>;
@@ -114,7 +160,24 @@ impl Registry {
                 .into_iter()
                 .map(|e| (e.id.as_str().to_owned(), e))
                 .collect(),
+            blocks: Arc::default(),
         }
+    }
+
+    /// The registry with the blocks of the devices file.
+    pub fn with_blocks(mut self, blocks: Vec<BlockEntry>) -> Self {
+        self.blocks = Arc::new(blocks);
+        self
+    }
+
+    pub fn block(&self, orchard: &str, block: &str) -> Option<&BlockEntry> {
+        self.blocks
+            .iter()
+            .find(|b| b.orchard.as_str() == orchard && b.block.as_str() == block)
+    }
+
+    pub fn blocks(&self) -> &[BlockEntry] {
+        &self.blocks
     }
 
     /// The shortest `expected_interval` of any device.
@@ -152,10 +215,20 @@ impl Registry {
 struct DevicesFile {
     #[serde(default)]
     device: Vec<DeviceEntry>,
+    #[serde(default)]
+    block: Vec<BlockEntry>,
 }
 
-/// Reads `[[device]]` entries from a TOML file; `Ok(None)` when there is no such file.
-pub fn load_file(path: &Path) -> Result<Option<Vec<DeviceEntry>>, RegistryError> {
+/// What a devices file holds.
+#[derive(Debug, Default)]
+pub struct RegistryFile {
+    pub devices: Vec<DeviceEntry>,
+    pub blocks: Vec<BlockEntry>,
+}
+
+/// Reads `[[device]]` and `[[block]]` entries from a TOML file; `Ok(None)` when there is no
+/// such file.
+pub fn load_file(path: &Path) -> Result<Option<RegistryFile>, RegistryError> {
     let text = match std::fs::read_to_string(path) {
         Ok(t) => t,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
@@ -182,7 +255,20 @@ pub fn load_file(path: &Path) -> Result<Option<Vec<DeviceEntry>>, RegistryError>
         }
         out.push(entry);
     }
-    Ok(Some(out))
+    let mut places = std::collections::HashSet::new();
+    for b in &file.block {
+        b.check()?;
+        if !places.insert((b.orchard.clone(), b.block.clone())) {
+            return Err(RegistryError::Invalid {
+                id: format!("{}/{}", b.orchard, b.block),
+                message: format!("block listed twice in {}", path.display()),
+            });
+        }
+    }
+    Ok(Some(RegistryFile {
+        devices: out,
+        blocks: file.block,
+    }))
 }
 
 #[cfg(test)]
@@ -192,9 +278,11 @@ mod tests {
     #[test]
     fn the_shipped_devices_file_loads() {
         let path = Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/config/devices.toml"));
-        let devices = load_file(path).unwrap().expect("config/devices.toml ships");
-        assert!(!devices.is_empty());
-        let registry = Registry::new(devices);
+        let file = load_file(path).unwrap().expect("config/devices.toml ships");
+        assert!(!file.devices.is_empty());
+        let registry = Registry::new(file.devices).with_blocks(file.blocks);
+        let b3 = registry.block("fengjie", "B3").expect("block B3 ships");
+        assert!(b3.area_ha.is_some() && b3.trees.is_some());
         let probe = registry
             .get("A84041000181C0DE")
             .expect("lookups ignore case");

@@ -5,9 +5,11 @@ mod alerts;
 mod devices;
 mod error;
 mod indices;
+mod lots;
 mod params;
 mod quarantine;
 mod readings;
+mod reports;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -61,6 +63,8 @@ pub struct AppState {
     pub alert_streams: Arc<Semaphore>,
     /// Cancelled at shutdown: open alert streams end, so the server can stop.
     pub shutdown: CancellationToken,
+    /// `[lots]`: the public address and what buyers may see.
+    pub lots: Arc<crate::config::LotSettings>,
     /// `query.backend = "influx"`: readings and latest answer from InfluxDB.
     pub influx: Option<Arc<InfluxQuery>>,
 }
@@ -87,6 +91,15 @@ pub fn router(state: AppState) -> Router {
         .route("/api/v1/alerts/{id}", get(alerts::get))
         .route("/api/v1/alerts/{id}/ack", post(alerts::ack))
         .route("/api/v1/alerts/{id}/resolve", post(alerts::resolve))
+        .route("/api/v1/lots", get(lots::list).post(lots::create))
+        .route("/api/v1/lots/{lot_id}", get(lots::get))
+        .route("/api/v1/lots/{lot_id}/events", post(lots::append))
+        .route("/api/v1/lots/{lot_id}/listing", get(lots::listing))
+        .route("/api/v1/lots/{lot_id}/label.svg", get(lots::label_svg))
+        .route("/api/v1/lots/{lot_id}/label.png", get(lots::label_png))
+        .route("/api/v1/reports/season", get(reports::season))
+        .route("/01/{gtin}/10/{lot_id}", get(lots::public_gtin))
+        .route("/lot/{lot_id}", get(lots::public_lot))
         .fallback(|| async { ApiError::not_found("no such endpoint; see the README for the API") })
         .with_state(state)
 }

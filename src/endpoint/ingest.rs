@@ -84,6 +84,7 @@ impl IngestPort {
             payload: Some(payload),
             expected_interval: std::time::Duration::from_secs(15 * 60),
             device_intervals: Vec::new(),
+            lot: None,
         };
         self.submit(envelope).await
     }

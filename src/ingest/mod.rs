@@ -62,6 +62,8 @@ pub struct Decoder {
     max_payload_bytes: usize,
     registry: watch::Receiver<Snapshot>,
     expected_interval: std::time::Duration,
+    /// Harvest lots on their own topic.
+    lots: crate::harvest::Intake,
 }
 
 impl Decoder {
@@ -101,12 +103,23 @@ impl Decoder {
             max_payload_bytes: s.ingest.max_payload_bytes,
             registry,
             expected_interval: s.health.expected_interval,
+            lots: crate::harvest::Intake::new(
+                &s.lots.topic,
+                s.grading.clone(),
+                s.aggregate.utc_offset_ms().unwrap_or(0),
+            ),
         })
+    }
+
+    /// How lots are read and graded, for the API's own lot intake.
+    pub fn lots(&self) -> &crate::harvest::Intake {
+        &self.lots
     }
 
     /// The subscription filters, one per source.
     pub fn filters(&self) -> Vec<String> {
         let mut filters: Vec<String> = self.sources.iter().map(|s| s.pattern.filter()).collect();
+        filters.push(self.lots.filter());
         filters.dedup();
         filters
     }
@@ -125,7 +138,15 @@ impl Decoder {
             payload: None,
             expected_interval: self.expected_interval,
             device_intervals: Vec::new(),
+            lot: None,
         };
+        if let Some(place) = self.lots.place(topic) {
+            self.lot(place, &payload, &mut env);
+            if !env.rejections.is_empty() {
+                env.payload = Some(payload);
+            }
+            return env;
+        }
         if let Err(whole) = self.judge(topic, &payload, &mut env) {
             env.rejections.push(whole);
         }
@@ -133,6 +154,32 @@ impl Decoder {
             env.payload = Some(payload);
         }
         env
+    }
+
+    /// A message on the lot topic: one lot, or the reasons it is refused. Its payload is kept
+    /// in any case, so a lot that clashes with a stored one can be quarantined whole.
+    fn lot(&self, place: Result<(Ident, Ident), Rejection>, payload: &Bytes, env: &mut Envelope) {
+        env.source = Some("lots".into());
+        env.payload = Some(payload.clone());
+        if payload.len() > self.max_payload_bytes {
+            env.rejections.push(Rejection::new(
+                Reason::PayloadTooLarge,
+                format!(
+                    "lot of {} bytes is over the limit of {} bytes (ingest.max_payload_bytes)",
+                    payload.len(),
+                    self.max_payload_bytes
+                ),
+            ));
+            return;
+        }
+        let result = place.map_err(|e| vec![e]).and_then(|(orchard, block)| {
+            self.lots
+                .by_mqtt(&orchard, &block, payload, env.received_at)
+        });
+        match result {
+            Ok(incoming) => env.lot = Some(Box::new(incoming)),
+            Err(problems) => env.rejections.extend(problems),
+        }
     }
 
     fn judge(&self, topic: &str, payload: &[u8], env: &mut Envelope) -> Result<(), Rejection> {

@@ -172,6 +172,7 @@ mod tests {
             payload: None,
             expected_interval: Duration::from_secs(600),
             device_intervals: Vec::new(),
+            lot: None,
         }
     }
 

@@ -392,6 +392,7 @@ mod answers_from_rollups {
             payload: None,
             expected_interval: Duration::from_secs(600),
             device_intervals: Vec::new(),
+            lot: None,
         }
     }
 

@@ -271,6 +271,32 @@ const MIGRATIONS: &[&str] = &[
     ALTER TABLE alerts ADD COLUMN escalated_at INTEGER;
     CREATE INDEX alerts_by_rule_scope ON alerts (rule, scope, fired_at);
     "#,
+    // 14: harvest lots, kept as they arrived with their grade, and their later steps.
+    r#"
+    CREATE TABLE lots (
+        lot_id       TEXT PRIMARY KEY,
+        orchard      TEXT NOT NULL,
+        block        TEXT NOT NULL,
+        harvest_day  INTEGER NOT NULL,
+        gtin         TEXT,
+        grade        TEXT,
+        content      TEXT NOT NULL,
+        graded       TEXT NOT NULL,
+        via          TEXT NOT NULL,
+        arrived_from TEXT NOT NULL,
+        received_at  INTEGER NOT NULL
+    ) WITHOUT ROWID;
+    CREATE INDEX lots_by_block ON lots (orchard, block, harvest_day);
+    CREATE TABLE lot_events (
+        id         INTEGER PRIMARY KEY,
+        lot_id     TEXT NOT NULL REFERENCES lots (lot_id),
+        step       TEXT NOT NULL,
+        detail     TEXT NOT NULL,
+        entered_by TEXT NOT NULL,
+        entered_at INTEGER NOT NULL
+    );
+    CREATE INDEX lot_events_by_lot ON lot_events (lot_id, id);
+    "#,
 ];
 
 /// The schema version this build of orchardd writes.

@@ -20,6 +20,7 @@ use crate::alerts::absence::{SharedActivity, remember_gateway};
 use crate::alerts::rules::Rule;
 use crate::alerts::store as alerts;
 use crate::alerts::threshold::{Change, Progress};
+use crate::harvest::{self, store::Stored};
 use crate::health::Health;
 use crate::metrics::Metrics;
 use crate::model::{Flags, Ident, Reading, SeriesKey, TimestampMs};
@@ -48,6 +49,8 @@ pub struct Envelope {
     /// ...unless its registry entry says otherwise: one entry per device of the message
     /// that has its own interval (a SenML pack can name several).
     pub device_intervals: Vec<(Ident, Duration)>,
+    /// A harvest lot, checked and graded, when the message was one.
+    pub lot: Option<Box<crate::harvest::Incoming>>,
 }
 
 impl Envelope {
@@ -84,6 +87,9 @@ pub struct BatchOutcome {
     pub conflicts: u64,
     /// Alerts opened or resolved.
     pub alert_changes: u64,
+    /// Harvest lots stored, and lots the store already had (redelivered).
+    pub lots: u64,
+    pub lot_duplicates: u64,
 }
 
 pub struct Writer {
@@ -262,6 +268,8 @@ impl Writer {
             .observe((outcome.accepted + outcome.duplicates) as f64);
         m.readings_accepted.inc_by(outcome.accepted);
         m.readings_duplicate.inc_by(outcome.duplicates);
+        m.lots_accepted.inc_by(outcome.lots);
+        m.lots_duplicate.inc_by(outcome.lot_duplicates);
         for _ in 0..outcome.conflicts {
             m.reject(crate::validate::Reason::ConflictingValue);
         }
@@ -335,6 +343,18 @@ impl Writer {
                     }
                     Inserted::Duplicate => outcome.duplicates += 1,
                     Inserted::Conflict(stored) => conflicts.push(conflict(r, stored)),
+                }
+            }
+            if let Some(incoming) = &env.lot {
+                let arrived = harvest::store::Arrived {
+                    via: "mqtt",
+                    from: env.topic.clone(),
+                    at: env.received_at,
+                };
+                match harvest::store::insert(&tx, &incoming.lot, &incoming.graded, &arrived)? {
+                    Stored::New => outcome.lots += 1,
+                    Stored::Same => outcome.lot_duplicates += 1,
+                    Stored::Conflict(kept) => conflicts.push(lot_conflict(&incoming.lot, &kept)),
                 }
             }
             if !env.rejections.is_empty() || !conflicts.is_empty() {
@@ -769,6 +789,17 @@ pub(crate) fn conflict(r: &Reading, stored: f64) -> Rejection {
         ),
         device: Some(s.device.to_string()),
     }
+}
+
+/// A lot id the store already holds with other content: the stored lot is kept.
+fn lot_conflict(new: &harvest::lot::Lot, kept: &harvest::lot::Lot) -> Rejection {
+    Rejection::new(
+        crate::validate::Reason::ConflictingValue,
+        format!(
+            "lot {} is already stored with other content (harvested {} in {}/{}, {} kg), which is kept; give the new lot its own lot_id",
+            new.lot_id, kept.harvest_date, kept.orchard, kept.block, kept.net_weight_kg
+        ),
+    )
 }
 
 /// The newest `n` readings of a series, newest first, to seed its health state.

@@ -1,0 +1,432 @@
+//! Harvest lots: `POST /api/v1/lots` (staff), the lot list, the traceability record, later
+//! steps, the box label, the shop listing, and the public page at the lot's GS1 Digital Link.
+
+use std::collections::HashMap;
+
+use axum::Json;
+use axum::body::Bytes;
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{Html, IntoResponse, Response};
+use serde_json::{Value, json};
+
+use super::AppState;
+use super::error::ApiError;
+use super::params::Params;
+use super::readings::csv_response;
+use crate::aggregate::indices::Day;
+use crate::harvest::label::{self, Bilingual, LabelData};
+use crate::harvest::lot::is_lot_id;
+use crate::harvest::public::{self, Lang, Published, Sources};
+use crate::harvest::season::Season;
+use crate::harvest::store::{self as lots, Appended, Arrived, Kept, Step, Stored};
+use crate::model::{TimestampMs, truncate};
+
+pub async fn create(
+    State(s): State<AppState>,
+    body: Bytes,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    let incoming = s.decoder.lots().by_http(&body).map_err(|problems| {
+        ApiError::bad_request(
+            problems
+                .iter()
+                .map(|p| format!("{}: {}", p.reason.as_str(), p.detail))
+                .collect::<Vec<_>>()
+                .join("; "),
+        )
+    })?;
+    let lot_id = incoming.lot.lot_id.clone();
+    let arrived = Arrived {
+        via: "http",
+        from: "api".into(),
+        at: TimestampMs::now(),
+    };
+    let stored = {
+        let incoming = incoming.clone();
+        s.admin
+            .write(move |c| lots::insert(c, &incoming.lot, &incoming.graded, &arrived))
+            .await?
+    };
+    let status = match stored {
+        Stored::New => {
+            s.metrics.lots_accepted.inc();
+            tracing::info!(lot = %lot_id, orchard = %incoming.lot.orchard, block = %incoming.lot.block, grade = ?incoming.graded.grade, "lot entered");
+            StatusCode::CREATED
+        }
+        Stored::Same => {
+            s.metrics.lots_duplicate.inc();
+            StatusCode::OK
+        }
+        Stored::Conflict(kept) => {
+            return Err(ApiError::conflict(
+                "lot_exists",
+                format!(
+                    "lot {lot_id} is already stored with other content (harvested {} in {}/{}, {} kg); nothing was changed. Give the new lot its own lot_id, or append later steps with POST /api/v1/lots/{lot_id}/events",
+                    kept.harvest_date, kept.orchard, kept.block, kept.net_weight_kg
+                ),
+            ));
+        }
+    };
+    let kept = s
+        .pool
+        .read(move |c| lots::get(c, &lot_id))
+        .await?
+        .ok_or_else(|| ApiError::not_found("the lot was stored but cannot be read back"))?;
+    Ok((status, Json(json!(kept))))
+}
+
+pub async fn list(
+    State(s): State<AppState>,
+    Query(raw): Query<HashMap<String, String>>,
+) -> Result<Response, ApiError> {
+    let p = Params::new(
+        raw,
+        &["orchard", "block", "from", "to", "grade", "limit", "format"],
+    )?;
+    let date = |name: &str| -> Result<Option<Day>, ApiError> {
+        p.get(name)
+            .map(|v| {
+                parse_date(v).ok_or_else(|| {
+                    ApiError::bad_request(format!(
+                        "`{name}`: `{}` is not a date such as 2026-11-28",
+                        truncate(v, 20)
+                    ))
+                })
+            })
+            .transpose()
+    };
+    let filter = lots::Filter {
+        orchard: p.ident("orchard")?.map(|i| i.to_string()),
+        block: p.ident("block")?.map(|i| i.to_string()),
+        from: date("from")?,
+        to: date("to")?.map(|d| Day(d.0 + 1)),
+        grade: p.get("grade").map(str::to_owned),
+        limit: p.limit(1000, 10_000)?,
+    };
+    let csv = p.csv()?;
+    let found = s.pool.read(move |c| lots::list(c, &filter)).await?;
+    if csv {
+        return Ok(csv_response(lots_csv(&found)));
+    }
+    Ok(Json(json!({ "lots": found })).into_response())
+}
+
+fn parse_date(v: &str) -> Option<Day> {
+    let d = time::Date::parse(v, &time::format_description::well_known::Iso8601::DATE).ok()?;
+    (v.len() == 10).then(|| Day::from_date(d))
+}
+
+fn lots_csv(found: &[Kept]) -> String {
+    let mut out = String::from(
+        "lot_id,orchard,block,harvest_date,net_weight_kg,fruit_count,trees_harvested,grade,size_class,tss_brix,acidity_pct,diameter_mm,colour_pct,standard\n",
+    );
+    let num = |v: Option<f64>| v.map(|v| v.to_string()).unwrap_or_default();
+    for k in found {
+        let (l, g) = (&k.lot, &k.grading);
+        out.push_str(&format!(
+            "{},{},{},{},{},{},{},{},{},{},{},{},{},\"{}\"\n",
+            l.lot_id,
+            l.orchard,
+            l.block,
+            l.harvest_date,
+            l.net_weight_kg,
+            l.fruit_count.map(|n| n.to_string()).unwrap_or_default(),
+            l.trees_harvested.map(|n| n.to_string()).unwrap_or_default(),
+            g.grade.as_deref().unwrap_or_default(),
+            g.size_class.as_deref().unwrap_or_default(),
+            num(l.quality.tss_brix),
+            num(l.quality.acidity_pct),
+            num(l.quality.diameter_mm),
+            num(l.quality.colour_pct),
+            g.standard,
+        ));
+    }
+    out
+}
+
+/// A lot with its block's season through the harvest.
+async fn lot_and_season(s: &AppState, lot_id: String) -> Result<(Kept, Season), ApiError> {
+    if !is_lot_id(&lot_id) {
+        return Err(ApiError::not_found(format!(
+            "`{}` is not a lot id",
+            truncate(&lot_id, 40)
+        )));
+    }
+    let agronomy = s.agronomy.clone();
+    let interval = s.expected_interval;
+    let found = s
+        .pool
+        .read(move |c| {
+            let Some(kept) = lots::get(c, &lot_id)? else {
+                return Ok(Err(lot_id));
+            };
+            let day = lots::harvest_day(&kept.lot);
+            let season = Season::of(
+                c,
+                &agronomy,
+                &kept.lot.orchard,
+                &kept.lot.block,
+                day,
+                interval,
+            )?;
+            Ok(Ok((kept, season)))
+        })
+        .await?;
+    found.map_err(|id| ApiError::not_found(format!("no lot {id}")))
+}
+
+fn published(s: &AppState, kept: &Kept, season: &Season) -> Published {
+    let registry = s.registry.borrow().clone();
+    Sources {
+        kept,
+        season,
+        block: registry.block(kept.lot.orchard.as_str(), kept.lot.block.as_str()),
+        standard: s.decoder.lots().standard(),
+        settings: &s.lots,
+    }
+    .publish()
+}
+
+/// `GET /api/v1/lots/{lot_id}`: the traceability record, everything staff may see.
+pub async fn get(
+    State(s): State<AppState>,
+    Path(lot_id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let (kept, season) = lot_and_season(&s, lot_id).await?;
+    let url = public::digital_link(
+        &s.lots.public_url,
+        &kept.lot.lot_id,
+        kept.lot.gtin.as_deref(),
+    );
+    let mut record = json!(kept);
+    record["url"] = json!(url);
+    record["season"] = json!(season);
+    Ok(Json(record))
+}
+
+pub async fn append(
+    State(s): State<AppState>,
+    Path(lot_id): Path<String>,
+    body: Bytes,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    let step: Step = serde_json::from_slice(&body).map_err(|e| {
+        ApiError::bad_request(format!(
+            "the body must be JSON {{step: packed|shipped|delivered|sold|recalled|note, at?: RFC 3339, destination?, boxes?, note?}}: {e}"
+        ))
+    })?;
+    let step = check_step(step)?;
+    let appended = s
+        .admin
+        .write(move |c| lots::append(c, &lot_id, &step, "api"))
+        .await?;
+    match appended {
+        Appended::New(e) => Ok((StatusCode::CREATED, Json(json!(e)))),
+        Appended::Same(e) => Ok((StatusCode::OK, Json(json!(e)))),
+        Appended::NoSuchLot => Err(ApiError::not_found(
+            "no such lot; POST it to /api/v1/lots first",
+        )),
+    }
+}
+
+const STEPS: &[&str] = &["packed", "shipped", "delivered", "sold", "recalled", "note"];
+
+fn check_step(mut step: Step) -> Result<Step, ApiError> {
+    if !STEPS.contains(&step.step.as_str()) {
+        return Err(ApiError::bad_request(format!(
+            "`step`: `{}` is not one of {}",
+            truncate(&step.step, 20),
+            STEPS.join(", ")
+        )));
+    }
+    step.at = if step.at.is_empty() {
+        TimestampMs::now().to_rfc3339()
+    } else {
+        TimestampMs::parse(&step.at)
+            .ok_or_else(|| ApiError::bad_request("`at` must be an RFC 3339 time or epoch ms"))?
+            .to_rfc3339()
+    };
+    for text in [&step.destination, &step.note].into_iter().flatten() {
+        if text.chars().count() > 500 {
+            return Err(ApiError::bad_request("texts are at most 500 characters"));
+        }
+    }
+    Ok(step)
+}
+
+/// `GET /api/v1/lots/{lot_id}/listing`: what an online-shop listing needs, JSON or CSV.
+pub async fn listing(
+    State(s): State<AppState>,
+    Path(lot_id): Path<String>,
+    Query(raw): Query<HashMap<String, String>>,
+) -> Result<Response, ApiError> {
+    let p = Params::new(raw, &["format"])?;
+    let csv = p.csv()?;
+    let (kept, season) = lot_and_season(&s, lot_id).await?;
+    let listing = published(&s, &kept, &season);
+    if csv {
+        return Ok(csv_response(public::listing_csv(&listing)));
+    }
+    Ok(Json(json!(listing)).into_response())
+}
+
+/// The label's content; refused for a lot whose certificate cannot be signed.
+fn label_of(
+    s: &AppState,
+    kept: &Kept,
+    season: &Season,
+    box_kg: Option<f64>,
+) -> Result<LabelData, ApiError> {
+    let lot = &kept.lot;
+    if let Some(c) = &lot.certificate
+        && !c.interval_kept
+    {
+        return Err(ApiError::conflict(
+            "pre_harvest_interval",
+            format!(
+                "lot {} was harvested {} after its last spray on {}, inside the {}-day pre-harvest interval: it cannot carry the compliance commitment, so no label is made for sale",
+                lot.lot_id,
+                lot.harvest_date,
+                c.last_spray_date.as_deref().unwrap_or("?"),
+                c.pre_harvest_interval_days.unwrap_or(0)
+            ),
+        ));
+    }
+    let registry = s.registry.borrow().clone();
+    let sources = Sources {
+        kept,
+        season,
+        block: registry.block(lot.orchard.as_str(), lot.block.as_str()),
+        standard: s.decoder.lots().standard(),
+        settings: &s.lots,
+    };
+    let (gz, ge) = sources.grade_names();
+    let (oz, oe) = sources.origin();
+    Ok(LabelData {
+        lot_id: lot.lot_id.clone(),
+        url: public::digital_link(&s.lots.public_url, &lot.lot_id, lot.gtin.as_deref()),
+        product: Bilingual {
+            zh: s.lots.product_zh.clone(),
+            en: s.lots.product_en.clone(),
+        },
+        grade: Bilingual { zh: gz, en: ge },
+        size_class: kept.grading.size_class.as_ref().map(|c| format!("{c} mm")),
+        tss_brix: lot.quality.tss_brix,
+        net_weight_kg: box_kg.unwrap_or(lot.net_weight_kg),
+        harvest_date: lot.harvest_date.clone(),
+        origin: Bilingual { zh: oz, en: oe },
+        commitment: sources.commitment().map(|(zh, en)| Bilingual { zh, en }),
+        gtin: lot.gtin.clone(),
+    })
+}
+
+fn box_kg(p: &Params) -> Result<Option<f64>, ApiError> {
+    p.get("box_kg")
+        .map(|v| match v.parse::<f64>() {
+            Ok(kg) if kg > 0.0 && kg <= 1000.0 => Ok(kg),
+            _ => Err(ApiError::bad_request(format!(
+                "`box_kg`: `{}` is not a weight from 0 to 1000 kg",
+                truncate(v, 20)
+            ))),
+        })
+        .transpose()
+}
+
+/// `GET /api/v1/lots/{lot_id}/label.svg`; `box_kg` prints the box's weight instead of the lot's.
+pub async fn label_svg(
+    State(s): State<AppState>,
+    Path(lot_id): Path<String>,
+    Query(raw): Query<HashMap<String, String>>,
+) -> Result<Response, ApiError> {
+    let p = Params::new(raw, &["box_kg"])?;
+    let box_kg = box_kg(&p)?;
+    let (kept, season) = lot_and_season(&s, lot_id).await?;
+    let data = label_of(&s, &kept, &season, box_kg)?;
+    Ok((
+        [(header::CONTENT_TYPE, "image/svg+xml; charset=utf-8")],
+        label::svg(&data),
+    )
+        .into_response())
+}
+
+/// `GET /api/v1/lots/{lot_id}/label.png`: the same label at `dpi` (default 300).
+pub async fn label_png(
+    State(s): State<AppState>,
+    Path(lot_id): Path<String>,
+    Query(raw): Query<HashMap<String, String>>,
+) -> Result<Response, ApiError> {
+    let p = Params::new(raw, &["box_kg", "dpi"])?;
+    let box_kg = box_kg(&p)?;
+    let dpi = match p.get("dpi") {
+        None => 300,
+        Some(v) => v
+            .parse::<u32>()
+            .ok()
+            .filter(|d| (72..=600).contains(d))
+            .ok_or_else(|| ApiError::bad_request("`dpi` must be a whole number from 72 to 600"))?,
+    };
+    let (kept, season) = lot_and_season(&s, lot_id).await?;
+    let data = label_of(&s, &kept, &season, box_kg)?;
+    let png = tokio::task::spawn_blocking(move || label::png(&data, dpi))
+        .await
+        .map_err(|e| ApiError::unavailable(e.to_string()))?
+        .map_err(|e| ApiError::unavailable(e.to_string()))?;
+    Ok(([(header::CONTENT_TYPE, "image/png")], png).into_response())
+}
+
+/// `GET /01/{gtin}/10/{lot_id}`: the public page of a lot with a GTIN.
+pub async fn public_gtin(
+    State(s): State<AppState>,
+    Path((gtin, lot_id)): Path<(String, String)>,
+    Query(raw): Query<HashMap<String, String>>,
+    headers: HeaderMap,
+) -> Response {
+    public_page(s, lot_id, Some(gtin), raw, headers).await
+}
+
+/// `GET /lot/{lot_id}`: the public page of a lot without a GTIN.
+pub async fn public_lot(
+    State(s): State<AppState>,
+    Path(lot_id): Path<String>,
+    Query(raw): Query<HashMap<String, String>>,
+    headers: HeaderMap,
+) -> Response {
+    public_page(s, lot_id, None, raw, headers).await
+}
+
+async fn public_page(
+    s: AppState,
+    lot_id: String,
+    gtin: Option<String>,
+    raw: HashMap<String, String>,
+    headers: HeaderMap,
+) -> Response {
+    let accept = headers
+        .get(header::ACCEPT_LANGUAGE)
+        .and_then(|v| v.to_str().ok());
+    let lang = Lang::choose(raw.get("lang").map(String::as_str), accept);
+    let not_found = |lang: Lang| {
+        let text = match lang {
+            Lang::Zh => "没有这个批次。请核对包装上的二维码。",
+            Lang::En => "No such lot. Please check the code on the box.",
+        };
+        (
+            StatusCode::NOT_FOUND,
+            Html(format!(
+                "<!doctype html><html><head><meta charset=\"utf-8\"><title>404</title></head><body><p>{text}</p></body></html>"
+            )),
+        )
+            .into_response()
+    };
+    let (kept, season) = match lot_and_season(&s, lot_id).await {
+        Ok(found) => found,
+        Err(e) if e.status == StatusCode::NOT_FOUND => return not_found(lang),
+        Err(e) => return e.into_response(),
+    };
+    // The GTIN in the path must be the lot's: a mistyped one finds nothing.
+    let gtin = gtin.map(|g| crate::harvest::lot::gtin14(&g).unwrap_or(g));
+    if gtin != kept.lot.gtin {
+        return not_found(lang);
+    }
+    let view = published(&s, &kept, &season);
+    Html(public::page(&view, lang)).into_response()
+}
