@@ -241,6 +241,7 @@ impl Load {
             password: None,
             progress: None,
             start: None,
+            lots: 0,
         }
     }
 }

@@ -94,6 +94,10 @@ pub struct SimulateArgs {
     pub username: Option<String>,
     #[arg(long, env = "ORCHARDD_SIM_PASSWORD")]
     pub password: Option<String>,
+    /// After the readings, each block publishes this many harvest lots on its yield topic,
+    /// harvested in the simulated season's last days (needs --start).
+    #[arg(long, default_value_t = 0)]
+    pub lots: u32,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]

@@ -73,13 +73,14 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 password: a.password,
                 progress: Some(std::time::Duration::from_secs(5)),
                 start,
+                lots: a.lots,
             };
             let report = runtime()?
                 .block_on(orchardd::simulate::run(opts))
                 .map_err(anyhow::Error::msg)?;
             println!(
-                "published {} messages ({} readings) in {:.1?}",
-                report.messages, report.readings, report.elapsed
+                "published {} messages ({} readings) and {} lots in {:.1?}",
+                report.messages, report.readings, report.lots, report.elapsed
             );
             Ok(ExitCode::SUCCESS)
         }

@@ -41,12 +41,15 @@ pub struct Options {
     /// Simulated clock: the first message's time; `interval` is then the simulated step and
     /// nothing waits. `None`: real time.
     pub start: Option<TimestampMs>,
+    /// Harvest lots each block publishes after its readings (simulated clock only).
+    pub lots: u32,
 }
 
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Report {
     pub messages: u64,
     pub readings: u64,
+    pub lots: u64,
     pub elapsed: Duration,
 }
 
@@ -167,6 +170,9 @@ pub async fn run(opts: Options) -> Result<Report, String> {
     if endpoint.tls {
         return Err("the simulator speaks plain mqtt:// only".into());
     }
+    if opts.lots > 0 && (opts.start.is_none() || opts.count.is_none()) {
+        return Err("--lots needs a simulated season: --start and a --count".into());
+    }
     let mut rng = SmallRng::seed_from_u64(0x0c17_5005);
     let mut devices = Vec::new();
     for o in 1..=opts.orchards {
@@ -201,8 +207,98 @@ pub async fn run(opts: Options) -> Result<Report, String> {
         report.messages += r.messages;
     }
     report.readings = report.messages * READINGS_PER_MESSAGE;
+    if opts.lots > 0 {
+        report.lots = publish_lots(&opts, endpoint.host.clone(), endpoint.port).await?;
+    }
     report.elapsed = started.elapsed();
     Ok(report)
+}
+
+/// The simulated season's last moment, local (UTC+8) day: the lots are harvested up to it.
+fn last_day(opts: &Options) -> Option<time::Date> {
+    let step = opts.interval.as_millis() as i64;
+    let last = opts.start?.0 + (opts.count?.saturating_sub(1) as i64) * step;
+    let local = time::OffsetDateTime::from_unix_timestamp(last / 1000 + 8 * 3600).ok()?;
+    Some(local.date())
+}
+
+/// One simulated lot from a grading line: quality varies around a block's own mean, so the
+/// season report has blocks to compare.
+fn lot_payload(orchard: usize, block: usize, n: u32, harvest: time::Date, rng: &mut SmallRng) -> String {
+    let tss = (11.0 + block as f64 * 0.6 + rng.random_range(-1.0..1.0_f64)).clamp(8.0, 16.0);
+    let acid = rng.random_range(0.6..1.1_f64);
+    let diameter = rng.random_range(68.0..88.0_f64);
+    let colour = rng.random_range(88.0..100.0_f64);
+    let kg = rng.random_range(400.0..1200.0_f64);
+    let trees = rng.random_range(10..40u32);
+    format!(
+        concat!(
+            r#"{{"lot_id":"SIM{o}B{b}-{n:03}","harvest_date":"{date}","variety":"Newhall","#,
+            r#""picked_by":"crew {crew}","net_weight":{kg:.1},"fruit_count":{fruit},"#,
+            r#""trees_harvested":{trees},"quality":{{"samples":20,"tss_brix":{tss:.1},"#,
+            r#""acidity_pct":{acid:.2},"diameter_mm":{diameter:.1},"colour_pct":{colour:.0}}},"#,
+            r#""certificate":{{"basis":"self_commitment"}}}}"#
+        ),
+        o = orchard,
+        b = block,
+        n = n,
+        date = harvest,
+        crew = n % 3 + 1,
+        kg = kg,
+        fruit = (kg / 0.25) as u64,
+        trees = trees,
+        tss = tss,
+        acid = acid,
+        diameter = diameter,
+        colour = colour,
+    )
+}
+
+/// Publishes each block's lots at QoS 1 and waits for every acknowledgement.
+async fn publish_lots(opts: &Options, host: String, port: u16) -> Result<u64, String> {
+    let last = last_day(opts).ok_or("--lots needs --start and --count")?;
+    let mut mqtt = MqttOptions::new(format!("orchardd-sim-lots-{}", std::process::id()), host, port);
+    mqtt.set_keep_alive(Duration::from_secs(30));
+    if let Some(user) = &opts.username {
+        mqtt.set_credentials(user, opts.password.as_deref().unwrap_or_default());
+    }
+    let (client, mut eventloop) = AsyncClient::new(mqtt, 100);
+    let mut rng = SmallRng::seed_from_u64(0x1075);
+    let mut expected = 0u64;
+    for o in 1..=opts.orchards {
+        for b in 1..=opts.blocks {
+            for n in 1..=opts.lots {
+                let harvest = last - time::Duration::days(i64::from((opts.lots - n) % 7));
+                client
+                    .publish(
+                        format!("orchards/orchard-{o}/B{b}/yield"),
+                        QoS::AtLeastOnce,
+                        false,
+                        lot_payload(o, b, n, harvest, &mut rng),
+                    )
+                    .await
+                    .map_err(|e| format!("simulator: {e}"))?;
+                expected += 1;
+            }
+        }
+    }
+    let mut acked = 0u64;
+    let mut failures = 0u32;
+    while acked < expected {
+        match eventloop.poll().await {
+            Ok(Event::Incoming(Packet::PubAck(_))) => acked += 1,
+            Ok(_) => {}
+            Err(e) => {
+                failures += 1;
+                if failures > 50 {
+                    return Err(format!("simulator: broker unreachable: {e}"));
+                }
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
+    }
+    let _ = client.disconnect().await;
+    Ok(acked)
 }
 
 async fn publish_share(

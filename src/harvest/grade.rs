@@ -378,3 +378,146 @@ pub struct Graded {
     /// Why the lot is not in each better grade, the nearest first.
     pub reasons: Vec<Bilingual>,
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::harvest::lot::Quality;
+
+    fn lot(quality: Quality) -> Lot {
+        Lot {
+            lot_id: "T1".into(),
+            gtin: None,
+            orchard: "fengjie".parse().unwrap(),
+            block: "B3".parse().unwrap(),
+            harvest_date: "2026-11-28".into(),
+            pack_date: None,
+            variety: None,
+            picked_by: None,
+            net_weight_kg: 500.0,
+            fruit_count: None,
+            trees_harvested: None,
+            sizes: Vec::new(),
+            quality,
+            defect_pct: None,
+            destination: None,
+            price_cny_per_kg: None,
+            certificate: None,
+        }
+    }
+
+    /// Comfortably inside every grade of the shipped table, for the limits not under test.
+    fn comfortable() -> Quality {
+        Quality {
+            tss_brix: Some(14.5),
+            acidity_pct: Some(0.8),
+            diameter_mm: Some(82.0),
+            colour_pct: Some(98.0),
+            peel_mm: Some(3.0),
+            blemish_cm2: Some(0.1),
+            ..Quality::default()
+        }
+    }
+
+    /// Where a grade falls in the table: 0 is the best; below every grade is last.
+    fn rank(s: &Standard, g: &Graded) -> usize {
+        g.grade
+            .as_deref()
+            .and_then(|id| s.grades.iter().position(|x| x.id == id))
+            .unwrap_or(s.grades.len())
+    }
+
+    #[test]
+    fn every_limit_of_the_shipped_table_holds_at_its_boundary_and_fails_just_outside() {
+        let s = load(None).unwrap();
+        assert_eq!(s.id, "T/HNSGJXH 0002-2022");
+        assert_eq!(s.scope, "regional");
+        type Set = fn(&mut Quality, f64);
+        let mut checked = 0;
+        for (i, g) in s.grades.iter().enumerate() {
+            let limits: [(Option<f64>, bool, Set, &str); 6] = [
+                (g.min_tss_brix, true, |q, v| q.tss_brix = Some(v), "TSS"),
+                (g.min_diameter_mm, true, |q, v| q.diameter_mm = Some(v), "diameter"),
+                (g.max_diameter_mm, false, |q, v| q.diameter_mm = Some(v), "diameter"),
+                (g.min_colour_pct, true, |q, v| q.colour_pct = Some(v), "colour"),
+                (g.max_peel_mm, false, |q, v| q.peel_mm = Some(v), "peel"),
+                (g.max_blemish_cm2, false, |q, v| q.blemish_cm2 = Some(v), "blemish"),
+            ];
+            for (limit, is_min, set, name) in limits {
+                let Some(limit) = limit else { continue };
+                let inside = if is_min { 0.01 } else { -0.01 };
+                for (value, meets) in [
+                    (limit, true),
+                    (limit + inside, true),
+                    (limit - inside, false),
+                ] {
+                    let mut q = comfortable();
+                    set(&mut q, value);
+                    let graded = s.grade(&lot(q));
+                    let at = rank(&s, &graded);
+                    if meets {
+                        assert!(at <= i, "{name} {value} should meet {}: {graded:?}", g.zh);
+                    } else {
+                        assert!(at > i, "{name} {value} should miss {}: {graded:?}", g.zh);
+                        let first = &graded.reasons[0].en;
+                        assert!(
+                            first.contains(name) && first.contains(&g.zh) || at > i + 1,
+                            "{first}"
+                        );
+                        assert!(
+                            graded.reasons.iter().any(|r| r.en.contains(name) && r.en.contains(&g.zh)),
+                            "a reason names {name} against {}: {graded:?}",
+                            g.zh
+                        );
+                    }
+                    checked += 1;
+                }
+            }
+        }
+        // Three grades: TSS, two diameter limits and colour each.
+        assert_eq!(checked, 3 * 4 * 3);
+    }
+
+    #[test]
+    fn a_downgrade_says_which_limit_of_the_better_grade_was_missed() {
+        let s = load(None).unwrap();
+        let graded = s.grade(&lot(Quality {
+            tss_brix: Some(11.4),
+            ..comfortable()
+        }));
+        assert_eq!(graded.grade.as_deref(), Some("first"));
+        assert_eq!(graded.reasons[0].en, "一等: TSS 11.4 % is below 优等's 12 %");
+        assert_eq!(graded.reasons[0].zh, "一等：可溶性固形物11.4 %低于优等的12 %");
+        assert_eq!(graded.reasons[1].en, "一等: TSS 11.4 % is below 特等's 13 %");
+        assert_eq!(graded.size_class.as_deref(), Some("80-85"));
+
+        let unmeasured = s.grade(&lot(Quality {
+            colour_pct: None,
+            ..comfortable()
+        }));
+        assert_eq!(unmeasured.grade, None, "no grade without its colour measured");
+        assert!(unmeasured.reasons[0].en.contains("not measured"));
+
+        let none = s.grade(&lot(Quality::default()));
+        assert_eq!(none.grade, None);
+        assert!(none.reasons[0].en.starts_with("ungraded"));
+    }
+
+    #[test]
+    fn size_classes_are_half_open_except_the_largest() {
+        let s = load(None).unwrap();
+        assert_eq!(s.size_of(74.99).unwrap().name, "70-75");
+        assert_eq!(s.size_of(75.0).unwrap().name, "75-80");
+        assert_eq!(s.size_of(95.0).unwrap().name, "90-95");
+        assert!(s.size_of(95.01).is_none() && s.size_of(59.9).is_none());
+    }
+
+    #[test]
+    fn a_grading_file_that_names_a_missing_table_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("grading.toml");
+        std::fs::write(&path, SHIPPED.replace("use = \"regional\"", "use = \"national\"")).unwrap();
+        let e = load(Some(&path)).unwrap_err().to_string();
+        assert!(e.contains("national") && e.contains("regional"), "{e}");
+    }
+}

@@ -305,9 +305,11 @@ impl Checks {
     ) -> Option<Lot> {
         self.lot_id(&raw.lot_id);
         let gtin = raw.gtin.as_deref().and_then(|g| self.gtin(g));
-        let (orchard, block) = self.place(&raw, arrival)?;
-        let harvest = self.date("harvest_date", &raw.harvest_date)?;
-        if harvest > today {
+        let place = self.place(&raw, arrival);
+        let harvest = self.date("harvest_date", &raw.harvest_date);
+        if let Some(harvest) = harvest
+            && harvest > today
+        {
             self.fail(
                 Reason::TimestampInFuture,
                 format!(
@@ -317,10 +319,8 @@ impl Checks {
                 ),
             );
         }
-        if let Some(pack) = raw
-            .pack_date
-            .as_deref()
-            .and_then(|p| self.date("pack_date", p))
+        if let Some(pack) = raw.pack_date.as_deref().and_then(|p| self.date("pack_date", p))
+            && let Some(harvest) = harvest
             && pack < harvest
         {
             self.fail(
@@ -332,8 +332,8 @@ impl Checks {
                 ),
             );
         }
-        let net_weight_kg = self.weight("net_weight", &raw.net_weight)?;
-        if net_weight_kg <= 0.0 {
+        let net_weight_kg = self.weight("net_weight", &raw.net_weight);
+        if net_weight_kg.is_some_and(|kg| kg <= 0.0) {
             self.fail(Reason::OutOfRange, "net_weight must be more than 0 kg");
         }
         self.range(
@@ -350,7 +350,7 @@ impl Checks {
             1e6,
             "",
         );
-        let sizes = self.sizes(&raw, net_weight_kg, standard);
+        let sizes = self.sizes(&raw, net_weight_kg.unwrap_or(f64::INFINITY), standard);
         self.quality(&raw.quality);
         self.range("defect_pct", raw.defect_pct, 0.0, 100.0, " %");
         self.range(
@@ -367,7 +367,9 @@ impl Checks {
         ] {
             self.text(name, text.as_deref());
         }
+        let harvest = harvest?;
         let certificate = raw.certificate.and_then(|c| self.certificate(c, harvest));
+        let (orchard, block) = place?;
         Some(Lot {
             lot_id: raw.lot_id,
             gtin,
@@ -377,7 +379,7 @@ impl Checks {
             pack_date: raw.pack_date,
             variety: raw.variety,
             picked_by: raw.picked_by,
-            net_weight_kg,
+            net_weight_kg: net_weight_kg?,
             fruit_count: raw.fruit_count,
             trees_harvested: raw.trees_harvested,
             sizes,
@@ -639,4 +641,80 @@ pub fn gtin14(g: &str) -> Result<String, &'static str> {
         return Err("has a wrong check digit");
     }
     Ok(padded)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn today() -> Day {
+        Day::from_date(time::macros::date!(2026 - 12 - 01))
+    }
+
+    fn read_body(body: &str) -> Result<Lot, Vec<Rejection>> {
+        let standard = super::super::grade::load(None).unwrap();
+        read(body.as_bytes(), Arrival::Body, &standard, today())
+    }
+
+    #[test]
+    fn weights_convert_to_kg_and_the_certificate_knows_whether_the_interval_was_kept() {
+        let lot = read_body(
+            r#"{"lot_id":"FJ-1","orchard":"fengjie","block":"B3","harvest_date":"2026-11-28",
+                "net_weight":{"value":2500,"unit":"斤"},
+                "sizes":[{"class":"80-85","weight":{"value":1.0,"unit":"t"}}],
+                "certificate":{"basis":"self_test","last_spray_date":"2026-11-10","pre_harvest_interval_days":21}}"#,
+        )
+        .unwrap();
+        assert_eq!(lot.net_weight_kg, 1250.0);
+        assert_eq!(lot.sizes[0].weight_kg, Some(1000.0));
+        assert!(!lot.certificate.unwrap().interval_kept, "18 days after the spray, not 21");
+    }
+
+    #[test]
+    fn every_problem_of_a_lot_is_named() {
+        let problems = read_body(
+            r#"{"lot_id":"a lot id that is far too long","gtin":"06901234567891",
+                "orchard":"fengjie","block":"B 3","harvest_date":"2026-12-05","pack_date":"2026-11-01",
+                "net_weight":{"value":3,"unit":"bushel"},
+                "quality":{"tss_brix":31,"colour_pct":101}}"#,
+        )
+        .unwrap_err();
+        let text: Vec<String> = problems
+            .iter()
+            .map(|p| format!("{}: {}", p.reason.as_str(), p.detail))
+            .collect();
+        let all = text.join("\n");
+        for expected in [
+            "invalid_identifier: lot_id",
+            "invalid_identifier: gtin `06901234567891` has a wrong check digit",
+            "invalid_identifier: block",
+        ] {
+            assert!(all.contains(expected), "{expected} in\n{all}");
+        }
+        let problems = read_body(
+            r#"{"lot_id":"FJ-2","orchard":"fengjie","block":"B3","harvest_date":"2026-12-05",
+                "pack_date":"2026-11-01","net_weight":{"value":3,"unit":"bushel"},
+                "quality":{"tss_brix":31,"colour_pct":101}}"#,
+        )
+        .unwrap_err();
+        let all: Vec<String> = problems.iter().map(|p| p.detail.clone()).collect();
+        let all = all.join("\n");
+        for expected in [
+            "harvest_date 2026-12-05 is after today",
+            "pack_date 2026-11-01 is before harvest_date",
+            "unit `bushel` is not a weight",
+            "quality.tss_brix 31 °Brix is out of range",
+            "quality.colour_pct 101 % is out of range",
+        ] {
+            assert!(all.contains(expected), "{expected} in\n{all}");
+        }
+    }
+
+    #[test]
+    fn gtins_are_checked_and_padded_to_fourteen_digits() {
+        assert_eq!(gtin14("6901234567892").unwrap(), "06901234567892");
+        assert!(gtin14("6901234567893").is_err());
+        assert!(gtin14("69012345678a2").is_err());
+        assert!(is_lot_id("FJ2026-B3_001") && !is_lot_id("FJ2026-B3-0001-extra-x"));
+    }
 }
