@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Runs every test of orchardd. The tests start real servers of their own (Mosquitto, InfluxDB 1.x,
 # VictoriaMetrics; mosquitto_pub/_sub and paho-mqtt as independent MQTT clients; systemd-analyze
-# for the unit file, openssl for test certificates); this script
-# installs them with apt-get when missing.
+# for the unit file, openssl for test certificates; zbarimg and rsvg-convert as an independent QR
+# decoder and SVG renderer for the box labels, with a small font that has Chinese glyphs); this
+# script installs them with apt-get when missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -14,6 +15,9 @@ command -v systemd-analyze >/dev/null 2>&1 || missing+=(systemd)
 command -v openssl >/dev/null 2>&1 || missing+=(openssl)
 [ -x /usr/bin/influxd ] || missing+=(influxdb)
 [ -x /usr/bin/victoria-metrics ] || missing+=(victoria-metrics)
+command -v zbarimg >/dev/null 2>&1 || missing+=(zbar-tools)
+command -v rsvg-convert >/dev/null 2>&1 || missing+=(librsvg2-bin)
+[ -f /usr/share/fonts/truetype/wqy/wqy-microhei.ttc ] || missing+=(fonts-wqy-microhei)
 if [ ${#missing[@]} -gt 0 ]; then
   echo "test.sh: installing what the tests need: ${missing[*]}"
   sudo=""

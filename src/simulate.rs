@@ -224,7 +224,13 @@ fn last_day(opts: &Options) -> Option<time::Date> {
 
 /// One simulated lot from a grading line: quality varies around a block's own mean, so the
 /// season report has blocks to compare.
-fn lot_payload(orchard: usize, block: usize, n: u32, harvest: time::Date, rng: &mut SmallRng) -> String {
+fn lot_payload(
+    orchard: usize,
+    block: usize,
+    n: u32,
+    harvest: time::Date,
+    rng: &mut SmallRng,
+) -> String {
     let tss = (11.0 + block as f64 * 0.6 + rng.random_range(-1.0..1.0_f64)).clamp(8.0, 16.0);
     let acid = rng.random_range(0.6..1.1_f64);
     let diameter = rng.random_range(68.0..88.0_f64);
@@ -257,7 +263,11 @@ fn lot_payload(orchard: usize, block: usize, n: u32, harvest: time::Date, rng: &
 /// Publishes each block's lots at QoS 1 and waits for every acknowledgement.
 async fn publish_lots(opts: &Options, host: String, port: u16) -> Result<u64, String> {
     let last = last_day(opts).ok_or("--lots needs --start and --count")?;
-    let mut mqtt = MqttOptions::new(format!("orchardd-sim-lots-{}", std::process::id()), host, port);
+    let mut mqtt = MqttOptions::new(
+        format!("orchardd-sim-lots-{}", std::process::id()),
+        host,
+        port,
+    );
     mqtt.set_keep_alive(Duration::from_secs(30));
     if let Some(user) = &opts.username {
         mqtt.set_credentials(user, opts.password.as_deref().unwrap_or_default());

@@ -437,11 +437,31 @@ mod tests {
         for (i, g) in s.grades.iter().enumerate() {
             let limits: [(Option<f64>, bool, Set, &str); 6] = [
                 (g.min_tss_brix, true, |q, v| q.tss_brix = Some(v), "TSS"),
-                (g.min_diameter_mm, true, |q, v| q.diameter_mm = Some(v), "diameter"),
-                (g.max_diameter_mm, false, |q, v| q.diameter_mm = Some(v), "diameter"),
-                (g.min_colour_pct, true, |q, v| q.colour_pct = Some(v), "colour"),
+                (
+                    g.min_diameter_mm,
+                    true,
+                    |q, v| q.diameter_mm = Some(v),
+                    "diameter",
+                ),
+                (
+                    g.max_diameter_mm,
+                    false,
+                    |q, v| q.diameter_mm = Some(v),
+                    "diameter",
+                ),
+                (
+                    g.min_colour_pct,
+                    true,
+                    |q, v| q.colour_pct = Some(v),
+                    "colour",
+                ),
                 (g.max_peel_mm, false, |q, v| q.peel_mm = Some(v), "peel"),
-                (g.max_blemish_cm2, false, |q, v| q.blemish_cm2 = Some(v), "blemish"),
+                (
+                    g.max_blemish_cm2,
+                    false,
+                    |q, v| q.blemish_cm2 = Some(v),
+                    "blemish",
+                ),
             ];
             for (limit, is_min, set, name) in limits {
                 let Some(limit) = limit else { continue };
@@ -465,7 +485,10 @@ mod tests {
                             "{first}"
                         );
                         assert!(
-                            graded.reasons.iter().any(|r| r.en.contains(name) && r.en.contains(&g.zh)),
+                            graded
+                                .reasons
+                                .iter()
+                                .any(|r| r.en.contains(name) && r.en.contains(&g.zh)),
                             "a reason names {name} against {}: {graded:?}",
                             g.zh
                         );
@@ -486,16 +509,28 @@ mod tests {
             ..comfortable()
         }));
         assert_eq!(graded.grade.as_deref(), Some("first"));
-        assert_eq!(graded.reasons[0].en, "一等: TSS 11.4 % is below 优等's 12 %");
-        assert_eq!(graded.reasons[0].zh, "一等：可溶性固形物11.4 %低于优等的12 %");
-        assert_eq!(graded.reasons[1].en, "一等: TSS 11.4 % is below 特等's 13 %");
+        assert_eq!(
+            graded.reasons[0].en,
+            "一等: TSS 11.4 % is below 优等's 12 %"
+        );
+        assert_eq!(
+            graded.reasons[0].zh,
+            "一等：可溶性固形物11.4 %低于优等的12 %"
+        );
+        assert_eq!(
+            graded.reasons[1].en,
+            "一等: TSS 11.4 % is below 特等's 13 %"
+        );
         assert_eq!(graded.size_class.as_deref(), Some("80-85"));
 
         let unmeasured = s.grade(&lot(Quality {
             colour_pct: None,
             ..comfortable()
         }));
-        assert_eq!(unmeasured.grade, None, "no grade without its colour measured");
+        assert_eq!(
+            unmeasured.grade, None,
+            "no grade without its colour measured"
+        );
         assert!(unmeasured.reasons[0].en.contains("not measured"));
 
         let none = s.grade(&lot(Quality::default()));
@@ -516,7 +551,11 @@ mod tests {
     fn a_grading_file_that_names_a_missing_table_is_refused() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("grading.toml");
-        std::fs::write(&path, SHIPPED.replace("use = \"regional\"", "use = \"national\"")).unwrap();
+        std::fs::write(
+            &path,
+            SHIPPED.replace("use = \"regional\"", "use = \"national\""),
+        )
+        .unwrap();
         let e = load(Some(&path)).unwrap_err().to_string();
         assert!(e.contains("national") && e.contains("regional"), "{e}");
     }

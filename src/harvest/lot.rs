@@ -319,7 +319,10 @@ impl Checks {
                 ),
             );
         }
-        if let Some(pack) = raw.pack_date.as_deref().and_then(|p| self.date("pack_date", p))
+        if let Some(pack) = raw
+            .pack_date
+            .as_deref()
+            .and_then(|p| self.date("pack_date", p))
             && let Some(harvest) = harvest
             && pack < harvest
         {
@@ -667,7 +670,10 @@ mod tests {
         .unwrap();
         assert_eq!(lot.net_weight_kg, 1250.0);
         assert_eq!(lot.sizes[0].weight_kg, Some(1000.0));
-        assert!(!lot.certificate.unwrap().interval_kept, "18 days after the spray, not 21");
+        assert!(
+            !lot.certificate.unwrap().interval_kept,
+            "18 days after the spray, not 21"
+        );
     }
 
     #[test]
