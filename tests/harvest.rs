@@ -157,6 +157,8 @@ fn staff_post_lots_with_curl_and_a_conflicting_duplicate_is_refused_with_409() {
     assert_eq!(refused["error"]["code"], "lot_exists");
     let kept = d.get_ok("/api/v1/lots/FJ26-B3-010");
     assert_eq!(kept["net_weight_kg"], 600.0);
+    // On the shipped lots.public_url, a lot without a GTIN is found at /lot/{lot_id}.
+    assert_eq!(kept["url"], "http://127.0.0.1:8080/lot/FJ26-B3-010");
 
     let (status, bad) = curl(
         "POST",

@@ -13,8 +13,8 @@ pub mod store;
 use std::sync::Arc;
 
 use crate::aggregate::indices::Day;
-use crate::model::{Ident, TimestampMs, truncate};
-use crate::validate::{Reason, Rejection};
+use crate::model::{Ident, TimestampMs};
+use crate::validate::Rejection;
 use grade::{Graded, Standard};
 use lot::{Arrival, Lot};
 
@@ -67,17 +67,7 @@ impl Intake {
                 _ => {}
             }
         }
-        let ident = |what: &str, s: &str| {
-            Ident::parse(s).map_err(|_| {
-                Rejection::new(
-                    Reason::InvalidIdentifier,
-                    format!(
-                        "{what} `{}` in the topic is not [A-Za-z0-9_-]{{1,64}}",
-                        truncate(s, 80)
-                    ),
-                )
-            })
-        };
+        let ident = crate::ingest::topic::topic_ident;
         Some(ident("orchard", orchard).and_then(|o| Ok((o, ident("block", block)?))))
     }
 

@@ -55,12 +55,13 @@ pub fn season_report(
 ) -> Result<Vec<BlockReport>, StoreError> {
     // Blocks may start their season on different days: take the widest window and sort
     // each lot into its own block's season.
+    let (first, end) = season_window(agronomy, orchard, year, None);
     let lots = store::list(
         conn,
         &Filter {
             orchard: Some(orchard.to_string()),
-            from: Some(Day(season_window(agronomy, orchard, year, None).0.0 - 366)),
-            to: Some(Day(season_window(agronomy, orchard, year, None).1.0 + 366)),
+            from: Some(Day(first.0 - 366)),
+            to: Some(Day(end.0 + 366)),
             limit: MAX_LOTS,
             ..Filter::default()
         },

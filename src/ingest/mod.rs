@@ -142,9 +142,6 @@ impl Decoder {
         };
         if let Some(place) = self.lots.place(topic) {
             self.lot(place, &payload, &mut env);
-            if !env.rejections.is_empty() {
-                env.payload = Some(payload);
-            }
             return env;
         }
         if let Err(whole) = self.judge(topic, &payload, &mut env) {

@@ -120,17 +120,7 @@ impl TopicPattern {
         if !self.carries_identity() {
             return Some(Ok(None));
         }
-        let ident = |what: &str, s: &str| {
-            Ident::parse(s).map_err(|_| {
-                Rejection::new(
-                    Reason::InvalidIdentifier,
-                    format!(
-                        "{what} `{}` in the topic is not [A-Za-z0-9_-]{{1,64}}",
-                        truncate(s, 80)
-                    ),
-                )
-            })
-        };
+        let ident = topic_ident;
         Some((|| {
             Ok(Some(Origin {
                 orchard: ident("orchard", orchard)?,
@@ -139,6 +129,19 @@ impl TopicPattern {
             }))
         })())
     }
+}
+
+/// A topic level that names an orchard, block or device (`what`), checked.
+pub fn topic_ident(what: &str, level: &str) -> Result<Ident, Rejection> {
+    Ident::parse(level).map_err(|_| {
+        Rejection::new(
+            Reason::InvalidIdentifier,
+            format!(
+                "{what} `{}` in the topic is not [A-Za-z0-9_-]{{1,64}}",
+                truncate(level, 80)
+            ),
+        )
+    })
 }
 
 #[cfg(test)]
