@@ -79,8 +79,8 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 .block_on(orchardd::simulate::run(opts))
                 .map_err(anyhow::Error::msg)?;
             println!(
-                "published {} messages ({} readings) and {} lots in {:.1?}",
-                report.messages, report.readings, report.lots, report.elapsed
+                "published {} messages ({} readings), {} fruit samples and {} lots in {:.1?}",
+                report.messages, report.readings, report.samples, report.lots, report.elapsed
             );
             Ok(ExitCode::SUCCESS)
         }

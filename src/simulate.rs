@@ -41,7 +41,8 @@ pub struct Options {
     /// Simulated clock: the first message's time; `interval` is then the simulated step and
     /// nothing waits. `None`: real time.
     pub start: Option<TimestampMs>,
-    /// Harvest lots each block publishes after its readings (simulated clock only).
+    /// Harvest lots each block publishes after its readings (simulated clock only), with the
+    /// fruit samples of the two weeks before.
     pub lots: u32,
 }
 
@@ -50,6 +51,8 @@ pub struct Report {
     pub messages: u64,
     pub readings: u64,
     pub lots: u64,
+    /// Fruit-sample messages (refractometer and titration, one a day a block).
+    pub samples: u64,
     pub elapsed: Duration,
 }
 
@@ -57,6 +60,10 @@ pub struct Report {
 pub const READINGS_PER_MESSAGE: u64 = 11;
 /// Water a device's flow meter reports when the soil has dried to its refill point, mm.
 pub const IRRIGATION_MM: f64 = 25.0;
+/// Days before the season's last day on which each block's fruit is sampled.
+pub const SAMPLE_DAYS: u32 = 14;
+/// The sampler's device id in each block.
+pub const SAMPLER: &str = "sampler-1";
 
 /// One simulated sensor station.
 struct Device {
@@ -208,18 +215,38 @@ pub async fn run(opts: Options) -> Result<Report, String> {
     }
     report.readings = report.messages * READINGS_PER_MESSAGE;
     if opts.lots > 0 {
-        report.lots = publish_lots(&opts, endpoint.host.clone(), endpoint.port).await?;
+        let (samples, lots) = publish_harvest(&opts, endpoint.host.clone(), endpoint.port).await?;
+        report.samples = samples;
+        report.lots = lots;
     }
     report.elapsed = started.elapsed();
     Ok(report)
 }
 
-/// The simulated season's last moment, local (UTC+8) day: the lots are harvested up to it.
-fn last_day(opts: &Options) -> Option<time::Date> {
+/// The simulated season's last moment (ms) and its local (UTC+8) day: the fruit is sampled
+/// and the lots are harvested up to it.
+fn season_end(opts: &Options) -> Option<(i64, time::Date)> {
     let step = opts.interval.as_millis() as i64;
     let last = opts.start?.0 + (opts.count?.saturating_sub(1) as i64) * step;
     let local = time::OffsetDateTime::from_unix_timestamp(last / 1000 + 8 * 3600).ok()?;
-    Some(local.date())
+    Some((last, local.date()))
+}
+
+/// The block's mean TSS, °Brix: blocks differ, so the season report has blocks to compare.
+fn block_tss(block: usize) -> f64 {
+    11.0 + block as f64 * 0.6
+}
+
+/// A fruit sample `before` days ahead of the season's end: sugar rising and acid falling
+/// towards the block's harvest quality, fruit still sizing.
+fn sample_payload(ts: i64, block: usize, before: u32, rng: &mut SmallRng) -> String {
+    let before = f64::from(before);
+    let tss = (block_tss(block) - 0.08 * before + rng.random_range(-0.3..0.3)).clamp(6.0, 18.0);
+    let acid = (0.75 + 0.02 * before + rng.random_range(-0.05..0.05)).clamp(0.3, 2.0);
+    let diameter = 78.0 - 0.3 * before + rng.random_range(-2.0..2.0);
+    format!(
+        r#"{{"ts":{ts},"readings":{{"tss":{tss:.1},"titratable_acidity":{acid:.2},"fruit_diameter":{diameter:.1}}}}}"#
+    )
 }
 
 /// One simulated lot from a grading line: quality varies around a block's own mean, so the
@@ -231,7 +258,7 @@ fn lot_payload(
     harvest: time::Date,
     rng: &mut SmallRng,
 ) -> String {
-    let tss = (11.0 + block as f64 * 0.6 + rng.random_range(-1.0..1.0_f64)).clamp(8.0, 16.0);
+    let tss = (block_tss(block) + rng.random_range(-1.0..1.0_f64)).clamp(8.0, 16.0);
     let acid = rng.random_range(0.6..1.1_f64);
     let diameter = rng.random_range(68.0..88.0_f64);
     let colour = rng.random_range(88.0..100.0_f64);
@@ -260,9 +287,44 @@ fn lot_payload(
     )
 }
 
-/// Publishes each block's lots at QoS 1 and waits for every acknowledgement.
-async fn publish_lots(opts: &Options, host: String, port: u16) -> Result<u64, String> {
-    let last = last_day(opts).ok_or("--lots needs --start and --count")?;
+/// Publishes each block's fruit samples of the last [`SAMPLE_DAYS`] days (10:00 local, or
+/// the season's last moment if earlier), then its lots, at QoS 1, and waits for every
+/// acknowledgement. Returns (samples, lots).
+async fn publish_harvest(opts: &Options, host: String, port: u16) -> Result<(u64, u64), String> {
+    let (last_ms, last) = season_end(opts).ok_or("--lots needs --start and --count")?;
+    let first_ms = opts.start.map_or(0, |s| s.0);
+    let mut rng = SmallRng::seed_from_u64(0x1075);
+    let mut messages = Vec::new();
+    for o in 1..=opts.orchards {
+        for b in 1..=opts.blocks {
+            for before in (0..SAMPLE_DAYS).rev() {
+                let day = last - time::Duration::days(i64::from(before));
+                // 10:00 at UTC+8 is 02:00 UTC.
+                let ts = day.midnight().assume_utc().unix_timestamp() * 1000 + 2 * 3_600_000;
+                let ts = ts.min(last_ms);
+                if ts >= first_ms {
+                    messages.push((
+                        format!("orchards/orchard-{o}/B{b}/{SAMPLER}/telemetry"),
+                        sample_payload(ts, b, before, &mut rng),
+                    ));
+                }
+            }
+        }
+    }
+    let samples = messages.len() as u64;
+    for o in 1..=opts.orchards {
+        for b in 1..=opts.blocks {
+            for n in 1..=opts.lots {
+                let harvest = last - time::Duration::days(i64::from((opts.lots - n) % 7));
+                messages.push((
+                    format!("orchards/orchard-{o}/B{b}/yield"),
+                    lot_payload(o, b, n, harvest, &mut rng),
+                ));
+            }
+        }
+    }
+    let expected = messages.len() as u64;
+
     let mut mqtt = MqttOptions::new(
         format!("orchardd-sim-lots-{}", std::process::id()),
         host,
@@ -273,25 +335,19 @@ async fn publish_lots(opts: &Options, host: String, port: u16) -> Result<u64, St
         mqtt.set_credentials(user, opts.password.as_deref().unwrap_or_default());
     }
     let (client, mut eventloop) = AsyncClient::new(mqtt, 100);
-    let mut rng = SmallRng::seed_from_u64(0x1075);
-    let mut expected = 0u64;
-    for o in 1..=opts.orchards {
-        for b in 1..=opts.blocks {
-            for n in 1..=opts.lots {
-                let harvest = last - time::Duration::days(i64::from((opts.lots - n) % 7));
+    // The publisher runs beside the event loop: the client's queue holds only 100.
+    let publisher = {
+        let client = client.clone();
+        tokio::spawn(async move {
+            for (topic, payload) in messages {
                 client
-                    .publish(
-                        format!("orchards/orchard-{o}/B{b}/yield"),
-                        QoS::AtLeastOnce,
-                        false,
-                        lot_payload(o, b, n, harvest, &mut rng),
-                    )
+                    .publish(topic, QoS::AtLeastOnce, false, payload)
                     .await
                     .map_err(|e| format!("simulator: {e}"))?;
-                expected += 1;
             }
-        }
-    }
+            Ok::<_, String>(())
+        })
+    };
     let mut acked = 0u64;
     let mut failures = 0u32;
     while acked < expected {
@@ -301,14 +357,16 @@ async fn publish_lots(opts: &Options, host: String, port: u16) -> Result<u64, St
             Err(e) => {
                 failures += 1;
                 if failures > 50 {
+                    publisher.abort();
                     return Err(format!("simulator: broker unreachable: {e}"));
                 }
                 tokio::time::sleep(Duration::from_millis(200)).await;
             }
         }
     }
+    publisher.await.map_err(|e| e.to_string())??;
     let _ = client.disconnect().await;
-    Ok(acked)
+    Ok((samples, expected - samples))
 }
 
 async fn publish_share(
@@ -400,7 +458,7 @@ async fn publish_share(
 mod tests {
     use super::*;
     use crate::ingest::native;
-    use crate::validate::{self, Limits, Origin};
+    use crate::validate::{self, Limits, Origin, RawValue};
 
     #[test]
     fn every_simulated_message_passes_validation() {
@@ -424,5 +482,37 @@ mod tests {
                     .unwrap_or_else(|e| panic!("{raw:?}: {e:?}"));
             }
         }
+    }
+
+    #[test]
+    fn fruit_samples_pass_validation_and_ripen_towards_harvest() {
+        let mut rng = SmallRng::seed_from_u64(2);
+        let limits = Limits {
+            max_future_skew: Duration::from_secs(300),
+            max_age: Duration::from_secs(86_400 * 30),
+        };
+        let origin = Origin {
+            orchard: "orchard-1".parse().unwrap(),
+            block: "B2".parse().unwrap(),
+            device: SAMPLER.parse().unwrap(),
+        };
+        let now = TimestampMs::now();
+        let mut tss = Vec::new();
+        for before in (0..SAMPLE_DAYS).rev() {
+            let ts = now.0 - i64::from(before) * 86_400_000;
+            let decoded =
+                native::decode(sample_payload(ts, 2, before, &mut rng).as_bytes()).unwrap();
+            assert_eq!(decoded.readings.len(), 3);
+            for raw in &decoded.readings {
+                validate::check(&origin, raw, decoded.ts.unwrap(), now, &limits)
+                    .unwrap_or_else(|e| panic!("{raw:?}: {e:?}"));
+                if let ("tss", RawValue::Number(v)) = (raw.kind.as_str(), &raw.value) {
+                    tss.push(*v);
+                }
+            }
+        }
+        assert_eq!(tss.len() as u32, SAMPLE_DAYS);
+        assert!(tss[tss.len() - 1] > tss[0], "sugar rises: {tss:?}");
+        assert!((tss[tss.len() - 1] - block_tss(2)).abs() < 0.5, "{tss:?}");
     }
 }

@@ -93,6 +93,9 @@ pub struct Activity {
     /// data opened or closed): the writer forgets its own copy before its next batch, and
     /// reads the stored one.
     stale: Vec<i64>,
+    /// When the writer last committed readings of each block (wall clock, noted after the
+    /// commit): a judgement that started reading before it missed them and is due again.
+    committed: HashMap<(Ident, Ident), i64>,
 }
 
 pub type SharedActivity = Arc<Mutex<Activity>>;
@@ -144,7 +147,7 @@ impl Activity {
         }
         Ok(Self {
             devices,
-            stale: Vec::new(),
+            ..Self::default()
         })
     }
 
@@ -188,14 +191,35 @@ impl Activity {
         self.devices.len()
     }
 
-    /// Every block with devices, and when one of them was last heard.
+    /// Every block with devices, and when it last changed: one of its devices heard, or
+    /// readings of it committed.
     pub fn blocks(&self) -> HashMap<(Ident, Ident), i64> {
         let mut out: HashMap<(Ident, Ident), i64> = HashMap::new();
         for h in self.devices.values() {
             let at = out.entry((h.orchard.clone(), h.block.clone())).or_default();
             *at = (*at).max(h.heard_at);
         }
+        for (block, committed) in &self.committed {
+            let at = out.entry(block.clone()).or_default();
+            *at = (*at).max(*committed);
+        }
         out
+    }
+
+    /// Notes that readings of `blocks` are committed, at `now`.
+    pub fn committed<'a>(
+        &mut self,
+        blocks: impl IntoIterator<Item = &'a (Ident, Ident)>,
+        now: i64,
+    ) {
+        for b in blocks {
+            match self.committed.get_mut(b) {
+                Some(at) => *at = (*at).max(now),
+                None => {
+                    self.committed.insert(b.clone(), now);
+                }
+            }
+        }
     }
 
     pub fn is_empty(&self) -> bool {

@@ -99,7 +99,8 @@ pub async fn list(
         orchard: p.ident("orchard")?.map(|i| i.to_string()),
         block: p.ident("block")?.map(|i| i.to_string()),
         from: date("from")?,
-        to: date("to")?.map(|d| Day(d.0 + 1)),
+        // Exclusive, as every `to` of the API.
+        to: date("to")?,
         grade: p.get("grade").map(str::to_owned),
         limit: p.limit(1000, 10_000)?,
     };

@@ -113,7 +113,9 @@ fn round(v: f64, places: i32) -> f64 {
     (v * f).round() / f
 }
 
-/// Per rule, the alerts of the block (its devices', and the block's own) fired in `[from, to)`.
+/// Per rule, the alerts of the block (its devices', and the block's own) whose condition began
+/// to hold in `[from, to)`, reading time: a daily rule's alert for the harvest day counts even
+/// when it was judged the morning after.
 fn alert_counts(
     conn: &Connection,
     orchard: &Ident,
@@ -129,8 +131,8 @@ fn alert_counts(
                 sum(a.state != 'resolved') \
          FROM alerts a JOIN alerts l ON l.id = (SELECT max(id) FROM alerts m \
               WHERE m.rule = a.rule AND m.orchard = a.orchard AND m.block = a.block \
-              AND m.fired_at >= ?3 AND m.fired_at < ?4) \
-         WHERE a.orchard = ?1 AND a.block = ?2 AND a.fired_at >= ?3 AND a.fired_at < ?4 \
+              AND m.since >= ?3 AND m.since < ?4) \
+         WHERE a.orchard = ?1 AND a.block = ?2 AND a.since >= ?3 AND a.since < ?4 \
          GROUP BY a.rule ORDER BY count(*) DESC, a.rule",
     )?;
     let rows = stmt

@@ -376,21 +376,33 @@ impl Writer {
         rollups.write(&tx)?;
         // Noted holding the write lock, before the commit: whoever next takes the lock finds
         // every committed reading in the activity.
-        if let Some(activity) = &self.activity {
-            note_activity(&tx, activity, envelopes)?;
-        }
+        let blocks = match &self.activity {
+            Some(activity) => note_activity(&tx, activity, envelopes)?,
+            None => Vec::new(),
+        };
         tx.commit()?;
+        // And noted again after it: a daily judgement that read the store between the two
+        // did not see these readings, and must judge their blocks again.
+        if let Some(activity) = &self.activity
+            && !blocks.is_empty()
+        {
+            activity
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .committed(&blocks, TimestampMs::now().0);
+        }
         Ok(outcome)
     }
 }
 
 /// Notes each device of `envelopes` as heard, and stores the gateway of any heard through
-/// another one than before.
+/// another one than before. Returns the blocks heard of.
 fn note_activity(
     tx: &Transaction<'_>,
     activity: &SharedActivity,
     envelopes: &[Envelope],
-) -> Result<(), StoreError> {
+) -> Result<Vec<(Ident, Ident)>, StoreError> {
+    let mut blocks: Vec<(Ident, Ident)> = Vec::new();
     let mut a = activity.lock().unwrap_or_else(|e| e.into_inner());
     for env in envelopes {
         // A message's readings are mostly of one device: note each run of one device once,
@@ -402,6 +414,10 @@ fn note_activity(
             let Some(newest) = run.iter().max_by_key(|r| r.ts) else {
                 continue;
             };
+            let s = &newest.series;
+            if !blocks.iter().any(|(o, b)| *o == s.orchard && *b == s.block) {
+                blocks.push((s.orchard.clone(), s.block.clone()));
+            }
             if a.heard(newest, env.received_at.0, env.gateway.as_deref())
                 && let Some(g) = &env.gateway
             {
@@ -409,7 +425,7 @@ fn note_activity(
             }
         }
     }
-    Ok(())
+    Ok(blocks)
 }
 
 /// A reading the transaction just inserted, as the alert rules see it.
