@@ -6,9 +6,10 @@ mod support;
 
 use std::path::Path;
 use std::process::Command;
+use std::time::Duration;
 
 use serde_json::Value;
-use support::{Daemon, DaemonConfig, mosquitto_pub_lines, require_binary};
+use support::{Daemon, DaemonConfig, Mosquitto, mosquitto_pub_lines, require_binary, wait_for};
 
 const DEVICES: &str = r#"
 [[block]]
@@ -131,6 +132,57 @@ fn a_grading_line_publishes_lots_to_the_endpoint_and_each_is_kept_once_graded() 
             .any(|(r, d)| r == "out_of_range" && d.contains("size class `huge`")),
         "{held:?}"
     );
+}
+
+#[test]
+fn through_an_external_mosquitto_a_lot_published_while_orchardd_is_down_is_stored_once() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("devices.toml"), DEVICES).unwrap();
+    let mosquitto = Mosquitto::start(dir.path());
+    let cfg = DaemonConfig::shipped_defaults_external(mosquitto.port);
+    // The first start makes orchardd's persistent session at the broker; then it stops.
+    let mut d = Daemon::start(dir.path(), &cfg);
+    d.wait_ready();
+    assert!(d.sigterm().success(), "{}", d.log_text());
+
+    // The grading line publishes to the broker while orchardd is down; the broker queues the
+    // lots for orchardd's session, and delivers the first one twice (the line resent it).
+    let topic = "orchards/fengjie/B3/yield";
+    mosquitto_pub_lines(
+        mosquitto.port,
+        topic,
+        &[
+            lot("FJ26-B3-101", 12.4, 900.0),
+            lot("FJ26-B3-101", 12.4, 900.0),
+            lot("FJ26-B3-102", 13.1, 640.0),
+        ],
+    );
+    d.restart();
+    d.wait_ready();
+    wait_for(Duration::from_secs(30), "the queued lots stored", || {
+        (d.metric("orchardd_lots_accepted_total") >= 2.0).then_some(())
+    });
+    let all = d.get_ok("/api/v1/lots?orchard=fengjie&block=B3");
+    let ids: Vec<&str> = all["lots"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| l["lot_id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids.len(), 2, "{all}");
+    assert!(
+        ids.contains(&"FJ26-B3-101") && ids.contains(&"FJ26-B3-102"),
+        "{ids:?}"
+    );
+    wait_for(Duration::from_secs(10), "the redelivery counted", || {
+        (d.metric("orchardd_lots_duplicate_total") >= 1.0).then_some(())
+    });
+    let lot = d.get_ok("/api/v1/lots/FJ26-B3-102");
+    assert_eq!(lot["grading"]["grade"], "premium");
+    assert_eq!(lot["received"]["via"], "mqtt");
+    assert_eq!(lot["received"]["from"], topic, "{lot}");
+    // An empty season reads as nothing, not as minus nothing.
+    assert_eq!(lot["season"]["rain_mm"].to_string(), "0.0", "{lot}");
 }
 
 #[test]

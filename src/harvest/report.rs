@@ -8,7 +8,7 @@ use std::time::Duration;
 use rusqlite::Connection;
 use serde::Serialize;
 
-use super::season::Season;
+use super::season::{Season, round};
 use super::store::{self, Filter, Kept};
 use crate::aggregate::indices::{Agronomy, Day};
 use crate::model::Ident;
@@ -106,11 +106,6 @@ fn season_window(
             .unwrap_or(Day(0))
     };
     (start(year), start(year + 1))
-}
-
-fn round(v: f64, places: i32) -> f64 {
-    let f = 10f64.powi(places);
-    (v * f).round() / f
 }
 
 fn block_report(

@@ -14,6 +14,12 @@ use crate::store::StoreError;
 use crate::store::block::BlockSeries;
 use crate::store::irrigation;
 
+/// `v` to `places` decimals, for people to read; an empty sum's `-0.0` reads as `0`.
+pub(crate) fn round(v: f64, places: i32) -> f64 {
+    let f = 10f64.powi(places);
+    (v * f).round() / f + 0.0
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Season {
     /// The season's first day and the last day counted (the harvest), local dates.
@@ -106,11 +112,6 @@ impl Season {
             alerts: Vec::new(),
         }
     }
-}
-
-fn round(v: f64, places: i32) -> f64 {
-    let f = 10f64.powi(places);
-    (v * f).round() / f
 }
 
 /// Per rule, the alerts of the block (its devices', and the block's own) whose condition began
