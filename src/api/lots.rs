@@ -176,16 +176,26 @@ async fn lot_and_season(s: &AppState, lot_id: String) -> Result<(Kept, Season), 
     found.map_err(|id| ApiError::not_found(format!("no lot {id}")))
 }
 
-fn published(s: &AppState, kept: &Kept, season: &Season) -> Published {
+/// Runs `f` on what a lot's public face is made of: the lot, its season, its block's
+/// registry entry, the grading standard and the `[lots]` settings.
+fn with_sources<R>(
+    s: &AppState,
+    kept: &Kept,
+    season: &Season,
+    f: impl FnOnce(&Sources<'_>) -> R,
+) -> R {
     let registry = s.registry.borrow().clone();
-    Sources {
+    f(&Sources {
         kept,
         season,
         block: registry.block(kept.lot.orchard.as_str(), kept.lot.block.as_str()),
         standard: s.decoder.lots().standard(),
         settings: &s.lots,
-    }
-    .publish()
+    })
+}
+
+fn published(s: &AppState, kept: &Kept, season: &Season) -> Published {
+    with_sources(s, kept, season, |sources| sources.publish())
 }
 
 /// `GET /api/v1/lots/{lot_id}`: the traceability record, everything staff may see.
@@ -292,32 +302,26 @@ fn label_of(
             ),
         ));
     }
-    let registry = s.registry.borrow().clone();
-    let sources = Sources {
-        kept,
-        season,
-        block: registry.block(lot.orchard.as_str(), lot.block.as_str()),
-        standard: s.decoder.lots().standard(),
-        settings: &s.lots,
-    };
-    let (gz, ge) = sources.grade_names();
-    let (oz, oe) = sources.origin();
-    Ok(LabelData {
-        lot_id: lot.lot_id.clone(),
-        url: public::digital_link(&s.lots.public_url, &lot.lot_id, lot.gtin.as_deref()),
-        product: Bilingual {
-            zh: s.lots.product_zh.clone(),
-            en: s.lots.product_en.clone(),
-        },
-        grade: Bilingual { zh: gz, en: ge },
-        size_class: kept.grading.size_class.as_ref().map(|c| format!("{c} mm")),
-        tss_brix: lot.quality.tss_brix,
-        net_weight_kg: box_kg.unwrap_or(lot.net_weight_kg),
-        harvest_date: lot.harvest_date.clone(),
-        origin: Bilingual { zh: oz, en: oe },
-        commitment: sources.commitment().map(|(zh, en)| Bilingual { zh, en }),
-        gtin: lot.gtin.clone(),
-    })
+    Ok(with_sources(s, kept, season, |sources| {
+        let (gz, ge) = sources.grade_names();
+        let (oz, oe) = sources.origin();
+        LabelData {
+            lot_id: lot.lot_id.clone(),
+            url: public::digital_link(&s.lots.public_url, &lot.lot_id, lot.gtin.as_deref()),
+            product: Bilingual {
+                zh: s.lots.product_zh.clone(),
+                en: s.lots.product_en.clone(),
+            },
+            grade: Bilingual { zh: gz, en: ge },
+            size_class: kept.grading.size_class.as_ref().map(|c| format!("{c} mm")),
+            tss_brix: lot.quality.tss_brix,
+            net_weight_kg: box_kg.unwrap_or(lot.net_weight_kg),
+            harvest_date: lot.harvest_date.clone(),
+            origin: Bilingual { zh: oz, en: oe },
+            commitment: sources.commitment().map(|(zh, en)| Bilingual { zh, en }),
+            gtin: lot.gtin.clone(),
+        }
+    }))
 }
 
 fn box_kg(p: &Params) -> Result<Option<f64>, ApiError> {

@@ -290,31 +290,16 @@ impl Sources<'_> {
         let (mut zh, mut en) = (String::new(), String::new());
         let se = self.season;
         if self.settings.publishes("season") {
+            let (from, to, gdd, base) = (&se.from, &se.to, se.gdd, se.gdd_base_c);
+            let (rain, irrigation, dry) = (se.rain_mm, se.irrigation_mm, se.water_deficit_days);
+            let (frost, heat) = (se.frost_hours, se.heat_hours);
             let _ = write!(
                 zh,
-                "这批果实从 {} 到 {} 在枝头生长：积温 {} 度日（基温 {} °C），降雨 {} 毫米，灌溉 {} 毫米，缺水 {} 天，霜冻 {} 小时，35 °C 以上高温 {} 小时。",
-                se.from,
-                se.to,
-                se.gdd,
-                se.gdd_base_c,
-                se.rain_mm,
-                se.irrigation_mm,
-                se.water_deficit_days,
-                se.frost_hours,
-                se.heat_hours
+                "这批果实从 {from} 到 {to} 在枝头生长：积温 {gdd} 度日（基温 {base} °C），降雨 {rain} 毫米，灌溉 {irrigation} 毫米，缺水 {dry} 天，霜冻 {frost} 小时，35 °C 以上高温 {heat} 小时。"
             );
             let _ = write!(
                 en,
-                "This fruit grew from {} to {}: {} degree days above {} °C, {} mm of rain, {} mm of irrigation, {} days short of water, {} hours of frost and {} hours at 35 °C or more.",
-                se.from,
-                se.to,
-                se.gdd,
-                se.gdd_base_c,
-                se.rain_mm,
-                se.irrigation_mm,
-                se.water_deficit_days,
-                se.frost_hours,
-                se.heat_hours
+                "This fruit grew from {from} to {to}: {gdd} degree days above {base} °C, {rain} mm of rain, {irrigation} mm of irrigation, {dry} days short of water, {frost} hours of frost and {heat} hours at 35 °C or more."
             );
         }
         if self.settings.publishes("alerts") {
