@@ -183,6 +183,13 @@ fn through_an_external_mosquitto_a_lot_published_while_orchardd_is_down_is_store
     assert_eq!(lot["received"]["from"], topic, "{lot}");
     // An empty season reads as nothing, not as minus nothing.
     assert_eq!(lot["season"]["rain_mm"].to_string(), "0.0", "{lot}");
+    // And the shop listing does not tell of a dry season that nobody measured.
+    let listing = d.get_ok("/api/v1/lots/FJ26-B3-102/listing");
+    let story = listing["story_en"].as_str().unwrap();
+    assert!(
+        story.starts_with("No sensor readings of the block"),
+        "{story}"
+    );
 }
 
 #[test]
@@ -324,11 +331,14 @@ fn the_box_labels_qr_code_opens_the_public_page_which_shows_only_the_allow_list(
     );
     assert_eq!(status, 200);
     let listing: Value = serde_json::from_str(&listing).unwrap();
+    // No readings of the block are stored in this test: the story says so, not "0 mm of
+    // rain" (harvest_season.rs checks a season's story with its figures).
     assert!(
         listing["story_en"]
             .as_str()
             .unwrap()
-            .contains("degree days")
+            .contains("No sensor readings of the block"),
+        "{listing}"
     );
     let (_, csv) = curl(
         "GET",

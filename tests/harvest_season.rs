@@ -341,6 +341,18 @@ elevation_m = 300.0
             .find(|a| a["rule"] == "harvest-ready")
             .unwrap_or_else(|| panic!("harvest-ready in {season}"));
         assert!(num(ready, "fired") >= 1.0);
+        // The shop listing of the block's last lot tells the same season.
+        let newest = lots.iter().find(|l| l["harvest_date"] == last).unwrap();
+        let listing = daemon.get_ok(&format!(
+            "/api/v1/lots/{}/listing",
+            newest["lot_id"].as_str().unwrap()
+        ));
+        let story = listing["story_en"].as_str().unwrap();
+        assert!(
+            story.contains(&format!("{} degree days", season["gdd"]))
+                && story.contains(&format!("{} mm of rain", season["rain_mm"])),
+            "{story}"
+        );
         let acked = all_alerts
             .iter()
             .filter(|x| x["rule"] == "harvest-ready" && x["block"] == block)

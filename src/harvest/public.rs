@@ -289,7 +289,15 @@ impl Sources<'_> {
     fn story(&self) -> (String, String) {
         let (mut zh, mut en) = (String::new(), String::new());
         let se = self.season;
-        if self.settings.publishes("season") {
+        if self.settings.publishes("season") && se.days_without_temperature >= se.days {
+            // No sensor told of this season: zeros would read as a season without rain.
+            let (from, to) = (&se.from, &se.to);
+            let _ = write!(zh, "{from} 到 {to} 期间没有该地块的传感器数据。");
+            let _ = write!(
+                en,
+                "No sensor readings of the block are stored for {from} to {to}."
+            );
+        } else if self.settings.publishes("season") {
             let (from, to, gdd, base) = (&se.from, &se.to, se.gdd, se.gdd_base_c);
             let (rain, irrigation, dry) = (se.rain_mm, se.irrigation_mm, se.water_deficit_days);
             let (frost, heat) = (se.frost_hours, se.heat_hours);
