@@ -28,6 +28,9 @@ pub enum Command {
     /// Hash a password for an MQTT user of the endpoint and print its `[[broker.users]]` entry
     /// (the password is read from standard input, one line).
     Passwd(PasswdArgs),
+    /// Make API tokens.
+    #[command(subcommand)]
+    Token(TokenCommand),
     /// Publish simulated citrus-orchard telemetry to an MQTT broker.
     Simulate(SimulateArgs),
     /// Measure ingest throughput, latency and memory; print a report.
@@ -51,6 +54,20 @@ pub struct PasswdArgs {
     /// Topic filter the user may subscribe within (repeat for more).
     #[arg(long)]
     pub subscribe: Vec<String>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum TokenCommand {
+    /// Make a new API token: print it once, and the `[[http.tokens]]` entry for the config,
+    /// which keeps only its hash.
+    New {
+        /// What the token may do.
+        #[arg(long, value_enum)]
+        role: crate::config::Role,
+        /// Who or what holds it ("packing-shed tablet"): recorded with everything it does.
+        #[arg(long)]
+        name: String,
+    },
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]

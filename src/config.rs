@@ -14,11 +14,13 @@ use serde_json::Value;
 use crate::ingest::topic::TopicPattern;
 
 mod alerts;
+mod http;
 mod lots;
 pub use alerts::{
     AlertSettings, DingTalkSecurity, DingTalkSettings, EscalationSettings, FeishuSettings,
     Language, MessageFormat, WeComSettings, WebhookSettings,
 };
+pub use http::{HttpSettings, Role, TokenEntry, token_hash};
 pub use lots::{LotSettings, PUBLISHABLE};
 
 /// The shipped, documented configuration file. Parsing it must give [`Settings::default`].
@@ -612,21 +614,6 @@ impl Default for StoreSettings {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct HttpSettings {
-    /// With no API tokens configured, only a loopback address is accepted.
-    pub listen: SocketAddr,
-}
-
-impl Default for HttpSettings {
-    fn default() -> Self {
-        Self {
-            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
-        }
-    }
-}
-
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(rename_all = "lowercase")]
 pub enum LogFormat {
@@ -945,7 +932,30 @@ impl Settings {
         if self.store.path.as_os_str().is_empty() {
             problem("store.path", "must name a file".into());
         }
-        if !self.http.listen.ip().is_loopback() {
+        let mut names = std::collections::HashSet::new();
+        for (i, t) in self.http.tokens.iter().enumerate() {
+            if let Err(e) = t.digest() {
+                problem(&format!("http.tokens[{i}].hash"), e);
+            }
+            if t.name.trim().is_empty() || t.name.len() > 100 {
+                problem(
+                    &format!("http.tokens[{i}].name"),
+                    "must name who holds the token, in at most 100 bytes".into(),
+                );
+            } else if !names.insert(t.name.as_str()) {
+                problem(
+                    &format!("http.tokens[{i}].name"),
+                    format!(
+                        "`{}` names another token too: each needs its own name, for the record of who did what",
+                        t.name
+                    ),
+                );
+            }
+        }
+        if self.http.max_body_bytes < 1024 {
+            problem("http.max_body_bytes", "must be at least 1024".into());
+        }
+        if self.http.tokens.is_empty() && !self.http.listen.ip().is_loopback() {
             problem(
                 "http.listen",
                 format!(

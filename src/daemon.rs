@@ -320,6 +320,8 @@ pub async fn run(settings: Settings) -> Result<(), DaemonError> {
         alert_streams: Arc::new(tokio::sync::Semaphore::new(api::MAX_STREAMS)),
         shutdown: shutdown.clone(),
         lots: Arc::new(settings.lots.clone()),
+        tokens: Arc::new(api::Tokens::new(&settings.http.tokens)),
+        max_body_bytes: settings.http.max_body_bytes,
         influx: match settings.query.backend {
             QueryBackend::Embedded => None,
             QueryBackend::Influx => Some(Arc::new(

@@ -33,6 +33,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Passwd(a) => passwd(&a),
+        Command::Token(orchardd::cli::TokenCommand::New { role, name }) => new_token(role, &name),
         Command::Simulate(a) => {
             let start = a
                 .start
@@ -120,6 +121,32 @@ fn passwd(a: &orchardd::cli::PasswdArgs) -> anyhow::Result<ExitCode> {
     println!("password_hash = {:?}", hash.to_string());
     println!("publish = [{}]", list(&a.publish));
     println!("subscribe = [{}]", list(&a.subscribe));
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Prints a new token once, and its config entry.
+fn new_token(role: orchardd::config::Role, name: &str) -> anyhow::Result<ExitCode> {
+    use base64::Engine;
+    use ring::rand::SecureRandom;
+    if name.trim().is_empty() || name.len() > 100 {
+        anyhow::bail!("--name must say who or what holds the token, in at most 100 bytes");
+    }
+    let mut secret = [0u8; 32];
+    ring::rand::SystemRandom::new()
+        .fill(&mut secret)
+        .map_err(|_| anyhow::anyhow!("the system's random source failed"))?;
+    let token = format!(
+        "od_{}",
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(secret)
+    );
+    println!("token: {token}");
+    println!("(shown only now: give it to {name} and keep it secret)");
+    println!();
+    println!("# Add to orchardd.toml (it holds only the hash), then restart orchardd:");
+    println!("[[http.tokens]]");
+    println!("name = {}", toml::Value::String(name.to_owned()));
+    println!("role = \"{}\"", role.as_str());
+    println!("hash = \"{}\"", orchardd::config::token_hash(&token));
     Ok(ExitCode::SUCCESS)
 }
 

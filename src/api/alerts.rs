@@ -5,11 +5,12 @@ use std::collections::HashMap;
 
 use axum::Json;
 use axum::body::Bytes;
-use axum::extract::{Path, Query, State};
+use axum::extract::{Extension, Path, Query, State};
 use axum::http::StatusCode;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
+use super::Actor;
 use super::AppState;
 use super::error::ApiError;
 use super::params::Params;
@@ -63,29 +64,34 @@ pub async fn get(
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct Answer {
-    by: String,
+    /// The person answering; with tokens it may be left out (the token's name is recorded).
+    #[serde(default)]
+    by: Option<String>,
     #[serde(default)]
     note: Option<String>,
 }
 
 pub async fn ack(
     state: State<AppState>,
+    actor: Extension<Actor>,
     id: Path<String>,
     body: Bytes,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
-    act(state, id, body, StaffAction::Acknowledge).await
+    act(state, actor, id, body, StaffAction::Acknowledge).await
 }
 
 pub async fn resolve(
     state: State<AppState>,
+    actor: Extension<Actor>,
     id: Path<String>,
     body: Bytes,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
-    act(state, id, body, StaffAction::Resolve).await
+    act(state, actor, id, body, StaffAction::Resolve).await
 }
 
 async fn act(
     State(s): State<AppState>,
+    Extension(actor): Extension<Actor>,
     Path(id): Path<String>,
     body: Bytes,
     action: StaffAction,
@@ -93,17 +99,22 @@ async fn act(
     let id = alert_id(&id)?;
     let a: Answer = serde_json::from_slice(&body)
         .map_err(|e| ApiError::bad_request(format!("the body must be JSON {{by, note?}}: {e}")))?;
-    if a.by.trim().is_empty() || a.by.len() > 200 {
+    let person = a.by.as_deref().map(str::trim).filter(|b| !b.is_empty());
+    if person.is_none() && !actor.authenticated {
         return Err(ApiError::bad_request(
-            "`by` must name who answers, in at most 200 bytes",
+            "`by` must name who answers (with API tokens, the token's name is recorded instead)",
         ));
     }
+    if person.is_some_and(|p| p.len() > 200) {
+        return Err(ApiError::bad_request("`by` is longer than 200 bytes"));
+    }
+    let by = actor.record(person);
     if a.note.as_ref().is_some_and(|n| n.len() > 2000) {
         return Err(ApiError::bad_request("`note` is longer than 2000 bytes"));
     }
     let done = s
         .admin
-        .write(move |c| Ok(alerts::act(c, id, action, &a.by, a.note.as_deref())))
+        .write(move |c| Ok(alerts::act(c, id, action, &by, a.note.as_deref())))
         .await?;
     match done {
         Ok(()) => {

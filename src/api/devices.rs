@@ -5,11 +5,12 @@ use std::sync::Arc;
 
 use axum::Json;
 use axum::body::Bytes;
-use axum::extract::{Path, Query, State};
+use axum::extract::{Extension, Path, Query, State};
 use axum::http::StatusCode;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
+use super::Actor;
 use super::AppState;
 use super::error::ApiError;
 use super::params::Params;
@@ -61,7 +62,9 @@ pub async fn get(
         .read(move |c| devices::get(c, id.as_str()))
         .await?
         .ok_or_else(|| ApiError::not_found("no such device in the registry"))?;
-    Ok(Json(json!(found.0)))
+    let mut entry = json!(found.0);
+    entry["updated_by"] = json!(found.1);
+    Ok(Json(entry))
 }
 
 /// The body of a PUT: the entry without its id, which the path gives.
@@ -83,6 +86,7 @@ struct Assignment {
 
 pub async fn put(
     State(s): State<AppState>,
+    Extension(actor): Extension<Actor>,
     Path(id): Path<String>,
     body: Bytes,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
@@ -117,7 +121,7 @@ pub async fn put(
         .admin
         .write(move |c| {
             let existed = devices::get(c, stored.id.as_str())?.is_some();
-            devices::upsert(c, &stored, UpdatedBy::Api)?;
+            devices::upsert(c, &stored, UpdatedBy::Api(&actor.name))?;
             Ok(existed)
         })
         .await?;

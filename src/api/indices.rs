@@ -6,7 +6,7 @@ use std::fmt::Write;
 
 use axum::Json;
 use axum::body::Bytes;
-use axum::extract::{Query, State};
+use axum::extract::{Extension, Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
@@ -14,6 +14,7 @@ use serde_json::{Value, json};
 use time::Date;
 use time::format_description::well_known::Iso8601;
 
+use super::Actor;
 use super::AppState;
 use super::error::ApiError;
 use super::params::Params;
@@ -179,6 +180,7 @@ struct NewEntry {
 
 pub async fn add_irrigation(
     State(s): State<AppState>,
+    Extension(actor): Extension<Actor>,
     body: Bytes,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
     let e: NewEntry = serde_json::from_slice(&body).map_err(|e| {
@@ -204,7 +206,17 @@ pub async fn add_irrigation(
     let day = Day::from_date(date);
     let entry = s
         .admin
-        .write(move |c| irrigation::add(c, &e.orchard, &e.block, day, e.mm, e.note.as_deref()))
+        .write(move |c| {
+            irrigation::add(
+                c,
+                &e.orchard,
+                &e.block,
+                day,
+                e.mm,
+                e.note.as_deref(),
+                &actor.name,
+            )
+        })
         .await?;
     tracing::info!(orchard = %entry.orchard, block = %entry.block, date = %entry.date, mm = entry.mm, "irrigation entered");
     Ok((StatusCode::CREATED, Json(json!(entry))))

@@ -5,11 +5,12 @@ use std::collections::HashMap;
 
 use axum::Json;
 use axum::body::Bytes;
-use axum::extract::{Path, Query, State};
+use axum::extract::{Extension, Path, Query, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{Html, IntoResponse, Response};
 use serde_json::{Value, json};
 
+use super::Actor;
 use super::AppState;
 use super::error::ApiError;
 use super::params::Params;
@@ -24,6 +25,7 @@ use crate::model::{TimestampMs, truncate};
 
 pub async fn create(
     State(s): State<AppState>,
+    Extension(actor): Extension<Actor>,
     body: Bytes,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
     let incoming = s.decoder.lots().by_http(&body).map_err(|problems| {
@@ -38,7 +40,7 @@ pub async fn create(
     let lot_id = incoming.lot.lot_id.clone();
     let arrived = Arrived {
         via: "http",
-        from: "api".into(),
+        from: actor.name,
         at: TimestampMs::now(),
     };
     let stored = {
@@ -217,6 +219,7 @@ pub async fn get(
 
 pub async fn append(
     State(s): State<AppState>,
+    Extension(actor): Extension<Actor>,
     Path(lot_id): Path<String>,
     body: Bytes,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
@@ -228,7 +231,7 @@ pub async fn append(
     let step = check_step(step)?;
     let appended = s
         .admin
-        .write(move |c| lots::append(c, &lot_id, &step, "api"))
+        .write(move |c| lots::append(c, &lot_id, &step, &actor.name))
         .await?;
     match appended {
         Appended::New(e) => Ok((StatusCode::CREATED, Json(json!(e)))),

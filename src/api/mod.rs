@@ -2,6 +2,7 @@
 
 mod alert_stream;
 mod alerts;
+mod auth;
 mod devices;
 mod error;
 mod indices;
@@ -15,8 +16,10 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use axum::Router;
+use axum::extract::DefaultBodyLimit;
 use axum::extract::State;
 use axum::http::{StatusCode, header};
+use axum::middleware;
 use axum::response::IntoResponse;
 use axum::routing::{get, post};
 use serde_json::json;
@@ -24,6 +27,7 @@ use tokio::sync::{Semaphore, watch};
 use tokio_util::sync::CancellationToken;
 
 pub use alert_stream::MAX_STREAMS;
+pub use auth::{Access, Actor, Tokens, access};
 pub use error::ApiError;
 
 use crate::aggregate::indices::Agronomy;
@@ -65,11 +69,17 @@ pub struct AppState {
     pub shutdown: CancellationToken,
     /// `[lots]`: the public address and what buyers may see.
     pub lots: Arc<crate::config::LotSettings>,
+    /// `[[http.tokens]]`: who may open which door.
+    pub tokens: Arc<Tokens>,
+    /// `http.max_body_bytes`.
+    pub max_body_bytes: usize,
     /// `query.backend = "influx"`: readings and latest answer from InfluxDB.
     pub influx: Option<Arc<InfluxQuery>>,
 }
 
 pub fn router(state: AppState) -> Router {
+    let tokens = state.tokens.clone();
+    let max_body = state.max_body_bytes;
     Router::new()
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
@@ -100,7 +110,10 @@ pub fn router(state: AppState) -> Router {
         .route("/api/v1/reports/season", get(reports::season))
         .route("/01/{gtin}/10/{lot_id}", get(lots::public_gtin))
         .route("/lot/{lot_id}", get(lots::public_lot))
+        .route_layer(middleware::from_fn_with_state(tokens, auth::authorize))
         .fallback(|| async { ApiError::not_found("no such endpoint; see the README for the API") })
+        .layer(DefaultBodyLimit::max(max_body))
+        .layer(middleware::from_fn(auth::harden))
         .with_state(state)
 }
 

@@ -7,23 +7,24 @@ use super::StoreError;
 use crate::model::{Ident, TimestampMs};
 use crate::registry::DeviceEntry;
 
-/// Who last wrote an entry: the devices file at start-up, or the API.
+/// Who last wrote an entry: the devices file at start-up, or someone through the API.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum UpdatedBy {
+pub enum UpdatedBy<'a> {
     File,
-    Api,
+    /// The API, for this actor (a token's name).
+    Api(&'a str),
 }
 
-impl UpdatedBy {
-    fn as_str(self) -> &'static str {
+impl UpdatedBy<'_> {
+    fn as_str(&self) -> &str {
         match self {
             UpdatedBy::File => "file",
-            UpdatedBy::Api => "api",
+            UpdatedBy::Api(who) => who,
         }
     }
 }
 
-pub fn upsert(conn: &Connection, e: &DeviceEntry, by: UpdatedBy) -> Result<(), StoreError> {
+pub fn upsert(conn: &Connection, e: &DeviceEntry, by: UpdatedBy<'_>) -> Result<(), StoreError> {
     conn.execute(
         "INSERT INTO devices (id, orchard, block, position, depths_cm, installed, expected_interval_ms, updated_at, updated_by) \
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9) \

@@ -21,6 +21,9 @@ pub struct Entry {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub note: Option<String>,
     pub entered_at: String,
+    /// Who entered it; absent for entries from before orchardd recorded it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub entered_by: Option<String>,
 }
 
 pub fn add(
@@ -30,12 +33,13 @@ pub fn add(
     day: Day,
     mm: f64,
     note: Option<&str>,
+    by: &str,
 ) -> Result<Entry, StoreError> {
     let now = TimestampMs::now();
     conn.execute(
-        "INSERT INTO irrigation_entries (orchard, block, day, mm, note, entered_at) \
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-        params![orchard.as_str(), block.as_str(), day.0, mm, note, now.0],
+        "INSERT INTO irrigation_entries (orchard, block, day, mm, note, entered_at, entered_by) \
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+        params![orchard.as_str(), block.as_str(), day.0, mm, note, now.0, by],
     )?;
     Ok(Entry {
         id: conn.last_insert_rowid(),
@@ -45,6 +49,7 @@ pub fn add(
         mm,
         note: note.map(str::to_owned),
         entered_at: now.to_rfc3339(),
+        entered_by: Some(by.to_owned()),
     })
 }
 
@@ -57,7 +62,7 @@ pub fn list(
     to: Day,
 ) -> Result<Vec<Entry>, StoreError> {
     let mut stmt = conn.prepare(
-        "SELECT id, orchard, block, day, mm, note, entered_at FROM irrigation_entries \
+        "SELECT id, orchard, block, day, mm, note, entered_at, entered_by FROM irrigation_entries \
          WHERE orchard = ?1 AND block = ?2 AND day >= ?3 AND day < ?4 ORDER BY day, id",
     )?;
     let rows = stmt
@@ -72,6 +77,7 @@ pub fn list(
                     mm: r.get(4)?,
                     note: r.get(5)?,
                     entered_at: TimestampMs(r.get(6)?).to_rfc3339(),
+                    entered_by: r.get(7)?,
                 })
             },
         )?

@@ -297,6 +297,10 @@ const MIGRATIONS: &[&str] = &[
     );
     CREATE INDEX lot_events_by_lot ON lot_events (lot_id, id);
     "#,
+    // 15: who entered irrigation (a token's name, with the person the entry names).
+    r#"
+    ALTER TABLE irrigation_entries ADD COLUMN entered_by TEXT;
+    "#,
 ];
 
 /// The schema version this build of orchardd writes.
