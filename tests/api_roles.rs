@@ -77,30 +77,54 @@ fn curl(method: &str, url: &str, token: Option<&str>, body: &str, extra: &[&str]
 const LOT: &str = r#"{"lot_id":"FJ26-B3-001","orchard":"fengjie","block":"B3","harvest_date":"2026-11-28","net_weight":500,"quality":{"tss_brix":12.4,"diameter_mm":80,"colour_pct":96}}"#;
 
 /// Every route, and who may use it (DESIGN.md, "HTTP API"): `None` is public.
-fn routes(alert: i64) -> Vec<(&'static str, String, String, Option<&'static str>)> {
-    let r = |m: &'static str, p: &str, b: &str, role: Option<&'static str>| {
-        (m, p.to_owned(), b.to_owned(), role)
+/// Each as (method, route template, a concrete path, body, role).
+type Route = (
+    &'static str,
+    &'static str,
+    String,
+    String,
+    Option<&'static str>,
+);
+
+fn routes(alert: i64) -> Vec<Route> {
+    let r = |m: &'static str, t: &'static str, p: &str, b: &str, role: Option<&'static str>| {
+        (m, t, p.to_owned(), b.to_owned(), role)
     };
     vec![
-        r("GET", "/healthz", "", None),
-        r("GET", "/readyz", "", None),
-        r("GET", "/metrics", "", None),
+        r("GET", "/healthz", "/healthz", "", None),
+        r("GET", "/readyz", "/readyz", "", None),
+        r("GET", "/metrics", "/metrics", "", None),
         r(
             "GET",
+            "/api/v1/readings",
             "/api/v1/readings?orchard=fengjie",
             "",
             Some("agronomist"),
         ),
-        r("GET", "/api/v1/latest", "", Some("viewer")),
-        r("GET", "/api/v1/rollups", "", Some("agronomist")),
         r(
             "GET",
+            "/api/v1/latest",
+            "/api/v1/latest",
+            "",
+            Some("viewer"),
+        ),
+        r(
+            "GET",
+            "/api/v1/rollups",
+            "/api/v1/rollups",
+            "",
+            Some("agronomist"),
+        ),
+        r(
+            "GET",
+            "/api/v1/indices",
             "/api/v1/indices?orchard=fengjie&block=B3",
             "",
             Some("agronomist"),
         ),
         r(
             "GET",
+            "/api/v1/irrigation",
             "/api/v1/irrigation?orchard=fengjie&block=B3",
             "",
             Some("agronomist"),
@@ -108,79 +132,138 @@ fn routes(alert: i64) -> Vec<(&'static str, String, String, Option<&'static str>
         r(
             "POST",
             "/api/v1/irrigation",
+            "/api/v1/irrigation",
             r#"{"orchard":"fengjie","block":"B3","date":"2026-11-20","mm":10}"#,
             Some("operator"),
         ),
-        r("GET", "/api/v1/quarantine", "", Some("operator")),
+        r(
+            "GET",
+            "/api/v1/quarantine",
+            "/api/v1/quarantine",
+            "",
+            Some("operator"),
+        ),
         r(
             "POST",
+            "/api/v1/quarantine/replay",
             "/api/v1/quarantine/replay?device=dev-9",
             "",
             Some("operator"),
         ),
-        r("GET", "/api/v1/devices", "", Some("operator")),
-        r("GET", "/api/v1/devices/dev-1", "", Some("operator")),
+        r(
+            "GET",
+            "/api/v1/devices",
+            "/api/v1/devices",
+            "",
+            Some("operator"),
+        ),
+        r(
+            "GET",
+            "/api/v1/devices/{id}",
+            "/api/v1/devices/dev-1",
+            "",
+            Some("operator"),
+        ),
         r(
             "PUT",
+            "/api/v1/devices/{id}",
             "/api/v1/devices/dev-1",
             r#"{"orchard":"fengjie","block":"B3"}"#,
             Some("operator"),
         ),
-        r("GET", "/api/v1/alerts", "", Some("viewer")),
-        r("GET", "/api/v1/alerts/stream", "", Some("viewer")),
         r(
             "GET",
+            "/api/v1/alerts",
+            "/api/v1/alerts",
+            "",
+            Some("viewer"),
+        ),
+        r(
+            "GET",
+            "/api/v1/alerts/stream",
+            "/api/v1/alerts/stream",
+            "",
+            Some("viewer"),
+        ),
+        r(
+            "GET",
+            "/api/v1/alerts/{id}",
             &format!("/api/v1/alerts/{alert}"),
             "",
             Some("viewer"),
         ),
         r(
             "POST",
+            "/api/v1/alerts/{id}/ack",
             &format!("/api/v1/alerts/{alert}/ack"),
             r#"{"note":"seen"}"#,
             Some("operator"),
         ),
         r(
             "POST",
+            "/api/v1/alerts/{id}/resolve",
             &format!("/api/v1/alerts/{alert}/resolve"),
             r#"{"note":"done"}"#,
             Some("operator"),
         ),
-        r("GET", "/api/v1/lots", "", Some("viewer")),
-        r("POST", "/api/v1/lots", LOT, Some("operator")),
-        r("GET", "/api/v1/lots/FJ26-B3-001", "", Some("viewer")),
+        r("GET", "/api/v1/lots", "/api/v1/lots", "", Some("viewer")),
         r(
             "POST",
+            "/api/v1/lots",
+            "/api/v1/lots",
+            LOT,
+            Some("operator"),
+        ),
+        r(
+            "GET",
+            "/api/v1/lots/{lot_id}",
+            "/api/v1/lots/FJ26-B3-001",
+            "",
+            Some("viewer"),
+        ),
+        r(
+            "POST",
+            "/api/v1/lots/{lot_id}/events",
             "/api/v1/lots/FJ26-B3-001/events",
             r#"{"step":"note","note":"checked"}"#,
             Some("operator"),
         ),
         r(
             "GET",
+            "/api/v1/lots/{lot_id}/listing",
             "/api/v1/lots/FJ26-B3-001/listing",
             "",
             Some("operator"),
         ),
         r(
             "GET",
+            "/api/v1/lots/{lot_id}/label.svg",
             "/api/v1/lots/FJ26-B3-001/label.svg",
             "",
             Some("operator"),
         ),
         r(
             "GET",
+            "/api/v1/lots/{lot_id}/label.png",
             "/api/v1/lots/FJ26-B3-001/label.png?dpi=72",
             "",
             Some("operator"),
         ),
         r(
             "GET",
+            "/api/v1/reports/season",
             "/api/v1/reports/season?orchard=fengjie&season=2026",
             "",
             Some("agronomist"),
         ),
-        r("GET", "/lot/FJ26-B3-001", "", None),
-        r("GET", "/01/06901234567892/10/FJ26-B3-001", "", None),
+        r("GET", "/lot/{lot_id}", "/lot/FJ26-B3-001", "", None),
+        r(
+            "GET",
+            "/01/{gtin}/10/{lot_id}",
+            "/01/06901234567892/10/FJ26-B3-001",
+            "",
+            None,
+        ),
     ]
 }
 
@@ -253,7 +336,7 @@ fn every_route_answers_each_role_as_designed_and_records_who_acted() {
     assert_eq!(acked["acknowledged"]["by"], "Li Wei (packing-shed tablet)");
 
     // The doors of every route.
-    for (method, path, body, needed) in routes(alert) {
+    for (method, _, path, body, needed) in routes(alert) {
         let url = format!("{base}{path}");
         let stream = path.ends_with("/stream");
         let extra: &[&str] = if stream { &["-m", "1"] } else { &[] };
@@ -417,4 +500,83 @@ fn the_api_may_listen_beyond_loopback_only_with_tokens() {
     assert!(ok, "{said}");
     let (ok, said) = check("[[http.tokens]]\nname = \"x\"\nrole = \"viewer\"\nhash = \"md5:00\"\n");
     assert!(!ok && said.contains("http.tokens[0].hash"), "{said}");
+}
+
+#[test]
+fn the_openapi_document_has_every_route_with_its_role_and_each_of_its_paths_is_routed() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("devices.toml"), "").unwrap();
+    let d = Daemon::start(dir.path(), &DaemonConfig::shipped_defaults_embedded());
+    d.wait_ready();
+    let base = format!("http://{}", d.http);
+    let a = curl("GET", &format!("{base}/api/v1/openapi.json"), None, "", &[]);
+    assert_eq!(a.status, 200);
+    let doc: Value = serde_json::from_str(&a.body).unwrap();
+    assert!(
+        doc["openapi"].as_str().unwrap().starts_with("3."),
+        "{}",
+        doc["openapi"]
+    );
+    assert_eq!(
+        doc["components"]["securitySchemes"]["bearer"]["scheme"],
+        "bearer"
+    );
+
+    let mut documented = Vec::new();
+    for (path, item) in doc["paths"].as_object().unwrap() {
+        for (method, op) in item.as_object().unwrap() {
+            if ["get", "put", "post", "delete", "patch"].contains(&method.as_str()) {
+                documented.push((method.to_uppercase(), path.clone(), op.clone()));
+            }
+        }
+    }
+    let mut expected: std::collections::BTreeSet<(String, String)> = routes(1)
+        .into_iter()
+        .map(|(m, t, ..)| (m.to_owned(), t.to_owned()))
+        .collect();
+    expected.insert(("GET".into(), "/api/v1/openapi.json".into()));
+    let got: std::collections::BTreeSet<(String, String)> = documented
+        .iter()
+        .map(|(m, p, _)| (m.clone(), p.clone()))
+        .collect();
+    assert_eq!(got, expected, "the document and the API's routes differ");
+
+    // Each operation says the role the doors ask for.
+    let roles: HashMap<(String, String), Option<&str>> = routes(1)
+        .into_iter()
+        .map(|(m, t, _, _, role)| ((m.to_owned(), t.to_owned()), role))
+        .collect();
+    for (method, path, op) in &documented {
+        let said = op["description"].as_str().unwrap_or_default();
+        let role = roles
+            .get(&(method.clone(), path.clone()))
+            .copied()
+            .flatten();
+        let want = match role {
+            Some(r) => format!("Role: {r} (or admin)."),
+            None => "Role: none (public).".to_owned(),
+        };
+        assert!(
+            said.contains(&want),
+            "{method} {path}: `{said}` lacks `{want}`"
+        );
+    }
+
+    // And each documented path is routed: not the fallback, not a wrong method.
+    for (method, path, _) in &documented {
+        if path.ends_with("/stream") {
+            continue;
+        }
+        let concrete = path
+            .replace("{id}", "1")
+            .replace("{lot_id}", "NOPE")
+            .replace("{gtin}", "06901234567892");
+        let a = curl(method, &format!("{base}{concrete}"), None, "{}", &[]);
+        assert_ne!(a.status, 405, "{method} {path}");
+        assert!(
+            !a.body.contains("no such endpoint"),
+            "{method} {path} is documented but not routed: {}",
+            a.body
+        );
+    }
 }

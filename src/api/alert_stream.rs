@@ -36,6 +36,14 @@ const KEEP_ALIVE: Duration = Duration::from_secs(15);
 /// How long a client waits before reconnecting, told in the first message.
 const RETRY: Duration = Duration::from_secs(3);
 
+#[utoipa::path(
+    get,
+    path = "/api/v1/alerts/stream",
+    tag = "alerts",
+    summary = "Server-sent events of alert changes",
+    params(("orchard" = Option<String>, Query, description = "orchard id"), ("block" = Option<String>, Query, description = "block id")),
+    responses((status = 200, description = "text/event-stream"), (status = 503, description = "too many streams open"))
+)]
 pub async fn stream(
     State(s): State<AppState>,
     headers: HeaderMap,

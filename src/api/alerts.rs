@@ -19,6 +19,14 @@ use crate::alerts::store::{self as alerts, ActionError, Filter, StaffAction};
 const STATES: &[&str] = &["open", "firing", "acknowledged", "resolved"];
 pub(super) const SEVERITIES: &[&str] = &["critical", "major", "minor", "warning"];
 
+#[utoipa::path(
+    get,
+    path = "/api/v1/alerts",
+    tag = "alerts",
+    summary = "Alerts by state, place and severity",
+    params(("state" = Option<String>, Query, description = "open, firing, acknowledged or resolved"), ("orchard" = Option<String>, Query, description = "orchard id"), ("block" = Option<String>, Query, description = "block id"), ("severity" = Option<String>, Query, description = "critical, major, minor or warning"), ("limit" = Option<u32>, Query, description = "most rows to answer")),
+    responses((status = 200, description = "the answer"))
+)]
 pub async fn list(
     State(s): State<AppState>,
     Query(raw): Query<HashMap<String, String>>,
@@ -45,6 +53,14 @@ pub async fn list(
     Ok(Json(json!({ "alerts": found })))
 }
 
+#[utoipa::path(
+    get,
+    path = "/api/v1/alerts/{id}",
+    tag = "alerts",
+    summary = "One alert with its events and deliveries",
+    params(("id" = String, Path, description = "alert id")),
+    responses((status = 200, description = "the alert"), (status = 404, description = "not found"))
+)]
 pub async fn get(
     State(s): State<AppState>,
     Path(id): Path<String>,
@@ -71,6 +87,15 @@ struct Answer {
     note: Option<String>,
 }
 
+#[utoipa::path(
+    post,
+    path = "/api/v1/alerts/{id}/ack",
+    tag = "alerts",
+    summary = "Acknowledge an alert",
+    params(("id" = String, Path, description = "alert id")),
+    request_body(content = String, content_type = "application/json", description = "{by?, note?}"),
+    responses((status = 200, description = "the alert after the answer"), (status = 404, description = "not found"), (status = 409, description = "conflicts with what is stored; nothing changed"))
+)]
 pub async fn ack(
     state: State<AppState>,
     actor: Extension<Actor>,
@@ -80,6 +105,15 @@ pub async fn ack(
     act(state, actor, id, body, StaffAction::Acknowledge).await
 }
 
+#[utoipa::path(
+    post,
+    path = "/api/v1/alerts/{id}/resolve",
+    tag = "alerts",
+    summary = "Resolve an alert",
+    params(("id" = String, Path, description = "alert id")),
+    request_body(content = String, content_type = "application/json", description = "{by?, note?}"),
+    responses((status = 200, description = "the alert after the answer"), (status = 404, description = "not found"), (status = 409, description = "conflicts with what is stored; nothing changed"))
+)]
 pub async fn resolve(
     state: State<AppState>,
     actor: Extension<Actor>,

@@ -18,6 +18,14 @@ use crate::model::{Ident, TimestampMs, truncate};
 use crate::registry::{self, DeviceEntry};
 use crate::store::devices::{self, UpdatedBy};
 
+#[utoipa::path(
+    get,
+    path = "/api/v1/devices",
+    tag = "devices",
+    summary = "The device registry, or devices waiting to be assigned",
+    params(("unassigned" = Option<bool>, Query, description = "true: devices heard but not in the registry")),
+    responses((status = 200, description = "the answer"))
+)]
 pub async fn list(
     State(s): State<AppState>,
     Query(raw): Query<HashMap<String, String>>,
@@ -52,6 +60,14 @@ pub async fn list(
     }
 }
 
+#[utoipa::path(
+    get,
+    path = "/api/v1/devices/{id}",
+    tag = "devices",
+    summary = "One registry entry",
+    params(("id" = String, Path, description = "device id")),
+    responses((status = 200, description = "the entry"), (status = 404, description = "not found"))
+)]
 pub async fn get(
     State(s): State<AppState>,
     Path(id): Path<String>,
@@ -84,6 +100,15 @@ struct Assignment {
     expected_interval: Option<std::time::Duration>,
 }
 
+#[utoipa::path(
+    put,
+    path = "/api/v1/devices/{id}",
+    tag = "devices",
+    summary = "Assign a device to its orchard and block",
+    params(("id" = String, Path, description = "device id")),
+    request_body(content = String, content_type = "application/json", description = "{orchard, block, position?, depths_cm?, installed?, expected_interval?}"),
+    responses((status = 200, description = "changed"), (status = 201, description = "new"), (status = 400, description = "a parameter or the body is wrong; the error names it"))
+)]
 pub async fn put(
     State(s): State<AppState>,
     Extension(actor): Extension<Actor>,

@@ -29,6 +29,14 @@ const MAX_DAYS: i64 = 3660;
 /// Without `from`, this many days before `to`.
 const DEFAULT_DAYS: i64 = 30;
 
+#[utoipa::path(
+    get,
+    path = "/api/v1/indices",
+    tag = "agronomy",
+    summary = "A block's daily agronomic indices",
+    params(("orchard" = String, Query, description = "orchard id"), ("block" = String, Query, description = "block id"), ("from" = Option<String>, Query, description = "start, inclusive: RFC 3339, epoch ms or a local date"), ("to" = Option<String>, Query, description = "end, exclusive"), ("format" = Option<String>, Query, description = "`csv` for CSV instead of JSON")),
+    responses((status = 200, description = "one entry per local day"), (status = 400, description = "a parameter or the body is wrong; the error names it"))
+)]
 pub async fn indices(
     State(s): State<AppState>,
     Query(raw): Query<HashMap<String, String>>,
@@ -178,6 +186,14 @@ struct NewEntry {
     note: Option<String>,
 }
 
+#[utoipa::path(
+    post,
+    path = "/api/v1/irrigation",
+    tag = "agronomy",
+    summary = "Enter irrigation where no flow meter reports",
+    request_body(content = String, content_type = "application/json", description = "{orchard, block, date, mm, note?}"),
+    responses((status = 201, description = "the entry"), (status = 400, description = "a parameter or the body is wrong; the error names it"))
+)]
 pub async fn add_irrigation(
     State(s): State<AppState>,
     Extension(actor): Extension<Actor>,
@@ -222,6 +238,14 @@ pub async fn add_irrigation(
     Ok((StatusCode::CREATED, Json(json!(entry))))
 }
 
+#[utoipa::path(
+    get,
+    path = "/api/v1/irrigation",
+    tag = "agronomy",
+    summary = "Irrigation entered by staff",
+    params(("orchard" = Option<String>, Query, description = "orchard id"), ("block" = Option<String>, Query, description = "block id"), ("from" = Option<String>, Query, description = "start, inclusive: RFC 3339, epoch ms or a local date"), ("to" = Option<String>, Query, description = "end, exclusive")),
+    responses((status = 200, description = "the answer"))
+)]
 pub async fn list_irrigation(
     State(s): State<AppState>,
     Query(raw): Query<HashMap<String, String>>,

@@ -23,6 +23,14 @@ use crate::harvest::season::Season;
 use crate::harvest::store::{self as lots, Appended, Arrived, Kept, Step, Stored};
 use crate::model::{TimestampMs, truncate};
 
+#[utoipa::path(
+    post,
+    path = "/api/v1/lots",
+    tag = "harvest",
+    summary = "Enter a harvest lot",
+    request_body(content = String, content_type = "application/json", description = "a lot (README, Harvest lots)"),
+    responses((status = 201, description = "new"), (status = 200, description = "the same lot was stored already"), (status = 400, description = "a parameter or the body is wrong; the error names it"), (status = 409, description = "conflicts with what is stored; nothing changed"))
+)]
 pub async fn create(
     State(s): State<AppState>,
     Extension(actor): Extension<Actor>,
@@ -77,6 +85,14 @@ pub async fn create(
     Ok((status, Json(json!(kept))))
 }
 
+#[utoipa::path(
+    get,
+    path = "/api/v1/lots",
+    tag = "harvest",
+    summary = "Harvest lots",
+    params(("orchard" = Option<String>, Query, description = "orchard id"), ("block" = Option<String>, Query, description = "block id"), ("from" = Option<String>, Query, description = "harvest date, inclusive"), ("to" = Option<String>, Query, description = "harvest date, exclusive"), ("grade" = Option<String>, Query, description = "grade id"), ("limit" = Option<u32>, Query, description = "most rows to answer"), ("format" = Option<String>, Query, description = "`csv` for CSV instead of JSON")),
+    responses((status = 200, description = "the answer"))
+)]
 pub async fn list(
     State(s): State<AppState>,
     Query(raw): Query<HashMap<String, String>>,
@@ -201,6 +217,14 @@ fn published(s: &AppState, kept: &Kept, season: &Season) -> Published {
 }
 
 /// `GET /api/v1/lots/{lot_id}`: the traceability record, everything staff may see.
+#[utoipa::path(
+    get,
+    path = "/api/v1/lots/{lot_id}",
+    tag = "harvest",
+    summary = "A lot's traceability record",
+    params(("lot_id" = String, Path, description = "lot id")),
+    responses((status = 200, description = "the lot, its grading, events, URL and season"), (status = 404, description = "not found"))
+)]
 pub async fn get(
     State(s): State<AppState>,
     Path(lot_id): Path<String>,
@@ -217,6 +241,15 @@ pub async fn get(
     Ok(Json(record))
 }
 
+#[utoipa::path(
+    post,
+    path = "/api/v1/lots/{lot_id}/events",
+    tag = "harvest",
+    summary = "Append a later step of a lot",
+    params(("lot_id" = String, Path, description = "lot id")),
+    request_body(content = String, content_type = "application/json", description = "{step, at?, destination?, boxes?, note?}"),
+    responses((status = 201, description = "new"), (status = 200, description = "the same step was entered"), (status = 400, description = "a parameter or the body is wrong; the error names it"), (status = 404, description = "not found"))
+)]
 pub async fn append(
     State(s): State<AppState>,
     Extension(actor): Extension<Actor>,
@@ -268,6 +301,14 @@ fn check_step(mut step: Step) -> Result<Step, ApiError> {
 }
 
 /// `GET /api/v1/lots/{lot_id}/listing`: what an online-shop listing needs, JSON or CSV.
+#[utoipa::path(
+    get,
+    path = "/api/v1/lots/{lot_id}/listing",
+    tag = "harvest",
+    summary = "The online-shop listing of a lot",
+    params(("lot_id" = String, Path, description = "lot id"), ("format" = Option<String>, Query, description = "`csv` for CSV instead of JSON")),
+    responses((status = 200, description = "the listing"), (status = 404, description = "not found"))
+)]
 pub async fn listing(
     State(s): State<AppState>,
     Path(lot_id): Path<String>,
@@ -340,6 +381,14 @@ fn box_kg(p: &Params) -> Result<Option<f64>, ApiError> {
 }
 
 /// `GET /api/v1/lots/{lot_id}/label.svg`; `box_kg` prints the box's weight instead of the lot's.
+#[utoipa::path(
+    get,
+    path = "/api/v1/lots/{lot_id}/label.svg",
+    tag = "harvest",
+    summary = "The box label, SVG",
+    params(("lot_id" = String, Path, description = "lot id"), ("box_kg" = Option<f64>, Query, description = "print this weight instead of the lot's")),
+    responses((status = 200, description = "image/svg+xml"), (status = 404, description = "not found"), (status = 409, description = "conflicts with what is stored; nothing changed"))
+)]
 pub async fn label_svg(
     State(s): State<AppState>,
     Path(lot_id): Path<String>,
@@ -360,6 +409,14 @@ pub async fn label_svg(
 /// Labels rasterised at once.
 static RASTERISING: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(2);
 
+#[utoipa::path(
+    get,
+    path = "/api/v1/lots/{lot_id}/label.png",
+    tag = "harvest",
+    summary = "The box label, PNG",
+    params(("lot_id" = String, Path, description = "lot id"), ("box_kg" = Option<f64>, Query, description = "print this weight instead of the lot's"), ("dpi" = Option<u32>, Query, description = "72 to 600, default 300")),
+    responses((status = 200, description = "image/png"), (status = 404, description = "not found"), (status = 409, description = "conflicts with what is stored; nothing changed"))
+)]
 pub async fn label_png(
     State(s): State<AppState>,
     Path(lot_id): Path<String>,
@@ -391,6 +448,14 @@ pub async fn label_png(
 }
 
 /// `GET /01/{gtin}/10/{lot_id}`: the public page of a lot with a GTIN.
+#[utoipa::path(
+    get,
+    path = "/01/{gtin}/10/{lot_id}",
+    tag = "public",
+    summary = "The public lot page (GS1 Digital Link)",
+    params(("gtin" = String, Path, description = "GTIN-14"), ("lot_id" = String, Path, description = "lot id"), ("lang" = Option<String>, Query, description = "zh or en")),
+    responses((status = 200, description = "text/html"), (status = 404, description = "not found"))
+)]
 pub async fn public_gtin(
     State(s): State<AppState>,
     Path((gtin, lot_id)): Path<(String, String)>,
@@ -401,6 +466,14 @@ pub async fn public_gtin(
 }
 
 /// `GET /lot/{lot_id}`: the public page of a lot without a GTIN.
+#[utoipa::path(
+    get,
+    path = "/lot/{lot_id}",
+    tag = "public",
+    summary = "The public lot page, for a lot without a GTIN",
+    params(("lot_id" = String, Path, description = "lot id"), ("lang" = Option<String>, Query, description = "zh or en")),
+    responses((status = 200, description = "text/html"), (status = 404, description = "not found"))
+)]
 pub async fn public_lot(
     State(s): State<AppState>,
     Path(lot_id): Path<String>,

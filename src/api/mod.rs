@@ -7,6 +7,7 @@ mod devices;
 mod error;
 mod indices;
 mod lots;
+mod openapi;
 mod params;
 mod quarantine;
 mod readings;
@@ -16,15 +17,17 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use axum::Router;
-use axum::extract::DefaultBodyLimit;
+use axum::body::Bytes;
 use axum::extract::State;
+use axum::extract::{DefaultBodyLimit, Extension};
 use axum::http::{StatusCode, header};
 use axum::middleware;
 use axum::response::IntoResponse;
-use axum::routing::{get, post};
 use serde_json::json;
 use tokio::sync::{Semaphore, watch};
 use tokio_util::sync::CancellationToken;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 pub use alert_stream::MAX_STREAMS;
 pub use auth::{Access, Actor, Tokens, access};
@@ -80,38 +83,44 @@ pub struct AppState {
 pub fn router(state: AppState) -> Router {
     let tokens = state.tokens.clone();
     let max_body = state.max_body_bytes;
-    Router::new()
-        .route("/healthz", get(healthz))
-        .route("/readyz", get(readyz))
-        .route("/metrics", get(metrics))
-        .route("/api/v1/readings", get(readings::readings))
-        .route("/api/v1/latest", get(readings::latest))
-        .route("/api/v1/rollups", get(readings::rollups))
-        .route("/api/v1/indices", get(indices::indices))
-        .route(
-            "/api/v1/irrigation",
-            get(indices::list_irrigation).post(indices::add_irrigation),
-        )
-        .route("/api/v1/quarantine", get(quarantine::list))
-        .route("/api/v1/quarantine/replay", post(quarantine::replay))
-        .route("/api/v1/devices", get(devices::list))
-        .route("/api/v1/devices/{id}", get(devices::get).put(devices::put))
-        .route("/api/v1/alerts", get(alerts::list))
-        .route("/api/v1/alerts/stream", get(alert_stream::stream))
-        .route("/api/v1/alerts/{id}", get(alerts::get))
-        .route("/api/v1/alerts/{id}/ack", post(alerts::ack))
-        .route("/api/v1/alerts/{id}/resolve", post(alerts::resolve))
-        .route("/api/v1/lots", get(lots::list).post(lots::create))
-        .route("/api/v1/lots/{lot_id}", get(lots::get))
-        .route("/api/v1/lots/{lot_id}/events", post(lots::append))
-        .route("/api/v1/lots/{lot_id}/listing", get(lots::listing))
-        .route("/api/v1/lots/{lot_id}/label.svg", get(lots::label_svg))
-        .route("/api/v1/lots/{lot_id}/label.png", get(lots::label_png))
-        .route("/api/v1/reports/season", get(reports::season))
-        .route("/01/{gtin}/10/{lot_id}", get(lots::public_gtin))
-        .route("/lot/{lot_id}", get(lots::public_lot))
+    // Every route comes from its handler's `#[utoipa::path]`, so the OpenAPI document and
+    // the routes cannot drift apart.
+    let (routes, doc) = OpenApiRouter::new()
+        .routes(routes!(healthz))
+        .routes(routes!(readyz))
+        .routes(routes!(metrics))
+        .routes(routes!(openapi_json))
+        .routes(routes!(readings::readings))
+        .routes(routes!(readings::latest))
+        .routes(routes!(readings::rollups))
+        .routes(routes!(indices::indices))
+        .routes(routes!(indices::list_irrigation, indices::add_irrigation))
+        .routes(routes!(quarantine::list))
+        .routes(routes!(quarantine::replay))
+        .routes(routes!(devices::list))
+        .routes(routes!(devices::get, devices::put))
+        .routes(routes!(alerts::list))
+        .routes(routes!(alert_stream::stream))
+        .routes(routes!(alerts::get))
+        .routes(routes!(alerts::ack))
+        .routes(routes!(alerts::resolve))
+        .routes(routes!(lots::list, lots::create))
+        .routes(routes!(lots::get))
+        .routes(routes!(lots::append))
+        .routes(routes!(lots::listing))
+        .routes(routes!(lots::label_svg))
+        .routes(routes!(lots::label_png))
+        .routes(routes!(reports::season))
+        .routes(routes!(lots::public_gtin))
+        .routes(routes!(lots::public_lot))
+        .split_for_parts();
+    let doc = OpenApiJson(Bytes::from(
+        serde_json::to_vec(&openapi::document(doc)).expect("the document serializes"),
+    ));
+    routes
         .route_layer(middleware::from_fn_with_state(tokens, auth::authorize))
-        .fallback(|| async { ApiError::not_found("no such endpoint; see the README for the API") })
+        .fallback(|| async { ApiError::not_found("no such endpoint; see /api/v1/openapi.json") })
+        .layer(Extension(doc))
         .layer(DefaultBodyLimit::max(max_body))
         .layer(middleware::from_fn(auth::harden))
         .with_state(state)
@@ -132,10 +141,24 @@ pub async fn serve(
         .await
 }
 
+#[utoipa::path(
+    get,
+    path = "/healthz",
+    tag = "health",
+    summary = "Liveness: the process runs",
+    responses((status = 200, description = "the answer"))
+)]
 async fn healthz() -> impl IntoResponse {
     axum::Json(json!({"status": "ok"}))
 }
 
+#[utoipa::path(
+    get,
+    path = "/readyz",
+    tag = "health",
+    summary = "Readiness: store open and MQTT in place",
+    responses((status = 200, description = "ready"), (status = 503, description = "not ready"))
+)]
 async fn readyz(State(s): State<AppState>) -> impl IntoResponse {
     let store = s.pool.is_ready().await;
     let broker = *s.subscribed.borrow() && s.metrics.mqtt_connected.get() == 1;
@@ -150,6 +173,28 @@ async fn readyz(State(s): State<AppState>) -> impl IntoResponse {
     )
 }
 
+#[utoipa::path(
+    get,
+    path = "/api/v1/openapi.json",
+    tag = "health",
+    summary = "This document: every route, its parameters and the role it needs",
+    responses((status = 200, description = "OpenAPI 3.1"))
+)]
+async fn openapi_json(Extension(doc): Extension<OpenApiJson>) -> impl IntoResponse {
+    ([(header::CONTENT_TYPE, "application/json")], doc.0)
+}
+
+/// The document, serialized once.
+#[derive(Clone)]
+struct OpenApiJson(Bytes);
+
+#[utoipa::path(
+    get,
+    path = "/metrics",
+    tag = "health",
+    summary = "Prometheus / OpenMetrics text",
+    responses((status = 200, description = "the answer"))
+)]
 async fn metrics(State(s): State<AppState>) -> impl IntoResponse {
     (
         [(

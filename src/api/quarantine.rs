@@ -13,6 +13,14 @@ use super::params::Params;
 use crate::store::quarantine::{self, Filter};
 use crate::validate::Reason;
 
+#[utoipa::path(
+    get,
+    path = "/api/v1/quarantine",
+    tag = "quarantine",
+    summary = "Rejected payloads with their reasons",
+    params(("reason" = Option<String>, Query, description = "rejection reason"), ("from" = Option<String>, Query, description = "start, inclusive: RFC 3339, epoch ms or a local date"), ("to" = Option<String>, Query, description = "end, exclusive"), ("limit" = Option<u32>, Query, description = "most rows to answer")),
+    responses((status = 200, description = "the answer"))
+)]
 pub async fn list(
     State(s): State<AppState>,
     Query(raw): Query<HashMap<String, String>>,
@@ -71,6 +79,14 @@ fn hex(bytes: &[u8]) -> String {
 }
 
 /// `POST /api/v1/quarantine/replay?device=ID`: decode the device's held messages again.
+#[utoipa::path(
+    post,
+    path = "/api/v1/quarantine/replay",
+    tag = "quarantine",
+    summary = "Re-decode a device's held messages",
+    params(("device" = String, Query, description = "device id")),
+    responses((status = 200, description = "what was recovered"), (status = 400, description = "a parameter or the body is wrong; the error names it"), (status = 409, description = "conflicts with what is stored; nothing changed"))
+)]
 pub async fn replay(
     State(s): State<AppState>,
     Query(raw): Query<HashMap<String, String>>,

@@ -20,6 +20,14 @@ use crate::store::rollups::{self, Period};
 const DEFAULT_LIMIT: usize = 10_000;
 const MAX_LIMIT: usize = 1_000_000;
 
+#[utoipa::path(
+    get,
+    path = "/api/v1/readings",
+    tag = "telemetry",
+    summary = "Readings, raw or aggregated",
+    params(("orchard" = Option<String>, Query, description = "orchard id"), ("block" = Option<String>, Query, description = "block id"), ("device" = Option<String>, Query, description = "device id"), ("kind" = Option<String>, Query, description = "kind of reading"), ("from" = Option<String>, Query, description = "start, inclusive: RFC 3339, epoch ms or a local date"), ("to" = Option<String>, Query, description = "end, exclusive"), ("every" = Option<String>, Query, description = "window such as 15m, 1h, 1d"), ("agg" = Option<String>, Query, description = "mean, min, max, sum, count or last"), ("flagged" = Option<String>, Query, description = "spike, stuck or after_gap"), ("limit" = Option<u32>, Query, description = "most rows to answer"), ("format" = Option<String>, Query, description = "`csv` for CSV instead of JSON")),
+    responses((status = 200, description = "readings ordered by time"), (status = 400, description = "a parameter or the body is wrong; the error names it"))
+)]
 pub async fn readings(
     State(s): State<AppState>,
     Query(raw): Query<HashMap<String, String>>,
@@ -83,6 +91,14 @@ fn significant(v: f64, digits: i32) -> f64 {
     (v * scale).round() / scale
 }
 
+#[utoipa::path(
+    get,
+    path = "/api/v1/latest",
+    tag = "telemetry",
+    summary = "The newest reading per device, kind and depth",
+    params(("orchard" = Option<String>, Query, description = "orchard id"), ("block" = Option<String>, Query, description = "block id"), ("format" = Option<String>, Query, description = "`csv` for CSV instead of JSON")),
+    responses((status = 200, description = "the answer"))
+)]
 pub async fn latest(
     State(s): State<AppState>,
     Query(raw): Query<HashMap<String, String>>,
@@ -171,6 +187,14 @@ fn row_json(r: &Row) -> serde_json::Value {
 }
 
 /// `GET /api/v1/rollups?period=1h|1d`: the stored hourly or daily summaries.
+#[utoipa::path(
+    get,
+    path = "/api/v1/rollups",
+    tag = "telemetry",
+    summary = "Hourly or daily rollups",
+    params(("period" = Option<String>, Query, description = "1h or 1d"), ("orchard" = Option<String>, Query, description = "orchard id"), ("block" = Option<String>, Query, description = "block id"), ("device" = Option<String>, Query, description = "device id"), ("kind" = Option<String>, Query, description = "kind of reading"), ("from" = Option<String>, Query, description = "start, inclusive: RFC 3339, epoch ms or a local date"), ("to" = Option<String>, Query, description = "end, exclusive"), ("limit" = Option<u32>, Query, description = "most rows to answer"), ("format" = Option<String>, Query, description = "`csv` for CSV instead of JSON")),
+    responses((status = 200, description = "rollups"), (status = 400, description = "a parameter or the body is wrong; the error names it"), (status = 409, description = "rollups are turned off"))
+)]
 pub async fn rollups(
     State(s): State<AppState>,
     Query(raw): Query<HashMap<String, String>>,

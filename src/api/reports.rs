@@ -16,6 +16,14 @@ use crate::aggregate::indices::Day;
 use crate::harvest::report;
 use crate::model::{TimestampMs, truncate};
 
+#[utoipa::path(
+    get,
+    path = "/api/v1/reports/season",
+    tag = "harvest",
+    summary = "The season report of an orchard",
+    params(("orchard" = String, Query, description = "orchard id"), ("season" = i32, Query, description = "the year the season starts in"), ("format" = Option<String>, Query, description = "`csv` for CSV instead of JSON")),
+    responses((status = 200, description = "per block: yields, grades, sweetness, telemetry"), (status = 400, description = "a parameter or the body is wrong; the error names it"))
+)]
 pub async fn season(
     State(s): State<AppState>,
     Query(raw): Query<HashMap<String, String>>,
