@@ -2,7 +2,8 @@
 # Runs every test of orchardd. The tests start real servers of their own (Mosquitto, InfluxDB 1.x,
 # VictoriaMetrics; mosquitto_pub/_sub and paho-mqtt as independent MQTT clients; systemd-analyze
 # for the unit file, openssl for test certificates; zbarimg and rsvg-convert as an independent QR
-# decoder and SVG renderer for the box labels, with a small font that has Chinese glyphs); this
+# decoder and SVG renderer for the box labels, with a small font that has Chinese glyphs;
+# Chromium and its WebDriver for the dashboard); this
 # script installs them with apt-get when missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -18,6 +19,8 @@ command -v openssl >/dev/null 2>&1 || missing+=(openssl)
 command -v zbarimg >/dev/null 2>&1 || missing+=(zbar-tools)
 command -v rsvg-convert >/dev/null 2>&1 || missing+=(librsvg2-bin)
 [ -f /usr/share/fonts/truetype/wqy/wqy-microhei.ttc ] || missing+=(fonts-wqy-microhei)
+# The dashboard's browser test: both in one install, so their versions match.
+{ command -v chromium >/dev/null 2>&1 && command -v chromedriver >/dev/null 2>&1; } || missing+=(chromium chromium-driver)
 if [ ${#missing[@]} -gt 0 ]; then
   echo "test.sh: installing what the tests need: ${missing[*]}"
   sudo=""

@@ -25,3 +25,4 @@ pub mod simulate;
 pub mod store;
 pub mod systemd;
 pub mod validate;
+pub mod web;

@@ -118,6 +118,8 @@ pub fn router(state: AppState) -> Router {
         serde_json::to_vec(&openapi::document(doc)).expect("the document serializes"),
     ));
     routes
+        .route("/", axum::routing::get(crate::web::index))
+        .route("/assets/{*file}", axum::routing::get(crate::web::asset))
         .route_layer(middleware::from_fn_with_state(tokens, auth::authorize))
         .fallback(|| async { ApiError::not_found("no such endpoint; see /api/v1/openapi.json") })
         .layer(Extension(doc))

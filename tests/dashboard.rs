@@ -1,0 +1,293 @@
+//! The staff dashboard in headless Chromium, driven through WebDriver (Debian's `chromium`
+//! and `chromium-driver`): a packing-shed operator signs in with a token, sees a frost alert
+//! fired by readings published to the MQTT endpoint arrive without a reload, acknowledges it
+//! with a note and sees its state change, in Chinese and in English, on a 390 px phone and on
+//! a desktop. Screenshots of the main views go to `target/screenshots` (to `docs/screenshots`
+//! with `ORCHARDD_SCREENSHOTS=docs`).
+
+mod support;
+
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+use support::{Daemon, DaemonConfig, free_port, mosquitto_pub_lines, require_binary};
+use thirtyfour::prelude::*;
+
+/// `chromedriver` on a free loopback port, stopped when dropped.
+struct Driver {
+    child: Child,
+    port: u16,
+}
+
+impl Driver {
+    fn start() -> Driver {
+        require_binary("chromium", "chromium chromium-driver");
+        let bin = require_binary("chromedriver", "chromium chromium-driver");
+        let port = free_port();
+        let child = Command::new(bin)
+            .arg(format!("--port={port}"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        // chromedriver answers only requests whose Host is localhost: a connect is the probe.
+        support::wait_for(Duration::from_secs(20), "chromedriver listening", || {
+            std::net::TcpStream::connect(("127.0.0.1", port)).ok()
+        });
+        Driver { child, port }
+    }
+}
+
+impl Drop for Driver {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn screenshots() -> PathBuf {
+    let dir = match std::env::var("ORCHARDD_SCREENSHOTS").as_deref() {
+        Ok("docs") => PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("docs/screenshots"),
+        _ => PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/screenshots"),
+    };
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+async fn browser(driver: &Driver, lang: &str, phone: bool) -> WebDriver {
+    let mut caps = DesiredCapabilities::chrome();
+    caps.set_binary("/usr/bin/chromium").unwrap();
+    for arg in [
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-dev-shm-usage",
+        "--disable-gpu",
+        &format!("--lang={lang}"),
+    ] {
+        caps.add_arg(arg).unwrap();
+    }
+    caps.add_experimental_option("prefs", json!({"intl.accept_languages": lang}))
+        .unwrap();
+    if phone {
+        caps.add_experimental_option(
+            "mobileEmulation",
+            json!({"deviceMetrics": {"width": 390, "height": 844, "pixelRatio": 2.0, "touch": true}}),
+        )
+        .unwrap();
+    } else {
+        caps.add_arg("--window-size=1280,900").unwrap();
+    }
+    WebDriver::new(format!("http://127.0.0.1:{}", driver.port), caps)
+        .await
+        .unwrap()
+}
+
+/// Waits for the first element matching `css` whose text contains `text`.
+async fn wait_text(d: &WebDriver, css: &str, text: &str) -> WebElement {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        for e in d.find_all(By::Css(css)).await.unwrap_or_default() {
+            if e.text().await.unwrap_or_default().contains(text) {
+                return e;
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no `{css}` with `{text}` in:\n{}",
+            d.source().await.unwrap_or_default()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// `curl` with the token, as staff check what the page did.
+fn curl_json(url: &str, token: &str) -> serde_json::Value {
+    let out = Command::new(require_binary("curl", "curl"))
+        .args(["-sf", "-H", &format!("Authorization: Bearer {token}"), url])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "curl {url}");
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+fn frost(port: u16, device: &str) {
+    let now = support::now_ms();
+    let lines: Vec<String> = (0..3)
+        .map(|i| {
+            format!(
+                r#"{{"ts":{},"readings":{{"air_temperature":-1.8}}}}"#,
+                now - (20 - 10 * i) * 60_000
+            )
+        })
+        .collect();
+    mosquitto_pub_lines(
+        port,
+        &format!("orchards/fengjie/B3/{device}/telemetry"),
+        &lines,
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn staff_see_a_frost_alert_arrive_live_and_acknowledge_it_in_chinese_and_english() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("devices.toml"), "").unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_orchardd"))
+        .args([
+            "token",
+            "new",
+            "--role",
+            "operator",
+            "--name",
+            "packing-shed tablet",
+        ])
+        .output()
+        .unwrap();
+    let text = String::from_utf8(out.stdout).unwrap();
+    let token = text
+        .lines()
+        .find_map(|l| l.strip_prefix("token: "))
+        .unwrap()
+        .to_owned();
+    let mut cfg = DaemonConfig::shipped_defaults_embedded();
+    cfg.extra = text[text.find("[[http.tokens]]").unwrap()..].to_owned();
+    let daemon = Daemon::start(dir.path(), &cfg);
+    daemon.wait_ready();
+    let base = format!("http://{}", daemon.http);
+    let driver = Driver::start();
+    let shots = screenshots();
+
+    let cases = [
+        ("zh-CN", true, "预警", "已确认", "防霜风扇已开"),
+        ("en-GB", false, "Alerts", "acknowledged", "frost fans on"),
+        ("en-GB", true, "Alerts", "acknowledged", "fans on, checked"),
+        ("zh-CN", false, "预警", "已确认", "已检查"),
+    ];
+    for (n, (lang, phone, alerts_tab, acked, note)) in cases.into_iter().enumerate() {
+        let width = if phone { "phone" } else { "desktop" };
+        let short = &lang[..2];
+        let d = browser(&driver, lang, phone).await;
+        d.goto(&base).await.unwrap();
+        // Signed out: the page asks for the token, in the browser's language.
+        let field = d.find(By::Id("token")).await.unwrap();
+        assert_eq!(
+            d.find(By::Css("#tabs button"))
+                .await
+                .unwrap()
+                .text()
+                .await
+                .unwrap(),
+            alerts_tab
+        );
+        field.send_keys(&token).await.unwrap();
+        d.find(By::Id("who"))
+            .await
+            .unwrap()
+            .send_keys("Li Wei")
+            .await
+            .unwrap();
+        d.find(By::Css("#signin-form button"))
+            .await
+            .unwrap()
+            .click()
+            .await
+            .unwrap();
+        wait_text(&d, "#live", if short == "zh" { "实时" } else { "live" }).await;
+
+        // A frost night at a station of B3: the alert appears without a reload.
+        let device = format!("station-{n}");
+        frost(cfg.broker_port(), &device);
+        let card = wait_text(&d, "article.alert", &device).await;
+        assert_eq!(
+            card.attr("data-state").await.unwrap().as_deref(),
+            Some("firing")
+        );
+        let action = card
+            .find(By::Css(".action"))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        if short == "zh" {
+            assert!(action.contains("霜冻"), "{action}");
+        } else {
+            assert!(action.contains("Frost risk"), "{action}");
+        }
+        if n == 0 || n == 1 {
+            d.screenshot(&shots.join(format!("alerts-{short}-{width}.png")))
+                .await
+                .unwrap();
+        }
+
+        // Acknowledge it with a note: the card says so, with who and the note.
+        let id = card.attr("data-alert-id").await.unwrap().unwrap();
+        card.find(By::Css("button.do-ack"))
+            .await
+            .unwrap()
+            .click()
+            .await
+            .unwrap();
+        // The answer form comes with the next render.
+        let form_note =
+            wait_text(&d, &format!("article[data-alert-id='{id}'] input.note"), "").await;
+        form_note.send_keys(note).await.unwrap();
+        wait_text(
+            &d,
+            &format!("article[data-alert-id='{id}'] button.confirm"),
+            "",
+        )
+        .await
+        .click()
+        .await
+        .unwrap();
+        let card = wait_text(
+            &d,
+            &format!("article[data-alert-id='{id}'][data-state='acknowledged']"),
+            note,
+        )
+        .await;
+        let said = card.text().await.unwrap();
+        assert!(
+            said.contains(acked) && said.contains("Li Wei (packing-shed tablet)"),
+            "{said}"
+        );
+        let stored = curl_json(&format!("{base}/api/v1/alerts/{id}"), &token);
+        assert_eq!(stored["state"], "acknowledged");
+        assert_eq!(stored["acknowledged"]["note"], note);
+
+        // Usable on the phone: nothing wider than the screen.
+        let overflow = d
+            .execute(
+                "return document.documentElement.scrollWidth - document.documentElement.clientWidth",
+                vec![],
+            )
+            .await
+            .unwrap();
+        assert!(
+            overflow.json().as_i64().unwrap() <= 0,
+            "{lang} {width}: scrolls sideways"
+        );
+
+        // The other views open; the language can be switched.
+        for view in ["overview", "lots", "devices", "quarantine"] {
+            d.find(By::Css(format!("#tabs button[data-view='{view}']")))
+                .await
+                .unwrap()
+                .click()
+                .await
+                .unwrap();
+            wait_text(&d, &format!("#{view} h2"), "").await;
+            if n < 2 {
+                d.screenshot(&shots.join(format!("{view}-{short}-{width}.png")))
+                    .await
+                    .unwrap();
+            }
+        }
+        d.find(By::Id("lang")).await.unwrap().click().await.unwrap();
+        let other = if short == "zh" { "Alerts" } else { "预警" };
+        wait_text(&d, "#tabs button", other).await;
+        d.quit().await.unwrap();
+    }
+}

@@ -1,0 +1,295 @@
+// orchardd's staff page: alerts first, then orchards, harvest, devices and the quarantine.
+// Plain DOM, no framework: it is served from the binary and talks to /api/v1 with the
+// signed-in token.
+"use strict";
+
+const TEXT = {
+  en: {
+    title: "orchardd", alerts: "Alerts", overview: "Orchards", lots: "Harvest", devices: "Devices",
+    quarantine: "Quarantine", signin: "Sign in", signout: "Sign out", token: "Token", who: "Your name",
+    live: "live", offline: "offline", ack: "Acknowledge", resolve: "Resolve", history: "History",
+    note: "Note", confirm: "Confirm", cancel: "Cancel", noAlerts: "No open alerts.",
+    critical: "Critical", major: "Major", minor: "Minor", warning: "Warning",
+    firing: "firing", acknowledged: "acknowledged", resolved: "resolved",
+    since: "since", by: "by", badToken: "That token was not accepted.",
+    forbidden: "This token's role may not see this.", latest: "Latest readings", health: "Sensor health",
+    today: "Today's indices", block: "Block", kind: "Kind", value: "Value", time: "Time", device: "Device",
+    silent: "offline", lastSeen: "last seen", deficit: "Irrigation needed", frost: "Frost hours", gdd: "Degree days",
+    lot: "Lot", harvested: "Harvested", grade: "Grade", weight: "Net weight", season: "Season report",
+    waiting: "Devices waiting to be assigned", reason: "Reason", detail: "Detail", topic: "Topic",
+    nothing: "Nothing here.", chart: "Chart", events: "Events", deliveries: "deliveries",
+  },
+  zh: {
+    title: "果园监测", alerts: "预警", overview: "果园", lots: "采收", devices: "设备",
+    quarantine: "隔离区", signin: "登录", signout: "退出", token: "令牌", who: "您的姓名",
+    live: "实时", offline: "离线", ack: "确认", resolve: "解除", history: "记录",
+    note: "备注", confirm: "提交", cancel: "取消", noAlerts: "没有未处理的预警。",
+    critical: "严重", major: "重要", minor: "一般", warning: "提示",
+    firing: "触发中", acknowledged: "已确认", resolved: "已解除",
+    since: "开始于", by: "处理人", badToken: "令牌无效。",
+    forbidden: "此令牌的角色无权查看。", latest: "最新读数", health: "传感器状态",
+    today: "今日指标", block: "地块", kind: "类型", value: "数值", time: "时间", device: "设备",
+    silent: "离线", lastSeen: "最后上报", deficit: "需灌溉", frost: "霜冻小时", gdd: "积温",
+    lot: "批次", harvested: "采收日期", grade: "等级", weight: "净重", season: "产季报告",
+    waiting: "待分配设备", reason: "原因", detail: "详情", topic: "主题",
+    nothing: "暂无内容。", chart: "图表", events: "事件", deliveries: "次推送",
+  },
+};
+const SEVERITIES = ["critical", "major", "minor", "warning"];
+
+const state = {
+  lang: localStorage.getItem("lang") ||
+    ((navigator.languages || [navigator.language || "en"])[0].toLowerCase().startsWith("zh") ? "zh" : "en"),
+  token: localStorage.getItem("token") || "",
+  who: localStorage.getItem("who") || "",
+  view: "alerts",
+  answering: null,
+  history: null,
+};
+
+const t = (key) => TEXT[state.lang][key] || key;
+
+function el(tag, attrs, ...children) {
+  const e = document.createElement(tag);
+  for (const [k, v] of Object.entries(attrs || {})) {
+    if (k === "on") for (const [ev, f] of Object.entries(v)) e.addEventListener(ev, f);
+    else if (v !== undefined && v !== null && v !== false) e.setAttribute(k, v === true ? "" : v);
+  }
+  for (const c of children.flat()) if (c !== null && c !== undefined) e.append(c instanceof Node ? c : String(c));
+  return e;
+}
+
+class Unauthorized extends Error {}
+class Forbidden extends Error {}
+
+async function api(path, options = {}) {
+  const headers = { "Content-Type": "application/json" };
+  if (state.token) headers.Authorization = "Bearer " + state.token;
+  const r = await fetch(path, { ...options, headers });
+  if (r.status === 401) throw new Unauthorized();
+  if (r.status === 403) throw new Forbidden();
+  const body = await r.json().catch(() => ({}));
+  if (!r.ok) throw new Error((body.error && body.error.message) || r.statusText);
+  return body;
+}
+
+function when(rfc3339) {
+  if (!rfc3339) return "";
+  return new Date(rfc3339).toLocaleString(state.lang === "zh" ? "zh-CN" : "en-GB");
+}
+
+function applyLanguage() {
+  document.documentElement.lang = state.lang === "zh" ? "zh-CN" : "en";
+  document.getElementById("lang").textContent = state.lang === "zh" ? "English" : "中文";
+  for (const e of document.querySelectorAll("[data-t]")) e.textContent = t(e.dataset.t);
+  document.title = t("title");
+}
+
+function showSignIn(message) {
+  document.getElementById("signin").hidden = false;
+  document.getElementById("view").hidden = true;
+  document.getElementById("signin-error").textContent = message || "";
+  document.getElementById("who").value = state.who;
+}
+
+async function render() {
+  applyLanguage();
+  for (const b of document.querySelectorAll("#tabs button")) b.classList.toggle("on", b.dataset.view === state.view);
+  const view = document.getElementById("view");
+  try {
+    const content = await VIEWS[state.view]();
+    document.getElementById("signin").hidden = true;
+    view.hidden = false;
+    view.replaceChildren(content);
+  } catch (e) {
+    if (e instanceof Unauthorized) return showSignIn(state.token ? t("badToken") : "");
+    if (e instanceof Forbidden) return view.replaceChildren(el("p", { class: "error" }, t("forbidden")));
+    view.replaceChildren(el("p", { class: "error" }, e.message));
+  }
+}
+
+// Alerts: open ones by severity, each with its action text, answered with a note.
+async function alertsView() {
+  const { alerts } = await api("/api/v1/alerts?state=open&limit=500");
+  const out = el("div", { id: "alerts" });
+  if (!alerts.length) out.append(el("p", { class: "empty", id: "no-alerts" }, t("noAlerts")));
+  for (const severity of SEVERITIES) {
+    const mine = alerts.filter((a) => a.severity === severity);
+    if (!mine.length) continue;
+    out.append(el("h2", {}, `${t(severity)} (${mine.length})`));
+    for (const a of mine) out.append(alertCard(a));
+  }
+  return out;
+}
+
+function alertCard(a) {
+  const card = el("article", { class: "card alert " + a.severity, "data-alert-id": a.id, "data-state": a.state },
+    el("div", {}, el("span", { class: "badge " + a.severity }, t(a.severity)),
+      el("span", { class: "badge state" }, t(a.state))),
+    el("p", { class: "action" }, a.action[state.lang] || a.action.en),
+    el("p", { class: "meta" }, `${a.orchard} · ${a.block}${a.device ? " · " + a.device : ""} · ${a.rule} · ${t("since")} ${when(a.since)}`),
+    a.acknowledged ? el("p", { class: "meta acked" }, `${t("acknowledged")} ${t("by")} ${a.acknowledged.by}${a.acknowledged.note ? ": " + a.acknowledged.note : ""}`) : null);
+  const buttons = el("div", { class: "buttons" });
+  if (a.state !== "acknowledged") buttons.append(el("button", { class: "do-ack", on: { click: () => answer(a.id, "ack") } }, t("ack")));
+  buttons.append(el("button", { class: "do-resolve", on: { click: () => answer(a.id, "resolve") } }, t("resolve")));
+  buttons.append(el("button", { class: "secondary do-history", on: { click: () => showHistory(a.id) } }, t("history")));
+  card.append(buttons);
+  if (state.answering && state.answering.id === a.id) {
+    const note = el("input", { class: "note", type: "text", placeholder: t("note"), "aria-label": t("note") });
+    const form = el("form", { class: "answer", on: { submit: (ev) => { ev.preventDefault(); send(a.id, state.answering.action, note.value); } } },
+      note, el("button", { type: "submit", class: "confirm" }, t("confirm")),
+      el("button", { type: "button", class: "secondary", on: { click: () => { state.answering = null; render(); } } }, t("cancel")));
+    card.append(form);
+    setTimeout(() => note.focus(), 0);
+  }
+  if (state.history && state.history.id === a.id) card.append(historyList(state.history.data));
+  return card;
+}
+
+function answer(id, action) { state.answering = { id, action }; render(); }
+
+async function send(id, action, note) {
+  const body = { note: note || undefined };
+  if (state.who) body.by = state.who; else if (!state.token) body.by = "dashboard";
+  try {
+    await api(`/api/v1/alerts/${id}/${action}`, { method: "POST", body: JSON.stringify(body) });
+    state.answering = null;
+  } catch (e) {
+    if (e instanceof Unauthorized) return showSignIn(t("badToken"));
+    alert(e.message);
+  }
+  render();
+}
+
+async function showHistory(id) {
+  if (state.history && state.history.id === id) { state.history = null; return render(); }
+  state.history = { id, data: await api(`/api/v1/alerts/${id}`) };
+  render();
+}
+
+function historyList(a) {
+  return el("ul", { class: "history meta" }, (a.events || []).map((e) =>
+    el("li", {}, `${when(e.at)} · ${e.event}${e.by ? " · " + e.by : ""}${e.note ? ": " + e.note : ""}` +
+      (e.deliveries && e.deliveries.length ? ` · ${e.deliveries.length} ${t("deliveries")}` : ""))));
+}
+
+function table(headers, rows) {
+  if (!rows.length) return el("p", { class: "empty" }, t("nothing"));
+  return el("div", { class: "scroll" }, el("table", {},
+    el("thead", {}, el("tr", {}, headers.map((h) => el("th", {}, h)))),
+    el("tbody", {}, rows.map((r) => el("tr", {}, r.map((c) => el("td", {}, c ?? "")))))));
+}
+
+async function optional(promise) {
+  try { return await promise; } catch (e) { if (e instanceof Forbidden) return null; throw e; }
+}
+
+// Orchards: the latest value per block and kind, sensor health, today's indices.
+async function overviewView() {
+  const { readings } = await api("/api/v1/latest");
+  const out = el("div", { id: "overview" }, el("h2", {}, t("latest")),
+    table([t("block"), t("device"), t("kind"), t("value"), t("time")],
+      readings.map((r) => [`${r.orchard} · ${r.block}`, r.device, r.kind, r.value, when(r.ts)])));
+  const devices = await optional(api("/api/v1/devices"));
+  if (devices) {
+    out.append(el("h2", {}, t("health")), table([t("device"), t("block"), t("lastSeen"), ""],
+      devices.devices.map((d) => [d.id, `${d.orchard} · ${d.block}`, when(d.last_seen), d.silent ? t("silent") : ""])));
+  }
+  const blocks = [...new Set(readings.map((r) => `${r.orchard}/${r.block}`))];
+  const today = new Date().toISOString().slice(0, 10);
+  const rows = [];
+  for (const b of blocks) {
+    const [orchard, block] = b.split("/");
+    const idx = await optional(api(`/api/v1/indices?orchard=${encodeURIComponent(orchard)}&block=${encodeURIComponent(block)}&from=${today}`));
+    if (!idx) break;
+    const d = idx.days[idx.days.length - 1] || {};
+    rows.push([`${orchard} · ${block}`, d.irrigation_needed_mm?.toFixed(1) ?? "–", d.frost_hours?.toFixed(1) ?? "–", d.gdd_season?.toFixed(0) ?? "–"]);
+  }
+  if (rows.length) out.append(el("h2", {}, t("today")), table([t("block"), t("deficit") + " (mm)", t("frost"), t("gdd")], rows));
+  return out;
+}
+
+async function lotsView() {
+  const { lots } = await api("/api/v1/lots?limit=200");
+  return el("div", { id: "lots" }, el("h2", {}, t("lots")),
+    table([t("lot"), t("block"), t("harvested"), t("grade"), t("weight")],
+      lots.map((l) => [l.lot_id, `${l.orchard} · ${l.block}`, l.harvest_date, l.grading.grade || "–", `${l.net_weight_kg} kg`])));
+}
+
+async function devicesView() {
+  const { unassigned } = await api("/api/v1/devices?unassigned=true");
+  return el("div", { id: "devices" }, el("h2", {}, t("waiting")),
+    table([t("device"), t("topic"), t("lastSeen")], unassigned.map((d) => [d.id, d.topic || d.source || "", when(d.last_seen || d.last_heard)])));
+}
+
+async function quarantineView() {
+  const { quarantine } = await api("/api/v1/quarantine?limit=100");
+  return el("div", { id: "quarantine" }, el("h2", {}, t("quarantine")),
+    table([t("time"), t("reason"), t("topic"), t("detail")], quarantine.map((q) => [when(q.received_at), q.reason, q.topic, q.detail])));
+}
+
+const VIEWS = { alerts: alertsView, overview: overviewView, lots: lotsView, devices: devicesView, quarantine: quarantineView };
+
+// The alert stream, read with fetch so that it carries the token (EventSource cannot).
+// Signing in aborts the stream, which reconnects at once with the new token.
+async function follow() {
+  const live = document.getElementById("live");
+  for (let delay = 1000; ; delay = Math.min(delay * 2, 15000)) {
+    try {
+      const headers = state.token ? { Authorization: "Bearer " + state.token } : {};
+      state.stream = new AbortController();
+      const r = await fetch("/api/v1/alerts/stream", { headers, signal: state.stream.signal });
+      if (!r.ok) throw new Error(r.status);
+      live.className = "live on"; live.dataset.t = "live"; live.textContent = t("live");
+      delay = 1000;
+      const reader = r.body.getReader();
+      const decoder = new TextDecoder();
+      let buffered = "";
+      for (;;) {
+        const { value, done } = await reader.read();
+        if (done) break;
+        buffered += decoder.decode(value, { stream: true });
+        let end;
+        while ((end = buffered.indexOf("\n\n")) >= 0) {
+          const event = buffered.slice(0, end);
+          buffered = buffered.slice(end + 2);
+          if (event.split("\n").some((l) => l.startsWith("data:")) && !state.answering) render();
+        }
+      }
+    } catch (_) { /* reconnect below */ }
+    live.className = "live off"; live.dataset.t = "offline"; live.textContent = t("offline");
+    if (state.stream.signal.aborted) delay = 500;
+    else await new Promise((ok) => { state.wake = ok; setTimeout(ok, delay); });
+  }
+}
+
+function reconnect() {
+  if (state.stream) state.stream.abort();
+  if (state.wake) state.wake();
+}
+
+document.addEventListener("DOMContentLoaded", () => {
+  document.getElementById("lang").addEventListener("click", () => {
+    state.lang = state.lang === "zh" ? "en" : "zh";
+    localStorage.setItem("lang", state.lang);
+    render();
+  });
+  document.getElementById("signout").addEventListener("click", () => {
+    state.token = ""; localStorage.removeItem("token"); showSignIn();
+  });
+  for (const b of document.querySelectorAll("#tabs button")) {
+    b.addEventListener("click", () => { state.view = b.dataset.view; state.answering = null; state.history = null; render(); });
+  }
+  document.getElementById("signin-form").addEventListener("submit", (ev) => {
+    ev.preventDefault();
+    state.token = document.getElementById("token").value.trim();
+    state.who = document.getElementById("who").value.trim();
+    localStorage.setItem("token", state.token);
+    localStorage.setItem("who", state.who);
+    reconnect();
+    render();
+  });
+  applyLanguage();
+  render();
+  follow();
+});
