@@ -279,6 +279,8 @@ async fn staff_see_a_frost_alert_arrive_live_and_acknowledge_it_in_chinese_and_e
                 .await
                 .unwrap();
             wait_text(&d, &format!("#{view} h2"), "").await;
+            let errors = d.find_all(By::Css("#view .error")).await.unwrap();
+            assert!(errors.is_empty(), "{view}: {}", d.source().await.unwrap());
             if n < 2 {
                 d.screenshot(&shots.join(format!("{view}-{short}-{width}.png")))
                     .await

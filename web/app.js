@@ -17,7 +17,8 @@ const TEXT = {
     silent: "offline", lastSeen: "last seen", deficit: "Irrigation needed", frost: "Frost hours", gdd: "Degree days",
     lot: "Lot", harvested: "Harvested", grade: "Grade", weight: "Net weight", season: "Season report",
     waiting: "Devices waiting to be assigned", reason: "Reason", detail: "Detail", topic: "Topic",
-    nothing: "Nothing here.", chart: "Chart", events: "Events", deliveries: "deliveries",
+    nothing: "Nothing here.", chart: "Last 7 days", events: "Events", deliveries: "deliveries",
+    attention: "Needs attention", lowBattery: "battery low:", stuck: "reading stuck",
   },
   zh: {
     title: "果园监测", alerts: "预警", overview: "果园", lots: "采收", devices: "设备",
@@ -32,7 +33,8 @@ const TEXT = {
     silent: "离线", lastSeen: "最后上报", deficit: "需灌溉", frost: "霜冻小时", gdd: "积温",
     lot: "批次", harvested: "采收日期", grade: "等级", weight: "净重", season: "产季报告",
     waiting: "待分配设备", reason: "原因", detail: "详情", topic: "主题",
-    nothing: "暂无内容。", chart: "图表", events: "事件", deliveries: "次推送",
+    nothing: "暂无内容。", chart: "最近 7 天", events: "事件", deliveries: "次推送",
+    attention: "需要处理", lowBattery: "电量低：", stuck: "读数不变",
   },
 };
 const SEVERITIES = ["critical", "major", "minor", "warning"];
@@ -42,7 +44,7 @@ const state = {
     ((navigator.languages || [navigator.language || "en"])[0].toLowerCase().startsWith("zh") ? "zh" : "en"),
   token: localStorage.getItem("token") || "",
   who: localStorage.getItem("who") || "",
-  view: "alerts",
+  view: ["overview", "lots", "devices", "quarantine"].includes(location.hash.slice(1)) ? location.hash.slice(1) : "alerts",
   answering: null,
   history: null,
 };
@@ -156,7 +158,7 @@ async function send(id, action, note) {
     state.answering = null;
   } catch (e) {
     if (e instanceof Unauthorized) return showSignIn(t("badToken"));
-    alert(e.message);
+    alert(e instanceof Forbidden ? t("forbidden") : e.message);
   }
   render();
 }
@@ -187,13 +189,31 @@ async function optional(promise) {
 // Orchards: the latest value per block and kind, sensor health, today's indices.
 async function overviewView() {
   const { readings } = await api("/api/v1/latest");
+  // One row a block: each kind's latest value, the mean over the block's devices.
+  const kindsShown = [...new Set(readings.map((r) => r.kind))].sort();
+  const perBlock = {};
+  for (const r of readings) {
+    const b = (perBlock[`${r.orchard} · ${r.block}`] = perBlock[`${r.orchard} · ${r.block}`] || { kinds: {}, newest: "" });
+    (b.kinds[r.kind] = b.kinds[r.kind] || []).push(r.value);
+    if (r.ts > b.newest) b.newest = r.ts;
+  }
+  const mean = (vs) => vs ? +(vs.reduce((a, v) => a + v, 0) / vs.length).toFixed(2) : "–";
   const out = el("div", { id: "overview" }, el("h2", {}, t("latest")),
-    table([t("block"), t("device"), t("kind"), t("value"), t("time")],
-      readings.map((r) => [`${r.orchard} · ${r.block}`, r.device, r.kind, r.value, when(r.ts)])));
+    table([t("block"), ...kindsShown, t("time")],
+      Object.entries(perBlock).map(([name, b]) => [name, ...kindsShown.map((k) => mean(b.kinds[k])), when(b.newest)])));
   const devices = await optional(api("/api/v1/devices"));
   if (devices) {
     out.append(el("h2", {}, t("health")), table([t("device"), t("block"), t("lastSeen"), ""],
       devices.devices.map((d) => [d.id, `${d.orchard} · ${d.block}`, when(d.last_seen), d.silent ? t("silent") : ""])));
+  }
+  // Low batteries from the latest readings; stuck sensors from their open alerts.
+  const low = readings.filter((r) => r.kind === "battery_v" && r.value < 3.5);
+  const stuck = await optional(api("/api/v1/alerts?state=open&limit=500"));
+  const stuckRows = (stuck ? stuck.alerts : []).filter((a) => a.rule.startsWith("sensor-stuck"));
+  if (low.length || stuckRows.length) {
+    out.append(el("h3", {}, t("attention")), table([t("device"), t("block"), ""],
+      [...low.map((r) => [r.device, `${r.orchard} · ${r.block}`, `${t("lowBattery")} ${r.value} V`]),
+       ...stuckRows.map((a) => [a.device, `${a.orchard} · ${a.block}`, t("stuck")])]));
   }
   const blocks = [...new Set(readings.map((r) => `${r.orchard}/${r.block}`))];
   const today = new Date().toISOString().slice(0, 10);
@@ -206,14 +226,74 @@ async function overviewView() {
     rows.push([`${orchard} · ${block}`, d.irrigation_needed_mm?.toFixed(1) ?? "–", d.frost_hours?.toFixed(1) ?? "–", d.gdd_season?.toFixed(0) ?? "–"]);
   }
   if (rows.length) out.append(el("h2", {}, t("today")), table([t("block"), t("deficit") + " (mm)", t("frost"), t("gdd")], rows));
+  const kinds = [...new Set(readings.map((r) => r.kind))].sort();
+  if (blocks.length && kinds.length) out.append(await chartSection(blocks, kinds));
   return out;
+}
+
+// A kind over the last week in a block, from the hourly rollups, one line per device, with
+// the block's alert windows shaded.
+async function chartSection(blocks, kinds) {
+  state.chart = state.chart || { block: blocks[0], kind: kinds.includes("air_temperature") ? "air_temperature" : kinds[0] };
+  const pick = (name, options, value) => el("select", { class: "chart-" + name, on: { change: (ev) => { state.chart[name] = ev.target.value; render(); } } },
+    options.map((o) => el("option", { value: o, selected: o === value }, o.replace("/", " · "))));
+  const box = el("div", { id: "chart" }, el("h2", {}, t("chart")),
+    el("div", { class: "buttons" }, pick("block", blocks, state.chart.block), pick("kind", kinds, state.chart.kind)));
+  const [orchard, block] = state.chart.block.split("/");
+  const from = new Date(Date.now() - 7 * 86400000).toISOString();
+  const q = `orchard=${encodeURIComponent(orchard)}&block=${encodeURIComponent(block)}`;
+  const data = await optional(api(`/api/v1/rollups?period=1h&${q}&kind=${encodeURIComponent(state.chart.kind)}&from=${from}&limit=10000`));
+  if (!data) { box.append(el("p", { class: "empty" }, t("forbidden"))); return box; }
+  if (!data.rollups.length) { box.append(el("p", { class: "empty" }, t("nothing"))); return box; }
+  const alerts = (await optional(api(`/api/v1/alerts?${q}&limit=200`))) || { alerts: [] };
+  box.append(drawChart(data.rollups, alerts.alerts, Date.parse(from)));
+  return box;
+}
+
+function drawChart(rollups, alerts, from) {
+  const ns = "http://www.w3.org/2000/svg";
+  const svg = (tag, attrs) => { const e = document.createElementNS(ns, tag); for (const [k, v] of Object.entries(attrs)) e.setAttribute(k, v); return e; };
+  const W = 800, H = 240, P = 36, to = Date.now();
+  const values = rollups.map((r) => r.mean);
+  let lo = Math.min(...values), hi = Math.max(...values);
+  if (hi - lo < 1e-9) { lo -= 1; hi += 1; }
+  const x = (ms) => P + (W - 2 * P) * (ms - from) / (to - from);
+  const y = (v) => H - P + (2 * P - H) * (v - lo) / (hi - lo);
+  const chart = svg("svg", { class: "chart", viewBox: `0 0 ${W} ${H}`, role: "img" });
+  for (const a of alerts) {
+    const start = Math.max(Date.parse(a.since), from), end = a.resolved_at ? Date.parse(a.resolved_at) : to;
+    if (end < from) continue;
+    chart.append(svg("rect", { class: "alert-window", x: x(start), y: P / 2, width: Math.max(2, x(end) - x(start)), height: H - P * 1.5, fill: "#b3261e22" }));
+  }
+  const label = (attrs, text) => { const e = svg("text", attrs); e.textContent = text; chart.append(e); };
+  for (const v of [lo, hi]) label({ x: 2, y: y(v) + 4, "font-size": 11, fill: "#5d6b60" }, v.toFixed(1));
+  const byDevice = {};
+  for (const r of rollups) (byDevice[r.device] = byDevice[r.device] || []).push(r);
+  const colours = ["#2f4f2f", "#e67e22", "#1565c0", "#8e24aa", "#00897b"];
+  Object.entries(byDevice).forEach(([device, rs], i) => {
+    const points = rs.map((r) => `${x(Date.parse(r.start)).toFixed(1)},${y(r.mean).toFixed(1)}`).join(" ");
+    chart.append(svg("polyline", { points, fill: "none", stroke: colours[i % colours.length], "stroke-width": 2, "data-device": device }));
+    label({ x: W - P, y: 14 + 13 * i, "text-anchor": "end", "font-size": 11, fill: colours[i % colours.length] }, device);
+  });
+  return chart;
 }
 
 async function lotsView() {
   const { lots } = await api("/api/v1/lots?limit=200");
-  return el("div", { id: "lots" }, el("h2", {}, t("lots")),
+  const out = el("div", { id: "lots" }, el("h2", {}, t("lots")),
     table([t("lot"), t("block"), t("harvested"), t("grade"), t("weight")],
       lots.map((l) => [l.lot_id, `${l.orchard} · ${l.block}`, l.harvest_date, l.grading.grade || "–", `${l.net_weight_kg} kg`])));
+  // The season report of each orchard with lots, for roles that may read it.
+  const year = new Date().getFullYear();
+  for (const orchard of [...new Set(lots.map((l) => l.orchard))]) {
+    const report = await optional(api(`/api/v1/reports/season?orchard=${encodeURIComponent(orchard)}&season=${year}`));
+    if (!report) break;
+    out.append(el("h2", {}, `${t("season")} ${orchard} ${year}`), table(
+      [t("block"), t("weight"), "kg/tree", "t/ha", "°Brix", "TSS/acid", t("gdd"), t("frost")],
+      report.blocks.map((b) => [b.block, `${b.net_weight_kg} kg`, b.kg_per_tree ?? "–", b.t_per_ha ?? "–",
+        b.mean_tss_brix ?? "–", b.mean_ratio ?? "–", b.season.gdd, b.season.frost_hours])));
+  }
+  return out;
 }
 
 async function devicesView() {
@@ -278,7 +358,11 @@ document.addEventListener("DOMContentLoaded", () => {
     state.token = ""; localStorage.removeItem("token"); showSignIn();
   });
   for (const b of document.querySelectorAll("#tabs button")) {
-    b.addEventListener("click", () => { state.view = b.dataset.view; state.answering = null; state.history = null; render(); });
+    b.addEventListener("click", () => {
+      state.view = b.dataset.view; state.answering = null; state.history = null;
+      history.replaceState(null, "", "#" + state.view);
+      render();
+    });
   }
   document.getElementById("signin-form").addEventListener("submit", (ev) => {
     ev.preventDefault();
