@@ -150,8 +150,19 @@ async fn staff_see_a_frost_alert_arrive_live_and_acknowledge_it_in_chinese_and_e
         .find_map(|l| l.strip_prefix("token: "))
         .unwrap()
         .to_owned();
+    let out = Command::new(env!("CARGO_BIN_EXE_orchardd"))
+        .args(["token", "new", "--role", "admin", "--name", "co-op office"])
+        .output()
+        .unwrap();
+    let admin_text = String::from_utf8(out.stdout).unwrap();
+    let admin = admin_text
+        .lines()
+        .find_map(|l| l.strip_prefix("token: "))
+        .unwrap()
+        .to_owned();
     let mut cfg = DaemonConfig::shipped_defaults_embedded();
-    cfg.extra = text[text.find("[[http.tokens]]").unwrap()..].to_owned();
+    cfg.extra = text[text.find("[[http.tokens]]").unwrap()..].to_owned()
+        + &admin_text[admin_text.find("[[http.tokens]]").unwrap()..];
     let daemon = Daemon::start(dir.path(), &cfg);
     daemon.wait_ready();
     let base = format!("http://{}", daemon.http);
@@ -292,4 +303,95 @@ async fn staff_see_a_frost_alert_arrive_live_and_acknowledge_it_in_chinese_and_e
         wait_text(&d, "#tabs button", other).await;
         d.quit().await.unwrap();
     }
+
+    // The co-op office (admin) resolves the first alert with a note, reads its history, and
+    // sees the week's air temperature of B3 with the frost windows shaded.
+    let d = browser(&driver, "en-GB", false).await;
+    d.goto(&base).await.unwrap();
+    d.find(By::Id("token"))
+        .await
+        .unwrap()
+        .send_keys(&admin)
+        .await
+        .unwrap();
+    d.find(By::Css("#signin-form button"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    let card = wait_text(&d, "article.alert", "station-0").await;
+    let id = card.attr("data-alert-id").await.unwrap().unwrap();
+    card.find(By::Css("button.do-resolve"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    wait_text(&d, &format!("article[data-alert-id='{id}'] input.note"), "")
+        .await
+        .send_keys("frost over")
+        .await
+        .unwrap();
+    wait_text(
+        &d,
+        &format!("article[data-alert-id='{id}'] button.confirm"),
+        "",
+    )
+    .await
+    .click()
+    .await
+    .unwrap();
+    // Resolved alerts leave the open list.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !d
+        .find_all(By::Css(format!("article[data-alert-id='{id}']")))
+        .await
+        .unwrap()
+        .is_empty()
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the resolved alert is still listed"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let stored = curl_json(&format!("{base}/api/v1/alerts/{id}"), &admin);
+    assert_eq!(stored["state"], "resolved");
+    assert_eq!(stored["resolved_by"]["by"], "co-op office");
+    let other = wait_text(&d, "article.alert", "station-1").await;
+    other
+        .find(By::Css("button.do-history"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    wait_text(&d, "ul.history li", "acknowledged").await;
+
+    d.find(By::Css("#tabs button[data-view='overview']"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    let line = wait_text(&d, "#chart svg polyline", "").await;
+    assert!(
+        line.attr("data-device")
+            .await
+            .unwrap()
+            .unwrap()
+            .starts_with("station-")
+    );
+    assert!(
+        !d.find_all(By::Css("#chart svg rect.alert-window"))
+            .await
+            .unwrap()
+            .is_empty(),
+        "the frost alerts are marked on the chart"
+    );
+    d.screenshot(&shots.join("overview-admin-en-desktop.png"))
+        .await
+        .unwrap();
+    d.quit().await.unwrap();
 }

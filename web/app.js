@@ -18,7 +18,7 @@ const TEXT = {
     lot: "Lot", harvested: "Harvested", grade: "Grade", weight: "Net weight", season: "Season report",
     waiting: "Devices waiting to be assigned", reason: "Reason", detail: "Detail", topic: "Topic",
     nothing: "Nothing here.", chart: "Last 7 days", events: "Events", deliveries: "deliveries",
-    attention: "Needs attention", lowBattery: "battery low:", stuck: "reading stuck",
+    attention: "Needs attention", messages: "Messages", lowBattery: "battery low:", stuck: "reading stuck",
   },
   zh: {
     title: "果园监测", alerts: "预警", overview: "果园", lots: "采收", devices: "设备",
@@ -34,7 +34,7 @@ const TEXT = {
     lot: "批次", harvested: "采收日期", grade: "等级", weight: "净重", season: "产季报告",
     waiting: "待分配设备", reason: "原因", detail: "详情", topic: "主题",
     nothing: "暂无内容。", chart: "最近 7 天", events: "事件", deliveries: "次推送",
-    attention: "需要处理", lowBattery: "电量低：", stuck: "读数不变",
+    attention: "需要处理", messages: "消息数", lowBattery: "电量低：", stuck: "读数不变",
   },
 };
 const SEVERITIES = ["critical", "major", "minor", "warning"];
@@ -299,7 +299,8 @@ async function lotsView() {
 async function devicesView() {
   const { unassigned } = await api("/api/v1/devices?unassigned=true");
   return el("div", { id: "devices" }, el("h2", {}, t("waiting")),
-    table([t("device"), t("topic"), t("lastSeen")], unassigned.map((d) => [d.id, d.topic || d.source || "", when(d.last_seen || d.last_heard)])));
+    table([t("device"), t("topic"), t("messages"), t("lastSeen")],
+      unassigned.map((d) => [d.id, d.last_topic, d.messages, when(d.last_seen)])));
 }
 
 async function quarantineView() {
