@@ -9,34 +9,9 @@ use std::process::Command;
 use std::time::Duration;
 
 use serde_json::Value;
-use support::{Daemon, DaemonConfig, mosquitto_pub_lines, require_binary, wait_for};
+use support::{Daemon, DaemonConfig, mosquitto_pub_lines, new_token, require_binary, wait_for};
 
 const ROLES: [&str; 4] = ["viewer", "operator", "agronomist", "admin"];
-
-/// `orchardd token new`: the token and the config entry it prints.
-fn new_token(role: &str, name: &str) -> (String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_orchardd"))
-        .args(["token", "new", "--role", role, "--name", name])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let text = String::from_utf8(out.stdout).unwrap();
-    let token = text
-        .lines()
-        .find_map(|l| l.strip_prefix("token: "))
-        .unwrap_or_else(|| panic!("no token in {text}"))
-        .to_owned();
-    let entry = text[text.find("[[http.tokens]]").unwrap()..].to_owned();
-    assert!(
-        !entry.contains(&token),
-        "the config entry holds only the hash"
-    );
-    (token, entry)
-}
 
 struct Answer {
     status: u16,
@@ -295,15 +270,7 @@ fn every_route_answers_each_role_as_designed_and_records_who_acted() {
 
     // A frost night at B3, so there is an alert to answer: the shipped rule fires after ten
     // minutes below 0 °C.
-    let now = support::now_ms();
-    let lines: Vec<String> = (0..3)
-        .map(|i| {
-            format!(
-                r#"{{"ts":{},"readings":{{"air_temperature":-1.5}}}}"#,
-                now - (20 - 10 * i) * 60_000
-            )
-        })
-        .collect();
+    let lines = support::frost_night(-1.5);
     mosquitto_pub_lines(
         cfg.broker_port(),
         "orchards/fengjie/B3/dev-7/telemetry",

@@ -12,7 +12,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::json;
-use support::{Daemon, DaemonConfig, free_port, mosquitto_pub_lines, require_binary};
+use support::{Daemon, DaemonConfig, free_port, mosquitto_pub_lines, new_token, require_binary};
 use thirtyfour::prelude::*;
 
 /// `chromedriver` on a free loopback port, stopped when dropped.
@@ -102,6 +102,53 @@ async fn wait_text(d: &WebDriver, css: &str, text: &str) -> WebElement {
     }
 }
 
+/// Presses the card's `button` (acknowledge or resolve), types `note` and confirms; the
+/// answer form comes with the next render.
+async fn answer(card: &WebElement, d: &WebDriver, id: &str, button: &str, note: &str) {
+    card.find(By::Css(format!("button.{button}")))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    let form = format!("article[data-alert-id='{id}']");
+    wait_text(d, &format!("{form} input.note"), "")
+        .await
+        .send_keys(note)
+        .await
+        .unwrap();
+    wait_text(d, &format!("{form} button.confirm"), "")
+        .await
+        .click()
+        .await
+        .unwrap();
+}
+
+/// Opens the page and signs in with `token` (and a name, if given).
+async fn sign_in(d: &WebDriver, base: &str, token: &str, who: Option<&str>) {
+    d.goto(base).await.unwrap();
+    d.find(By::Id("token"))
+        .await
+        .unwrap()
+        .send_keys(token)
+        .await
+        .unwrap();
+    if let Some(who) = who {
+        d.find(By::Id("who"))
+            .await
+            .unwrap()
+            .send_keys(who)
+            .await
+            .unwrap();
+    }
+    d.find(By::Css("#signin-form button"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+}
+
 /// `curl` with the token, as staff check what the page did.
 fn curl_json(url: &str, token: &str) -> serde_json::Value {
     let out = Command::new(require_binary("curl", "curl"))
@@ -113,56 +160,18 @@ fn curl_json(url: &str, token: &str) -> serde_json::Value {
 }
 
 fn frost(port: u16, device: &str) {
-    let now = support::now_ms();
-    let lines: Vec<String> = (0..3)
-        .map(|i| {
-            format!(
-                r#"{{"ts":{},"readings":{{"air_temperature":-1.8}}}}"#,
-                now - (20 - 10 * i) * 60_000
-            )
-        })
-        .collect();
-    mosquitto_pub_lines(
-        port,
-        &format!("orchards/fengjie/B3/{device}/telemetry"),
-        &lines,
-    );
+    let topic = format!("orchards/fengjie/B3/{device}/telemetry");
+    mosquitto_pub_lines(port, &topic, &support::frost_night(-1.8));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn staff_see_a_frost_alert_arrive_live_and_acknowledge_it_in_chinese_and_english() {
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("devices.toml"), "").unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_orchardd"))
-        .args([
-            "token",
-            "new",
-            "--role",
-            "operator",
-            "--name",
-            "packing-shed tablet",
-        ])
-        .output()
-        .unwrap();
-    let text = String::from_utf8(out.stdout).unwrap();
-    let token = text
-        .lines()
-        .find_map(|l| l.strip_prefix("token: "))
-        .unwrap()
-        .to_owned();
-    let out = Command::new(env!("CARGO_BIN_EXE_orchardd"))
-        .args(["token", "new", "--role", "admin", "--name", "co-op office"])
-        .output()
-        .unwrap();
-    let admin_text = String::from_utf8(out.stdout).unwrap();
-    let admin = admin_text
-        .lines()
-        .find_map(|l| l.strip_prefix("token: "))
-        .unwrap()
-        .to_owned();
+    let (token, operator_entry) = new_token("operator", "packing-shed tablet");
+    let (admin, admin_entry) = new_token("admin", "co-op office");
     let mut cfg = DaemonConfig::shipped_defaults_embedded();
-    cfg.extra = text[text.find("[[http.tokens]]").unwrap()..].to_owned()
-        + &admin_text[admin_text.find("[[http.tokens]]").unwrap()..];
+    cfg.extra = format!("{operator_entry}{admin_entry}");
     let daemon = Daemon::start(dir.path(), &cfg);
     daemon.wait_ready();
     let base = format!("http://{}", daemon.http);
@@ -179,31 +188,10 @@ async fn staff_see_a_frost_alert_arrive_live_and_acknowledge_it_in_chinese_and_e
         let width = if phone { "phone" } else { "desktop" };
         let short = &lang[..2];
         let d = browser(&driver, lang, phone).await;
-        d.goto(&base).await.unwrap();
-        // Signed out: the page asks for the token, in the browser's language.
-        let field = d.find(By::Id("token")).await.unwrap();
-        assert_eq!(
-            d.find(By::Css("#tabs button"))
-                .await
-                .unwrap()
-                .text()
-                .await
-                .unwrap(),
-            alerts_tab
-        );
-        field.send_keys(&token).await.unwrap();
-        d.find(By::Id("who"))
-            .await
-            .unwrap()
-            .send_keys("Li Wei")
-            .await
-            .unwrap();
-        d.find(By::Css("#signin-form button"))
-            .await
-            .unwrap()
-            .click()
-            .await
-            .unwrap();
+        // Signed out, the page asks for the token; it speaks the browser's language.
+        sign_in(&d, &base, &token, Some("Li Wei")).await;
+        let first_tab = d.find(By::Css("#tabs button")).await.unwrap();
+        assert_eq!(first_tab.text().await.unwrap(), alerts_tab);
         wait_text(&d, "#live", if short == "zh" { "实时" } else { "live" }).await;
 
         // A frost night at a station of B3: the alert appears without a reload.
@@ -234,25 +222,7 @@ async fn staff_see_a_frost_alert_arrive_live_and_acknowledge_it_in_chinese_and_e
 
         // Acknowledge it with a note: the card says so, with who and the note.
         let id = card.attr("data-alert-id").await.unwrap().unwrap();
-        card.find(By::Css("button.do-ack"))
-            .await
-            .unwrap()
-            .click()
-            .await
-            .unwrap();
-        // The answer form comes with the next render.
-        let form_note =
-            wait_text(&d, &format!("article[data-alert-id='{id}'] input.note"), "").await;
-        form_note.send_keys(note).await.unwrap();
-        wait_text(
-            &d,
-            &format!("article[data-alert-id='{id}'] button.confirm"),
-            "",
-        )
-        .await
-        .click()
-        .await
-        .unwrap();
+        answer(&card, &d, &id, "do-ack", note).await;
         let card = wait_text(
             &d,
             &format!("article[data-alert-id='{id}'][data-state='acknowledged']"),
@@ -307,41 +277,10 @@ async fn staff_see_a_frost_alert_arrive_live_and_acknowledge_it_in_chinese_and_e
     // The co-op office (admin) resolves the first alert with a note, reads its history, and
     // sees the week's air temperature of B3 with the frost windows shaded.
     let d = browser(&driver, "en-GB", false).await;
-    d.goto(&base).await.unwrap();
-    d.find(By::Id("token"))
-        .await
-        .unwrap()
-        .send_keys(&admin)
-        .await
-        .unwrap();
-    d.find(By::Css("#signin-form button"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    sign_in(&d, &base, &admin, None).await;
     let card = wait_text(&d, "article.alert", "station-0").await;
     let id = card.attr("data-alert-id").await.unwrap().unwrap();
-    card.find(By::Css("button.do-resolve"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
-    wait_text(&d, &format!("article[data-alert-id='{id}'] input.note"), "")
-        .await
-        .send_keys("frost over")
-        .await
-        .unwrap();
-    wait_text(
-        &d,
-        &format!("article[data-alert-id='{id}'] button.confirm"),
-        "",
-    )
-    .await
-    .click()
-    .await
-    .unwrap();
+    answer(&card, &d, &id, "do-resolve", "frost over").await;
     // Resolved alerts leave the open list.
     let deadline = Instant::now() + Duration::from_secs(20);
     while !d

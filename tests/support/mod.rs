@@ -650,3 +650,43 @@ pub fn now_ms() -> i64 {
         .unwrap()
         .as_millis() as i64
 }
+
+/// `orchardd token new`, as an administrator runs it: the token, and the config entry it
+/// prints (which holds only the token's hash).
+pub fn new_token(role: &str, name: &str) -> (String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_orchardd"))
+        .args(["token", "new", "--role", role, "--name", name])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8(out.stdout).unwrap();
+    let token = text
+        .lines()
+        .find_map(|l| l.strip_prefix("token: "))
+        .unwrap_or_else(|| panic!("no token in {text}"))
+        .to_owned();
+    let entry = text[text.find("[[http.tokens]]").unwrap()..].to_owned();
+    assert!(
+        !entry.contains(&token),
+        "the config entry holds only the hash"
+    );
+    (token, entry)
+}
+
+/// Three air temperatures of `celsius`, ten minutes apart up to now: a frost night for the
+/// shipped frost rule (ten minutes below 0 °C).
+pub fn frost_night(celsius: f64) -> Vec<String> {
+    let now = now_ms();
+    (0..3)
+        .map(|i| {
+            format!(
+                r#"{{"ts":{},"readings":{{"air_temperature":{celsius}}}}}"#,
+                now - (20 - 10 * i) * 60_000
+            )
+        })
+        .collect()
+}
