@@ -20,7 +20,7 @@ pub use alerts::{
     AlertSettings, DingTalkSecurity, DingTalkSettings, EscalationSettings, FeishuSettings,
     Language, MessageFormat, WeComSettings, WebhookSettings,
 };
-pub use http::{HttpSettings, Role, TokenEntry, token_hash};
+pub use http::{HttpSettings, Role, TokenEntry, check_token_name, token_hash};
 pub use lots::{LotSettings, PUBLISHABLE};
 
 /// The shipped, documented configuration file. Parsing it must give [`Settings::default`].
@@ -937,11 +937,8 @@ impl Settings {
             if let Err(e) = t.digest() {
                 problem(&format!("http.tokens[{i}].hash"), e);
             }
-            if t.name.trim().is_empty() || t.name.len() > 100 {
-                problem(
-                    &format!("http.tokens[{i}].name"),
-                    "must name who holds the token, in at most 100 bytes".into(),
-                );
+            if let Err(e) = check_token_name(&t.name) {
+                problem(&format!("http.tokens[{i}].name"), e.into());
             } else if !names.insert(t.name.as_str()) {
                 problem(
                     &format!("http.tokens[{i}].name"),

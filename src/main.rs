@@ -128,8 +128,8 @@ fn passwd(a: &orchardd::cli::PasswdArgs) -> anyhow::Result<ExitCode> {
 fn new_token(role: orchardd::config::Role, name: &str) -> anyhow::Result<ExitCode> {
     use base64::Engine;
     use ring::rand::SecureRandom;
-    if name.trim().is_empty() || name.len() > 100 {
-        anyhow::bail!("--name must say who or what holds the token, in at most 100 bytes");
+    if let Err(e) = orchardd::config::check_token_name(name) {
+        anyhow::bail!("--name {e}");
     }
     let mut secret = [0u8; 32];
     ring::rand::SystemRandom::new()

@@ -10,7 +10,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use serde_json::Value;
-use support::{Daemon, DaemonConfig, http_get, wait_for};
+use support::{Daemon, DaemonConfig, close, date_of, day_at_utc8, day_of_date, http_get, wait_for};
 
 const OFFSET_MS: i64 = 8 * 3_600_000;
 const DAY_MS: i64 = 86_400_000;
@@ -36,26 +36,6 @@ area_ha = 1.1
 trees = 520
 "#;
 
-fn local_day(ts: i64) -> i64 {
-    (ts + OFFSET_MS).div_euclid(DAY_MS)
-}
-
-fn date_of(day: i64) -> String {
-    time::Date::from_julian_day((day + 2_440_588) as i32)
-        .unwrap()
-        .to_string()
-}
-
-/// The day number of a local date `YYYY-MM-DD`.
-fn local_day_of(date: &str) -> i64 {
-    let d = time::Date::parse(
-        date,
-        time::macros::format_description!("[year]-[month]-[day]"),
-    )
-    .unwrap();
-    i64::from(d.to_julian_day()) - 2_440_588
-}
-
 fn ms_of(rfc3339: &str) -> i64 {
     let t = time::OffsetDateTime::parse(rfc3339, &time::format_description::well_known::Rfc3339)
         .unwrap();
@@ -71,18 +51,11 @@ fn round(v: f64, places: i32) -> f64 {
     (v * f).round() / f
 }
 
-fn close(a: f64, b: f64, what: &str) {
-    assert!(
-        (a - b).abs() <= 1e-6 * b.abs().max(1.0),
-        "{what}: {a} ≠ {b}"
-    );
-}
-
 #[test]
 fn a_replayed_season_with_lots_gives_a_report_that_matches_its_lots_and_indices() {
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("devices.toml"), DEVICES).unwrap();
-    let today = local_day(support::now_ms());
+    let today = day_at_utc8(support::now_ms());
     // The replay ends at the last local midnight: its last day is yesterday, the day the
     // daily rules judge.
     let first = today - DAYS;
@@ -271,7 +244,7 @@ elevation_m = 300.0
         let indices = daemon.get_ok(&format!(
             "/api/v1/indices?orchard=orchard-1&block={block}&from={}&to={}",
             date_of(first),
-            date_of(local_day_of(last) + 1)
+            date_of(day_of_date(last) + 1)
         ));
         let days = indices["days"].as_array().unwrap();
         assert_eq!(season["days"], days.len());
@@ -322,7 +295,7 @@ elevation_m = 300.0
 
         // The alerts: each rule's count is the block's alerts whose condition held from the
         // season start to the end of its last harvest day, each handled one way or still open.
-        let season_end = (local_day_of(last) + 1) * DAY_MS - OFFSET_MS;
+        let season_end = (day_of_date(last) + 1) * DAY_MS - OFFSET_MS;
         for a in season["alerts"].as_array().unwrap() {
             let rule = a["rule"].as_str().unwrap();
             let fired = all_alerts

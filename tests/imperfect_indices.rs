@@ -9,7 +9,7 @@ use std::f64::consts::{PI, TAU};
 use std::time::Duration;
 
 use serde_json::{Value, json};
-use support::{Daemon, DaemonConfig, http_request, mosquitto_pub_lines, wait_for};
+use support::{Daemon, DaemonConfig, date_of, http_request, mosquitto_pub_lines, wait_for};
 
 const OFFSET_MS: i64 = 8 * 3_600_000;
 const DAY_MS: i64 = 86_400_000;
@@ -34,12 +34,6 @@ fn solar(h: f64) -> f64 {
     } else {
         0.0
     }
-}
-
-fn date_of(day: i64) -> String {
-    time::Date::from_julian_day((day + 2_440_588) as i32)
-        .unwrap()
-        .to_string()
 }
 
 /// Every 10 minutes over `days` local days from `first`, one message of `kinds(t_ms, hour)`

@@ -8,7 +8,9 @@ use std::process::Command;
 use std::time::Duration;
 
 use serde_json::{Value, json};
-use support::{Daemon, DaemonConfig, http_get, http_request, wait_for};
+use support::{
+    Daemon, DaemonConfig, close, date_of, day_at_utc8, http_get, http_request, wait_for,
+};
 
 const OFFSET_MS: i64 = 8 * 3_600_000;
 const DAY_MS: i64 = 86_400_000;
@@ -16,15 +18,6 @@ const DAYS: i64 = 60;
 const STEP_MIN: i64 = 30;
 const DEVICES: usize = 2;
 const ROOT_ZONE_MM: f64 = 100.0;
-
-fn local_day(ts: i64) -> i64 {
-    (ts + OFFSET_MS).div_euclid(DAY_MS)
-}
-
-fn date_of(day: i64) -> String {
-    let d = time::Date::from_julian_day((day + 2_440_588) as i32).unwrap();
-    d.to_string()
-}
 
 /// Per local day, the block's value as the indices define it: the mean over devices of each
 /// device's daily `per_device` figure, from the raw readings of `kind`.
@@ -47,7 +40,7 @@ fn raw_daily(
         )
         .unwrap();
         let ms = (ts.unix_timestamp_nanos() / 1_000_000) as i64;
-        by.entry(local_day(ms))
+        by.entry(day_at_utc8(ms))
             .or_default()
             .entry(r["device"].as_str().unwrap().to_owned())
             .or_default()
@@ -64,18 +57,11 @@ fn raw_daily(
         .collect()
 }
 
-fn close(a: f64, b: f64, what: &str) {
-    assert!(
-        (a - b).abs() <= 1e-6 * b.abs().max(1.0),
-        "{what}: {a} ≠ {b}"
-    );
-}
-
 #[test]
 fn a_replayed_season_adds_up_to_its_raw_readings() {
     let dir = tempfile::tempdir().unwrap();
     // The season starts at a local midnight 70 days ago and runs for 60 days.
-    let today = local_day(support::now_ms());
+    let today = day_at_utc8(support::now_ms());
     let first = today - 70;
     let start_ms = first * DAY_MS - OFFSET_MS;
     let season_start = &date_of(first)[5..];

@@ -65,6 +65,14 @@ impl TokenEntry {
     }
 }
 
+/// Whether `name` can name a token's holder in the record of who did what.
+pub fn check_token_name(name: &str) -> Result<(), &'static str> {
+    if name.trim().is_empty() || name.len() > 100 {
+        return Err("must name who or what holds the token, in at most 100 bytes");
+    }
+    Ok(())
+}
+
 /// The stored form of a token.
 pub fn token_hash(token: &str) -> String {
     let d = digest(&SHA256, token.as_bytes());

@@ -690,3 +690,34 @@ pub fn frost_night(celsius: f64) -> Vec<String> {
         })
         .collect()
 }
+
+/// The day number (days since 1970-01-01) of the local day at UTC+8, Fengjie's offset, which
+/// the day-level tests set as `aggregate.utc_offset`, that holds the time `ts` (ms).
+pub fn day_at_utc8(ts: i64) -> i64 {
+    (ts + 8 * 3_600_000).div_euclid(86_400_000)
+}
+
+/// The date of a day number, `YYYY-MM-DD`.
+pub fn date_of(day: i64) -> String {
+    time::Date::from_julian_day((day + 2_440_588) as i32)
+        .unwrap()
+        .to_string()
+}
+
+/// The day number of a date `YYYY-MM-DD`.
+pub fn day_of_date(date: &str) -> i64 {
+    let d = time::Date::parse(
+        date,
+        time::macros::format_description!("[year]-[month]-[day]"),
+    )
+    .unwrap();
+    i64::from(d.to_julian_day()) - 2_440_588
+}
+
+/// Asserts that `a` equals `b` up to float rounding (a millionth, relative).
+pub fn close(a: f64, b: f64, what: &str) {
+    assert!(
+        (a - b).abs() <= 1e-6 * b.abs().max(1.0),
+        "{what}: {a} ≠ {b}"
+    );
+}
