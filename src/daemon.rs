@@ -318,6 +318,7 @@ pub async fn run(settings: Settings) -> Result<(), DaemonError> {
         }),
         alerts_changed: alerts_changed.clone(),
         alert_streams: Arc::new(tokio::sync::Semaphore::new(api::MAX_STREAMS)),
+        exports: Arc::new(tokio::sync::Semaphore::new(api::MAX_EXPORTS)),
         shutdown: shutdown.clone(),
         lots: Arc::new(settings.lots.clone()),
         tokens: Arc::new(api::Tokens::new(&settings.http.tokens)),

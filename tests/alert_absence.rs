@@ -200,6 +200,10 @@ fn a_gateway_outage_is_one_alert_a_lone_silent_device_its_own_and_a_stall_one_fo
         .chain(GATEWAY_B.iter().map(|e| Device::start(port, e, "gw-b")))
         .collect();
     run(&mut devices, 2.0, |_| true);
-    assert!(alerts(&daemon, "state=open").is_empty());
+    assert!(
+        alerts(&daemon, "state=open").is_empty(),
+        "{:#?}",
+        alerts(&daemon, "state=open")
+    );
     assert_eq!(alerts(&daemon, "").len(), 3);
 }

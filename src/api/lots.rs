@@ -13,6 +13,7 @@ use serde_json::{Value, json};
 use super::Actor;
 use super::AppState;
 use super::error::ApiError;
+use super::export::{self, Out};
 use super::params::Params;
 use super::readings::csv_response;
 use crate::aggregate::indices::Day;
@@ -22,6 +23,8 @@ use crate::harvest::public::{self, Lang, Published, Sources};
 use crate::harvest::season::Season;
 use crate::harvest::store::{self as lots, Appended, Arrived, Kept, Step, Stored};
 use crate::model::{TimestampMs, truncate};
+use crate::store::StoreError;
+use crate::store::readings::Each;
 
 #[utoipa::path(
     post,
@@ -120,14 +123,16 @@ pub async fn list(
         // Exclusive, as every `to` of the API.
         to: date("to")?,
         grade: p.get("grade").map(str::to_owned),
-        limit: p.limit(1000, 10_000)?,
+        // Streamed, so a large limit costs no more memory than a small one.
+        limit: p.limit(1000, 1_000_000)?,
     };
     let csv = p.csv()?;
-    let found = s.pool.read(move |c| lots::list(c, &filter)).await?;
+    let pool = s.pool.clone();
+    let query = move |each: Each<Kept>| pool.blocking(|c| lots::list_each(c, &filter, each));
     if csv {
-        return Ok(csv_response(lots_csv(&found)));
+        return Ok(export::csv(&s, LOTS_CSV_HEADER, query, lot_line).await);
     }
-    Ok(Json(json!({ "lots": found })).into_response())
+    Ok(export::json_array(&s, "lots", query).await)
 }
 
 fn parse_date(v: &str) -> Option<Day> {
@@ -135,32 +140,29 @@ fn parse_date(v: &str) -> Option<Day> {
     (v.len() == 10).then(|| Day::from_date(d))
 }
 
-fn lots_csv(found: &[Kept]) -> String {
-    let mut out = String::from(
-        "lot_id,orchard,block,harvest_date,net_weight_kg,fruit_count,trees_harvested,grade,size_class,tss_brix,acidity_pct,diameter_mm,colour_pct,standard\n",
-    );
+const LOTS_CSV_HEADER: &str = "lot_id,orchard,block,harvest_date,net_weight_kg,fruit_count,trees_harvested,grade,size_class,tss_brix,acidity_pct,diameter_mm,colour_pct,standard\n";
+
+fn lot_line(out: &mut Out, k: &Kept) -> Result<(), StoreError> {
+    let (l, g) = (&k.lot, &k.grading);
     let num = |v: Option<f64>| v.map(|v| v.to_string()).unwrap_or_default();
-    for k in found {
-        let (l, g) = (&k.lot, &k.grading);
-        out.push_str(&format!(
-            "{},{},{},{},{},{},{},{},{},{},{},{},{},\"{}\"\n",
-            l.lot_id,
-            l.orchard,
-            l.block,
-            l.harvest_date,
-            l.net_weight_kg,
-            l.fruit_count.map(|n| n.to_string()).unwrap_or_default(),
-            l.trees_harvested.map(|n| n.to_string()).unwrap_or_default(),
-            g.grade.as_deref().unwrap_or_default(),
-            g.size_class.as_deref().unwrap_or_default(),
-            num(l.quality.tss_brix),
-            num(l.quality.acidity_pct),
-            num(l.quality.diameter_mm),
-            num(l.quality.colour_pct),
-            g.standard,
-        ));
-    }
-    out
+    writeln!(
+        out,
+        "{},{},{},{},{},{},{},{},{},{},{},{},{},{}",
+        l.lot_id,
+        l.orchard,
+        l.block,
+        l.harvest_date,
+        l.net_weight_kg,
+        l.fruit_count.map(|n| n.to_string()).unwrap_or_default(),
+        l.trees_harvested.map(|n| n.to_string()).unwrap_or_default(),
+        g.grade.as_deref().unwrap_or_default(),
+        g.size_class.as_deref().unwrap_or_default(),
+        num(l.quality.tss_brix),
+        num(l.quality.acidity_pct),
+        num(l.quality.diameter_mm),
+        num(l.quality.colour_pct),
+        export::csv_field(&g.standard),
+    )
 }
 
 /// A lot with its block's season through the harvest.

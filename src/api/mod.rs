@@ -5,6 +5,7 @@ mod alerts;
 mod auth;
 mod devices;
 mod error;
+mod export;
 mod indices;
 mod lots;
 mod openapi;
@@ -32,6 +33,7 @@ use utoipa_axum::routes;
 pub use alert_stream::MAX_STREAMS;
 pub use auth::{Access, Actor, Tokens, access};
 pub use error::ApiError;
+pub use export::MAX_EXPORTS;
 
 use crate::aggregate::indices::Agronomy;
 use crate::influx::query::InfluxQuery;
@@ -66,6 +68,8 @@ pub struct AppState {
     /// Bumped after every commit that opened, acknowledged or resolved an alert: the
     /// notifiers and the alert streams have news.
     pub alerts_changed: Arc<watch::Sender<u64>>,
+    /// Places for exports streaming at once ([`MAX_EXPORTS`]).
+    pub exports: Arc<Semaphore>,
     /// Places for open alert streams ([`MAX_STREAMS`]).
     pub alert_streams: Arc<Semaphore>,
     /// Cancelled at shutdown: open alert streams end, so the server can stop.

@@ -5,12 +5,15 @@ use std::fmt::Write;
 
 use axum::Json;
 use axum::extract::{Query, State};
-use serde_json::json;
+use axum::response::Response;
+use serde::Serialize;
 
 use super::AppState;
 use super::error::ApiError;
+use super::export::{self, Out, csv_field};
 use super::params::Params;
-use crate::store::quarantine::{self, Filter};
+use crate::store::quarantine::{self, Entry, Filter};
+use crate::store::readings::Each;
 use crate::validate::Reason;
 
 #[utoipa::path(
@@ -18,14 +21,14 @@ use crate::validate::Reason;
     path = "/api/v1/quarantine",
     tag = "quarantine",
     summary = "Rejected payloads with their reasons",
-    params(("reason" = Option<String>, Query, description = "rejection reason"), ("from" = Option<String>, Query, description = "start, inclusive: RFC 3339, epoch ms or a local date"), ("to" = Option<String>, Query, description = "end, exclusive"), ("limit" = Option<u32>, Query, description = "most rows to answer")),
+    params(("reason" = Option<String>, Query, description = "rejection reason"), ("from" = Option<String>, Query, description = "start, inclusive: RFC 3339, epoch ms or a local date"), ("to" = Option<String>, Query, description = "end, exclusive"), ("limit" = Option<u32>, Query, description = "most rows to answer"), ("format" = Option<String>, Query, description = "`csv` for CSV instead of JSON")),
     responses((status = 200, description = "the answer"))
 )]
 pub async fn list(
     State(s): State<AppState>,
     Query(raw): Query<HashMap<String, String>>,
-) -> Result<Json<serde_json::Value>, ApiError> {
-    let p = Params::new(raw, &["reason", "from", "to", "limit"])?;
+) -> Result<Response, ApiError> {
+    let p = Params::new(raw, &["reason", "from", "to", "limit", "format"])?;
     let reason = p
         .get("reason")
         .map(|r| {
@@ -45,29 +48,67 @@ pub async fn list(
         reason,
         from: p.time("from")?,
         to: p.time("to")?,
-        limit: p.limit(100, 10_000)?,
+        // Streamed, so a large limit costs no more memory than a small one.
+        limit: p.limit(100, 1_000_000)?,
     };
-    let entries = s.pool.read(move |c| quarantine::list(c, &filter)).await?;
-    let entries: Vec<_> = entries
-        .into_iter()
-        .map(|e| {
-            let (payload, encoding) = match String::from_utf8(e.payload) {
-                Ok(text) => (text, "utf8"),
-                Err(bytes) => (hex(bytes.as_bytes()), "hex"),
-            };
-            json!({
-                "id": e.id,
-                "received_at": e.received_at.to_rfc3339(),
-                "topic": e.topic,
-                "reason": e.reason,
-                "detail": e.detail,
-                "payload": payload,
-                "payload_encoding": encoding,
-                "payload_truncated": e.truncated,
-            })
-        })
-        .collect();
-    Ok(Json(json!({ "quarantine": entries })))
+    let csv = p.csv()?;
+    let pool = s.pool.clone();
+    let query = move |each: Each<Shown>| {
+        pool.blocking(|c| quarantine::list_each(c, &filter, &mut |e| each(Shown::from(e))))
+    };
+    if csv {
+        let header =
+            "id,received_at,topic,reason,detail,payload,payload_encoding,payload_truncated\n";
+        let line = |out: &mut Out, e: &Shown| {
+            writeln!(
+                out,
+                "{},{},{},{},{},{},{},{}",
+                e.id,
+                e.received_at,
+                csv_field(&e.topic),
+                e.reason,
+                csv_field(&e.detail),
+                csv_field(&e.payload),
+                e.payload_encoding,
+                e.payload_truncated
+            )
+        };
+        return Ok(export::csv(&s, header, query, line).await);
+    }
+    Ok(export::json_array(&s, "quarantine", query).await)
+}
+
+/// A quarantine entry as the API shows it: the payload as text when it is UTF-8, in hex
+/// when it is not.
+#[derive(Serialize)]
+struct Shown {
+    id: i64,
+    received_at: String,
+    topic: String,
+    reason: String,
+    detail: String,
+    payload: String,
+    payload_encoding: &'static str,
+    payload_truncated: bool,
+}
+
+impl From<Entry> for Shown {
+    fn from(e: Entry) -> Self {
+        let (payload, payload_encoding) = match String::from_utf8(e.payload) {
+            Ok(text) => (text, "utf8"),
+            Err(bytes) => (hex(bytes.as_bytes()), "hex"),
+        };
+        Self {
+            id: e.id,
+            received_at: e.received_at.to_rfc3339(),
+            topic: e.topic,
+            reason: e.reason,
+            detail: e.detail,
+            payload,
+            payload_encoding,
+            payload_truncated: e.truncated,
+        }
+    }
 }
 
 fn hex(bytes: &[u8]) -> String {

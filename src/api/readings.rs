@@ -1,24 +1,27 @@
 //! `GET /api/v1/readings` and `GET /api/v1/latest`.
 
 use std::collections::HashMap;
-use std::fmt::Write;
 use std::time::Duration;
 
-use axum::Json;
 use axum::extract::{Query, State};
 use axum::http::header;
 use axum::response::{IntoResponse, Response};
-use serde_json::json;
+use serde::Serialize;
 
 use super::AppState;
 use super::error::ApiError;
+use super::export::{self, Out};
 use super::params::Params;
 use crate::model::Flags;
-use crate::store::readings::{self, Agg, Filter, Row};
-use crate::store::rollups::{self, Period};
+use crate::store::StoreError;
+use crate::store::readings::{self, Agg, Each, Filter, Row};
+use crate::store::rollups::{self, Period, Rollup};
 
 const DEFAULT_LIMIT: usize = 10_000;
-const MAX_LIMIT: usize = 1_000_000;
+/// Answers are streamed, so a long one costs no more memory than a short one.
+const MAX_LIMIT: usize = 1_000_000_000;
+/// See `readings`: the InfluxDB backend's answers are built in memory.
+const INFLUX_MAX_LIMIT: usize = 100_000;
 
 #[utoipa::path(
     get,
@@ -64,23 +67,42 @@ pub async fn readings(
         return Err(ApiError::bad_request("`from` must be before `to`"));
     }
     let csv = p.csv()?;
-    let downsampled = filter.every.is_some();
-    let mut rows = match &s.influx {
-        Some(influx) => influx.readings(&filter).await?,
-        None if s.rollups => s.pool.read(move |c| readings::query(c, &filter)).await?,
-        None => {
-            s.pool
-                .read(move |c| readings::query_raw(c, &filter))
-                .await?
+    if let Some(influx) = &s.influx {
+        // InfluxDB's answers are merged across measurements in memory, so they are held to
+        // a size that stays small; larger exports page with `from`.
+        if filter.limit > INFLUX_MAX_LIMIT {
+            return Err(ApiError::bad_request(format!(
+                "`limit`: with query.backend = \"influx\" at most {INFLUX_MAX_LIMIT} rows are answered at once; page through longer spans with `from`, or use the embedded store's export"
+            )));
         }
-    };
-    if downsampled {
-        // Sums and means depend on the order a backend adds in; twelve significant digits
-        // are beyond any sensor and make both backends give the same answer.
-        rows.iter_mut()
-            .for_each(|r| r.value = significant(r.value, 12));
+        let rows = influx.readings(&filter).await?;
+        let downsampled = filter.every.is_some();
+        let query = move |each: Each<Row>| {
+            rows.into_iter()
+                .try_for_each(|r| each(tidy(r, downsampled)))
+        };
+        return Ok(respond(&s, csv, query).await);
     }
-    Ok(respond(rows, csv))
+    let pool = s.pool.clone();
+    let rollups = s.rollups;
+    let query = move |each: Each<Row>| {
+        let downsampled = filter.every.is_some();
+        let each = &mut |r| each(tidy(r, downsampled));
+        pool.blocking(|c| match rollups {
+            true => readings::query_each(c, &filter, each),
+            false => readings::query_raw_each(c, &filter, each),
+        })
+    };
+    Ok(respond(&s, csv, query).await)
+}
+
+/// Sums and means depend on the order a backend adds in; twelve significant digits are
+/// beyond any sensor and make both backends give the same downsampled answer.
+fn tidy(mut r: Row, downsampled: bool) -> Row {
+    if downsampled {
+        r.value = significant(r.value, 12);
+    }
+    r
 }
 
 fn significant(v: f64, digits: i32) -> f64 {
@@ -114,7 +136,11 @@ pub async fn latest(
                 .await?
         }
     };
-    Ok(respond(rows, csv))
+    // One row per series: small whatever the store holds.
+    Ok(respond(&s, csv, move |each: Each<Row>| {
+        rows.into_iter().try_for_each(each)
+    })
+    .await)
 }
 
 fn every(p: &Params) -> Result<Option<(i64, Agg)>, ApiError> {
@@ -143,47 +169,60 @@ fn every(p: &Params) -> Result<Option<(i64, Agg)>, ApiError> {
     }
 }
 
-fn respond(rows: Vec<Row>, csv: bool) -> Response {
+async fn respond<Q>(s: &AppState, csv: bool, query: Q) -> Response
+where
+    Q: FnOnce(Each<Row>) -> Result<(), StoreError> + Send + 'static,
+{
     if !csv {
-        let rows: Vec<_> = rows.iter().map(row_json).collect();
-        return Json(json!({ "readings": rows })).into_response();
+        let query = move |each: Each<RowJson>| query(&mut |r| each(RowJson::from(r)));
+        return export::json_array(s, "readings", query).await;
     }
-    let mut out = String::from("orchard,block,device,kind,depth_cm,ts,value,flags\n");
-    for r in &rows {
-        let depth = r.depth_cm.map(|d| d.to_string()).unwrap_or_default();
+    let header = "orchard,block,device,kind,depth_cm,ts,value,flags\n";
+    export::csv(s, header, query, |out, r| {
         // Identifiers are [A-Za-z0-9_-]: nothing in a row needs CSV quoting.
-        let _ = writeln!(
+        write!(out, "{},{},{},{},", r.orchard, r.block, r.device, r.kind)?;
+        if let Some(d) = r.depth_cm {
+            write!(out, "{d}")?;
+        }
+        writeln!(
             out,
-            "{},{},{},{},{},{},{},{}",
-            r.orchard,
-            r.block,
-            r.device,
-            r.kind,
-            depth,
+            ",{},{},{}",
             r.ts.to_rfc3339(),
             r.value,
             r.flags.names().join("|")
-        );
-    }
-    csv_response(out)
+        )
+    })
+    .await
 }
 
-fn row_json(r: &Row) -> serde_json::Value {
-    let mut v = json!({
-        "orchard": r.orchard,
-        "block": r.block,
-        "device": r.device,
-        "kind": r.kind,
-        "ts": r.ts.to_rfc3339(),
-        "value": r.value,
-    });
-    if let Some(d) = r.depth_cm {
-        v["depth_cm"] = json!(d);
+/// A reading as the JSON answer shows it.
+#[derive(Serialize)]
+struct RowJson {
+    orchard: String,
+    block: String,
+    device: String,
+    kind: String,
+    ts: String,
+    value: f64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    depth_cm: Option<i64>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    flags: Vec<&'static str>,
+}
+
+impl From<Row> for RowJson {
+    fn from(r: Row) -> Self {
+        Self {
+            ts: r.ts.to_rfc3339(),
+            flags: r.flags.names(),
+            orchard: r.orchard,
+            block: r.block,
+            device: r.device,
+            kind: r.kind,
+            value: r.value,
+            depth_cm: r.depth_cm,
+        }
     }
-    if r.flags != Flags::default() {
-        v["flags"] = json!(r.flags.names());
-    }
-    v
 }
 
 /// `GET /api/v1/rollups?period=1h|1d`: the stored hourly or daily summaries.
@@ -224,37 +263,25 @@ pub async fn rollups(
         limit: p.limit(DEFAULT_LIMIT, MAX_LIMIT)?,
     };
     let csv = p.csv()?;
-    let rows = s
-        .pool
-        .read(move |c| rollups::list(c, period, &filter))
-        .await?;
+    let pool = s.pool.clone();
+    let query =
+        move |each: Each<Rollup>| pool.blocking(|c| rollups::list_each(c, period, &filter, each));
     if !csv {
-        return Ok(Json(json!({ "rollups": rows })).into_response());
+        return Ok(export::json_array(&s, "rollups", query).await);
     }
-    let mut out = String::from(
-        "orchard,block,device,kind,depth_cm,period,start,count,min,max,mean,sum,last\n",
-    );
-    for r in &rows {
-        let depth = r.depth_cm.map(|d| d.to_string()).unwrap_or_default();
-        let _ = writeln!(
+    let header = "orchard,block,device,kind,depth_cm,period,start,count,min,max,mean,sum,last\n";
+    let line = |out: &mut Out, r: &Rollup| {
+        write!(out, "{},{},{},{},", r.orchard, r.block, r.device, r.kind)?;
+        if let Some(d) = r.depth_cm {
+            write!(out, "{d}")?;
+        }
+        writeln!(
             out,
-            "{},{},{},{},{},{},{},{},{},{},{},{},{}",
-            r.orchard,
-            r.block,
-            r.device,
-            r.kind,
-            depth,
-            r.period,
-            r.start,
-            r.count,
-            r.min,
-            r.max,
-            r.mean,
-            r.sum,
-            r.last
-        );
-    }
-    Ok(csv_response(out))
+            ",{},{},{},{},{},{},{},{}",
+            r.period, r.start, r.count, r.min, r.max, r.mean, r.sum, r.last
+        )
+    };
+    Ok(export::csv(&s, header, query, line).await)
 }
 
 pub(super) fn csv_response(body: String) -> Response {

@@ -180,6 +180,15 @@ pub struct Filter {
 
 /// Lots by harvest date, newest first.
 pub fn list(conn: &Connection, f: &Filter) -> Result<Vec<Kept>, StoreError> {
+    crate::store::readings::collect(|each| list_each(conn, f, each))
+}
+
+/// [`list`], handing each lot to `each` as it is read.
+pub fn list_each(
+    conn: &Connection,
+    f: &Filter,
+    each: crate::store::readings::Each<Kept>,
+) -> Result<(), StoreError> {
     let mut sql = format!("SELECT {COLUMNS} FROM lots WHERE 1");
     let mut args: Vec<rusqlite::types::Value> = Vec::new();
     let mut arg = |sql: &mut String, clause: &str, v: rusqlite::types::Value| {
@@ -205,11 +214,12 @@ pub fn list(conn: &Connection, f: &Filter) -> Result<Vec<Kept>, StoreError> {
         " ORDER BY harvest_day DESC, lot_id LIMIT {}",
         f.limit
     ));
-    let rows: Vec<_> = conn
-        .prepare(&sql)?
-        .query_map(rusqlite::params_from_iter(args), kept_of)?
-        .collect::<Result<_, _>>()?;
-    rows.into_iter().map(|row| kept(conn, row)).collect()
+    let mut stmt = conn.prepare(&sql)?;
+    let mut rows = stmt.query(rusqlite::params_from_iter(args))?;
+    while let Some(row) = rows.next()? {
+        each(kept(conn, kept_of(row)?)?)?;
+    }
+    Ok(())
 }
 
 /// What appending a step did.

@@ -39,6 +39,9 @@ pub enum StoreError {
     TooNew { found: i64, supported: i64 },
     #[error("the store's reader was lost: {0}")]
     Task(String),
+    /// A streamed answer stopped because its client went away or stopped reading.
+    #[error("the answer was abandoned: {0}")]
+    Abandoned(&'static str),
 }
 
 /// Opens (creating when missing) and migrates the writing connection.
@@ -151,17 +154,23 @@ impl ReadPool {
         F: FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
     {
         let pool = self.clone();
-        tokio::task::spawn_blocking(move || {
-            let conn = pool.take()?;
-            let out = f(&conn);
-            let mut idle = pool.idle.lock().unwrap_or_else(|e| e.into_inner());
-            if idle.len() < Self::MAX_IDLE {
-                idle.push(conn);
-            }
-            out
-        })
-        .await
-        .map_err(|e| StoreError::Task(e.to_string()))?
+        tokio::task::spawn_blocking(move || pool.blocking(f))
+            .await
+            .map_err(|e| StoreError::Task(e.to_string()))?
+    }
+
+    /// Runs `f` with a read connection on this thread, which may block.
+    pub fn blocking<T>(
+        &self,
+        f: impl FnOnce(&Connection) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        let conn = self.take()?;
+        let out = f(&conn);
+        let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
+        if idle.len() < Self::MAX_IDLE {
+            idle.push(conn);
+        }
+        out
     }
 
     fn take(&self) -> Result<Connection, StoreError> {

@@ -28,6 +28,15 @@ pub struct Entry {
 
 /// Newest first.
 pub fn list(conn: &Connection, f: &Filter) -> Result<Vec<Entry>, StoreError> {
+    super::readings::collect(|each| list_each(conn, f, each))
+}
+
+/// [`list`], handing each entry to `each` as it is read.
+pub fn list_each(
+    conn: &Connection,
+    f: &Filter,
+    each: super::readings::Each<Entry>,
+) -> Result<(), StoreError> {
     let mut clauses = vec!["1"];
     let mut params = Vec::new();
     if let Some(r) = f.reason {
@@ -50,18 +59,17 @@ pub fn list(conn: &Connection, f: &Filter) -> Result<Vec<Entry>, StoreError> {
         clauses.join(" AND ")
     );
     let mut stmt = conn.prepare(&sql)?;
-    let out = stmt
-        .query_map(params_from_iter(params), |r| {
-            Ok(Entry {
-                id: r.get(0)?,
-                received_at: TimestampMs(r.get(1)?),
-                topic: r.get(2)?,
-                reason: r.get(3)?,
-                detail: r.get(4)?,
-                payload: r.get(5)?,
-                truncated: r.get(6)?,
-            })
-        })?
-        .collect::<Result<Vec<_>, _>>()?;
-    Ok(out)
+    let mut rows = stmt.query(params_from_iter(params))?;
+    while let Some(r) = rows.next()? {
+        each(Entry {
+            id: r.get(0)?,
+            received_at: TimestampMs(r.get(1)?),
+            topic: r.get(2)?,
+            reason: r.get(3)?,
+            detail: r.get(4)?,
+            payload: r.get(5)?,
+            truncated: r.get(6)?,
+        })?;
+    }
+    Ok(())
 }

@@ -123,17 +123,43 @@ pub(super) fn series_where(
     w
 }
 
+/// What a query hands each row to as it reads it: a collector, or an export writing the row
+/// out; an error stops the query.
+pub type Each<'a, T> = &'a mut dyn FnMut(T) -> Result<(), StoreError>;
+
 /// Readings, or windows of them. Hourly and daily windows come from the rollups when the
 /// question allows (see [`rollups::answers`]); the answer is the same as from raw readings.
 pub fn query(conn: &Connection, f: &Filter) -> Result<Vec<Row>, StoreError> {
+    collect(|each| query_each(conn, f, each))
+}
+
+/// [`query`], handing each row to `each` in order instead of collecting them.
+pub fn query_each(conn: &Connection, f: &Filter, each: Each<Row>) -> Result<(), StoreError> {
     match rollups::answers(f) {
-        Some(period) => rollups::as_readings(conn, period, f),
-        None => query_raw(conn, f),
+        Some(period) => rollups::as_readings(conn, period, f, each),
+        None => query_raw_each(conn, f, each),
     }
 }
 
 /// [`query`] from the raw readings alone.
 pub fn query_raw(conn: &Connection, f: &Filter) -> Result<Vec<Row>, StoreError> {
+    collect(|each| query_raw_each(conn, f, each))
+}
+
+/// The rows a visiting query hands out, collected.
+pub fn collect<T>(
+    query: impl FnOnce(Each<T>) -> Result<(), StoreError>,
+) -> Result<Vec<T>, StoreError> {
+    let mut out = Vec::new();
+    query(&mut |row| {
+        out.push(row);
+        Ok(())
+    })?;
+    Ok(out)
+}
+
+/// [`query_raw`], handing each row to `each`.
+pub fn query_raw_each(conn: &Connection, f: &Filter, each: Each<Row>) -> Result<(), StoreError> {
     let mut w = series_where(&f.orchard, &f.block, &f.device, f.kind);
     w.add("r.ts >= ?", f.from.map(|t| SqlValue::Integer(t.0)));
     w.add("r.ts < ?", f.to.map(|t| SqlValue::Integer(t.0)));
@@ -163,7 +189,7 @@ pub fn query_raw(conn: &Connection, f: &Filter) -> Result<Vec<Row>, StoreError> 
         }
     };
     w.params.push(SqlValue::Integer(f.limit as i64));
-    rows(conn, &sql, w.params)
+    each_row(conn, &sql, w.params, each)
 }
 
 /// The newest reading of every series, optionally of one orchard or block.
@@ -180,28 +206,29 @@ pub fn latest(
          WHERE {} ORDER BY s.orchard, s.block, s.device, s.kind, s.depth_cm",
         w.sql()
     );
-    rows(conn, &sql, w.params)
+    collect(|each| each_row(conn, &sql, w.params, each))
 }
 
-pub(super) fn rows(
+/// Runs `sql`, whose columns are a [`Row`]'s, handing each row to `each` as it is read.
+pub(super) fn each_row(
     conn: &Connection,
     sql: &str,
     params: Vec<SqlValue>,
-) -> Result<Vec<Row>, StoreError> {
+    each: Each<Row>,
+) -> Result<(), StoreError> {
     let mut stmt = conn.prepare(sql)?;
-    let out = stmt
-        .query_map(params_from_iter(params), |r| {
-            Ok(Row {
-                orchard: r.get(0)?,
-                block: r.get(1)?,
-                device: r.get(2)?,
-                kind: r.get(3)?,
-                depth_cm: r.get(4)?,
-                ts: TimestampMs(r.get(5)?),
-                value: r.get(6)?,
-                flags: Flags(r.get(7)?),
-            })
-        })?
-        .collect::<Result<Vec<_>, _>>()?;
-    Ok(out)
+    let mut rows = stmt.query(params_from_iter(params))?;
+    while let Some(r) = rows.next()? {
+        each(Row {
+            orchard: r.get(0)?,
+            block: r.get(1)?,
+            device: r.get(2)?,
+            kind: r.get(3)?,
+            depth_cm: r.get(4)?,
+            ts: TimestampMs(r.get(5)?),
+            value: r.get(6)?,
+            flags: Flags(r.get(7)?),
+        })?;
+    }
+    Ok(())
 }

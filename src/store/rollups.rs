@@ -12,7 +12,7 @@ use rusqlite::{Connection, OptionalExtension, Transaction, params, params_from_i
 use serde::Serialize;
 
 use super::StoreError;
-use super::readings::{self, Agg, Row, Where, series_where};
+use super::readings::{self, Agg, Each, Row, Where, series_where};
 use crate::aggregate::indices::{DAY_MS, HOUR_MS};
 use crate::model::{Ident, Kind, TimestampMs};
 
@@ -245,6 +245,16 @@ pub struct Filter {
 
 /// Rollups of `period` whose window starts in `[from, to)`, ordered by start then identity.
 pub fn list(conn: &Connection, period: Period, f: &Filter) -> Result<Vec<Rollup>, StoreError> {
+    readings::collect(|each| list_each(conn, period, f, each))
+}
+
+/// [`list`], handing each rollup to `each` as it is read.
+pub fn list_each(
+    conn: &Connection,
+    period: Period,
+    f: &Filter,
+    each: Each<Rollup>,
+) -> Result<(), StoreError> {
     let (sql, args) = select(
         "r.count, r.min, r.max, r.sum, r.last",
         period,
@@ -253,28 +263,27 @@ pub fn list(conn: &Connection, period: Period, f: &Filter) -> Result<Vec<Rollup>
         f.limit,
     );
     let mut stmt = conn.prepare(&sql)?;
-    let rows = stmt
-        .query_map(params_from_iter(args), |r| {
-            let count: i64 = r.get(6)?;
-            let sum: f64 = r.get(9)?;
-            Ok(Rollup {
-                orchard: r.get(0)?,
-                block: r.get(1)?,
-                device: r.get(2)?,
-                kind: r.get(3)?,
-                depth_cm: r.get(4)?,
-                period: period.as_str(),
-                start: TimestampMs(r.get(5)?).to_rfc3339(),
-                count,
-                min: r.get(7)?,
-                max: r.get(8)?,
-                mean: sum / count as f64,
-                sum,
-                last: r.get(10)?,
-            })
-        })?
-        .collect::<Result<_, _>>()?;
-    Ok(rows)
+    let mut rows = stmt.query(params_from_iter(args))?;
+    while let Some(r) = rows.next()? {
+        let count: i64 = r.get(6)?;
+        let sum: f64 = r.get(9)?;
+        each(Rollup {
+            orchard: r.get(0)?,
+            block: r.get(1)?,
+            device: r.get(2)?,
+            kind: r.get(3)?,
+            depth_cm: r.get(4)?,
+            period: period.as_str(),
+            start: TimestampMs(r.get(5)?).to_rfc3339(),
+            count,
+            min: r.get(7)?,
+            max: r.get(8)?,
+            mean: sum / count as f64,
+            sum,
+            last: r.get(10)?,
+        })?;
+    }
+    Ok(())
 }
 
 /// The rollup period that answers a downsampled readings question exactly, if any: `every`
@@ -295,7 +304,8 @@ pub fn as_readings(
     conn: &Connection,
     period: Period,
     f: &readings::Filter,
-) -> Result<Vec<Row>, StoreError> {
+    each: Each<Row>,
+) -> Result<(), StoreError> {
     let agg = f.every.map_or(Agg::Mean, |(_, agg)| agg);
     let value = match agg {
         Agg::Mean => "r.sum / r.count",
@@ -312,7 +322,7 @@ pub fn as_readings(
         (f.from, f.to),
         f.limit,
     );
-    readings::rows(conn, &sql, args)
+    readings::each_row(conn, &sql, args, each)
 }
 
 /// The rollups of `period` for the series `w` selects, windows starting in `[from, to)`:
@@ -460,7 +470,7 @@ mod answers_from_rollups {
                     };
                     prop_assert_eq!(answers(&f), Some(period));
                     let raw = readings::query_raw(&read, &f).unwrap();
-                    let rolled = as_readings(&read, period, &f).unwrap();
+                    let rolled = readings::collect(|each| as_readings(&read, period, &f, each)).unwrap();
                     prop_assert_eq!(raw.len(), rolled.len());
                     for (a, b) in raw.iter().zip(&rolled) {
                         prop_assert_eq!((&a.device, &a.kind, a.ts), (&b.device, &b.kind, b.ts));
@@ -559,7 +569,11 @@ mod answers_from_rollups {
                 ..readings::Filter::default()
             };
             let raw = readings::query_raw(&read, &f).unwrap();
-            assert_eq!(as_readings(&read, period, &f).unwrap(), raw, "{period:?}");
+            assert_eq!(
+                readings::collect(|each| as_readings(&read, period, &f, each)).unwrap(),
+                raw,
+                "{period:?}"
+            );
         }
 
         // Retention deleted the first UTC day: its 24 hours and the local day that ended at
