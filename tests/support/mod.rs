@@ -639,6 +639,17 @@ pub fn mosquitto_pub_lines(port: u16, topic: &str, lines: &[String]) {
     assert!(child.wait().unwrap().success(), "mosquitto_pub to {topic}");
 }
 
+/// One `kB` line of /proc/PID/status, such as `VmRSS` or `VmHWM` (the peak), in KiB.
+pub fn status_kib(pid: u32, field: &str) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no {field} in /proc/{pid}/status"))
+}
+
 /// Epoch ms as the API writes times.
 pub fn rfc3339(ms: i64) -> String {
     orchardd::model::TimestampMs(ms).to_rfc3339()
