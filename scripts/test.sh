@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Runs every test of orchardd. The tests start real servers of their own (Mosquitto, InfluxDB 1.x,
 # VictoriaMetrics; mosquitto_pub/_sub and paho-mqtt as independent MQTT clients; systemd-analyze
-# for the unit file, openssl for test certificates; zbarimg and rsvg-convert as an independent QR
+# for the unit file, systemd-sysusers for the package's user, cargo-deb to build the package,
+# openssl for test certificates; zbarimg and rsvg-convert as an independent QR
 # decoder and SVG renderer for the box labels, with a small font that has Chinese glyphs;
 # Chromium and its WebDriver for the dashboard); this
 # script installs them with apt-get when missing.
@@ -12,7 +13,10 @@ missing=()
 [ -x /usr/sbin/mosquitto ] || command -v mosquitto >/dev/null 2>&1 || missing+=(mosquitto)
 command -v mosquitto_pub >/dev/null 2>&1 || missing+=(mosquitto-clients)
 python3 -c 'import paho.mqtt.client' >/dev/null 2>&1 || missing+=(python3-paho-mqtt)
-command -v systemd-analyze >/dev/null 2>&1 || missing+=(systemd)
+{ command -v systemd-analyze >/dev/null 2>&1 && command -v systemd-sysusers >/dev/null 2>&1; } || missing+=(systemd)
+# cargo deb strips the binary (binutils) and finds its library dependencies (dpkg-dev).
+command -v dpkg-shlibdeps >/dev/null 2>&1 || missing+=(dpkg-dev)
+command -v objcopy >/dev/null 2>&1 || missing+=(binutils)
 command -v openssl >/dev/null 2>&1 || missing+=(openssl)
 [ -x /usr/bin/influxd ] || missing+=(influxdb)
 [ -x /usr/bin/victoria-metrics ] || missing+=(victoria-metrics)
@@ -28,6 +32,17 @@ if [ ${#missing[@]} -gt 0 ]; then
   $sudo apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}"
 fi
+
+# The Debian package, which tests/package.rs unpacks and checks. Built from the same (dev
+# profile) binary the tests run, so CI compiles orchardd once; `cargo deb` alone builds the
+# release package (README, "Install as a service").
+if ! cargo deb --version >/dev/null 2>&1; then
+  echo "test.sh: installing cargo-deb"
+  # Pinned: newer versions may refuse packaging a dev-profile binary.
+  cargo install --locked cargo-deb --version 3.8.0
+fi
+cargo build --bin orchardd
+cargo deb --profile dev --no-build --no-separate-debug-symbols
 
 if cargo nextest --version >/dev/null 2>&1; then
   cargo nextest run --no-fail-fast "$@"

@@ -1,4 +1,5 @@
-//! The command line: `run`, `check-config`, `passwd`, `simulate`, `bench`.
+//! The command line: `run`, `check-config`, `passwd`, `token`, `simulate`, `bench`, `backup`,
+//! `status`.
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -35,13 +36,39 @@ pub enum Command {
     Simulate(SimulateArgs),
     /// Measure ingest throughput, latency and memory; print a report.
     Bench(BenchArgs),
+    /// Copy the store, while orchardd runs, to a new file: a consistent, checked backup.
+    Backup(BackupArgs),
+    /// How the running orchardd is doing, at a glance (from its /readyz and /metrics).
+    Status(ConfigArg),
+}
+
+#[derive(Debug, Args)]
+pub struct BackupArgs {
+    #[command(flatten)]
+    pub config: ConfigArg,
+    /// The backup file to write; it must not exist yet.
+    pub file: PathBuf,
 }
 
 #[derive(Debug, Args)]
 pub struct ConfigArg {
-    /// Configuration file (TOML). Without it, the built-in defaults of config/orchardd.toml.
+    /// Configuration file (TOML). Without it, /etc/orchardd/orchardd.toml when that exists
+    /// (the package's), else the built-in defaults of config/orchardd.toml.
     #[arg(long, short, env = "ORCHARDD_CONFIG")]
     pub config: Option<PathBuf>,
+}
+
+/// Where the Debian package puts the configuration.
+pub const SYSTEM_CONFIG: &str = "/etc/orchardd/orchardd.toml";
+
+impl ConfigArg {
+    /// The configuration file to read: the one given, else the package's when installed.
+    pub fn file(&self) -> Option<PathBuf> {
+        self.config.clone().or_else(|| {
+            let system = PathBuf::from(SYSTEM_CONFIG);
+            system.is_file().then_some(system)
+        })
+    }
 }
 
 #[derive(Debug, Args)]

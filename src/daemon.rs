@@ -49,7 +49,8 @@ pub enum DaemonError {
     Task(String),
 }
 
-pub async fn run(settings: Settings) -> Result<(), DaemonError> {
+/// Runs orchardd on `settings`, read from `file` (read again on SIGHUP).
+pub async fn run(settings: Settings, file: Option<std::path::PathBuf>) -> Result<(), DaemonError> {
     let metrics = Arc::new(Metrics::default());
     let mut writer_conn = store::open_writer(&settings.store)?;
     let offset = utc_offset_ms(&settings);
@@ -114,14 +115,7 @@ pub async fn run(settings: Settings) -> Result<(), DaemonError> {
         rules_tx.subscribe(),
     )
     .map_err(DaemonError::Alerts)?;
-    // MQTT in either mode: through the endpoint, or to the external broker.
-    let mut channels: Vec<String> = vec!["mqtt".into()];
-    channels.extend(notifiers.names());
     if let Some(e) = &settings.alerts.escalation {
-        // Channels for escalations only hear nothing else.
-        if e.exclusive {
-            channels.retain(|c| !e.channels.contains(c));
-        }
         let (after_ms, to) = (e.after.as_millis() as i64, e.channels.clone());
         on_the_clock(
             admin.clone(),
@@ -144,9 +138,16 @@ pub async fn run(settings: Settings) -> Result<(), DaemonError> {
             shutdown.clone(),
         );
     }
-    admin
-        .write(move |c| crate::alerts::store::set_channels(c, &channels))
-        .await?;
+    // Registered (with `mqtt`, and less those for escalations only) before the writer writes
+    // any event; started now, started again by a reload.
+    let channels = crate::reload::Channels::start(
+        admin.clone(),
+        alerts_changed.clone(),
+        shutdown.clone(),
+        &settings,
+        notifiers,
+    )
+    .await?;
     tokio::spawn(
         crate::alerts::absence::Watch {
             admin: admin.clone(),
@@ -178,10 +179,6 @@ pub async fn run(settings: Settings) -> Result<(), DaemonError> {
     let writer = writer
         .with_rules(rules_rx, alerts_changed.clone())
         .with_activity(activity);
-    tokio::spawn(reload_rules_on_hangup(
-        settings.alerts.rules_dir.clone(),
-        rules_tx,
-    ));
     {
         let from = settings.alerts.rules_dir.as_ref().map_or_else(
             || "the built-in citrus pack".to_owned(),
@@ -194,7 +191,7 @@ pub async fn run(settings: Settings) -> Result<(), DaemonError> {
     let decoder = Decoder::from_settings(&settings, registry_rx)
         .map_err(|e| DaemonError::Mqtt(e.to_string()))?;
     let limiter = RateLimiter::new(settings.ingest.device_rate_limit);
-    let (ingest, writer) = if settings.broker.embedded {
+    let (ingest, writer, users) = if settings.broker.embedded {
         let (queue_tx, queue_rx) = mpsc::channel(settings.ingest.queue_messages);
         let (committed_tx, committed_rx) = mpsc::unbounded_channel();
         let writer = spawn_writer(writer, queue_rx, committed_tx)?;
@@ -208,6 +205,7 @@ pub async fn run(settings: Settings) -> Result<(), DaemonError> {
             settings.broker.session_queue_messages,
         );
         let listeners = endpoint::bind(&settings.broker)?;
+        let users = Arc::new(crate::reload::Live::new(listeners.users.clone()));
         let shared = Arc::new(endpoint::Shared {
             hub,
             ingest: IngestPort::new(
@@ -216,7 +214,7 @@ pub async fn run(settings: Settings) -> Result<(), DaemonError> {
                 limiter,
                 metrics.clone(),
             ),
-            users: listeners.users.clone(),
+            users: users.clone(),
             metrics: metrics.clone(),
             max_inflight: u32::from(settings.broker.max_inflight),
             max_send: settings.broker.max_send,
@@ -242,7 +240,7 @@ pub async fn run(settings: Settings) -> Result<(), DaemonError> {
             drop(queue_tx);
             Ok::<(), String>(())
         });
-        (ingest, writer)
+        (ingest, writer, Some(users))
     } else {
         let (queue_tx, queue_rx) = mpsc::channel(settings.ingest.queue_messages);
         let (committed_tx, committed_rx) = mpsc::unbounded_channel();
@@ -272,7 +270,7 @@ pub async fn run(settings: Settings) -> Result<(), DaemonError> {
         };
         let ingest =
             tokio::spawn(subscription.run(queue_tx, committed_rx, subscribed_tx, shutdown.clone()));
-        (ingest, writer)
+        (ingest, writer, None)
     };
 
     let forwarder = if settings.influx.enabled {
@@ -300,13 +298,29 @@ pub async fn run(settings: Settings) -> Result<(), DaemonError> {
             shutdown.clone(),
         ));
     }
-    notifiers.spawn(&admin, &alerts_changed, &shutdown);
+    let registry_tx = Arc::new(registry_tx);
+    let tokens = Arc::new(crate::reload::Live::new(api::Tokens::new(
+        &settings.http.tokens,
+    )));
+    tokio::spawn(
+        crate::reload::Reloader {
+            file,
+            running: settings.clone(),
+            rules: rules_tx,
+            registry: registry_tx.clone(),
+            tokens: tokens.clone(),
+            users,
+            channels,
+            utc_offset_ms: utc_offset_ms(&settings),
+        }
+        .run(shutdown.clone()),
+    );
     let state = AppState {
         pool,
         admin,
         metrics,
         subscribed: subscribed_rx.clone(),
-        registry: Arc::new(registry_tx),
+        registry: registry_tx,
         decoder,
         expected_interval: settings.health.expected_interval,
         forwarding: settings.influx.enabled,
@@ -321,7 +335,7 @@ pub async fn run(settings: Settings) -> Result<(), DaemonError> {
         exports: Arc::new(tokio::sync::Semaphore::new(api::MAX_EXPORTS)),
         shutdown: shutdown.clone(),
         lots: Arc::new(settings.lots.clone()),
-        tokens: Arc::new(api::Tokens::new(&settings.http.tokens)),
+        tokens,
         max_body_bytes: settings.http.max_body_bytes,
         influx: match settings.query.backend {
             QueryBackend::Embedded => None,
@@ -403,7 +417,7 @@ async fn retention(
 }
 
 /// Applies the devices file to the store, then reads the whole registry back.
-fn load_registry(
+pub(crate) fn load_registry(
     conn: &rusqlite::Connection,
     file: &std::path::Path,
 ) -> Result<Registry, DaemonError> {
@@ -493,38 +507,6 @@ where
             }
         }
     })
-}
-
-/// On SIGHUP, reads the rules again and hands them to the writer; rules with problems are
-/// refused, each problem logged, and the running ones kept.
-async fn reload_rules_on_hangup(
-    dir: Option<std::path::PathBuf>,
-    rules: watch::Sender<Arc<Vec<crate::alerts::rules::Rule>>>,
-) {
-    let mut hup = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
-        Ok(s) => s,
-        Err(e) => {
-            tracing::error!(error = %e, "cannot listen for SIGHUP; rules reload only on restart");
-            return;
-        }
-    };
-    while hup.recv().await.is_some() {
-        match crate::alerts::rules::load(dir.as_deref()) {
-            Ok(new) => {
-                tracing::info!(rules = new.len(), "SIGHUP: alert rules read again");
-                rules.send_replace(Arc::new(new));
-            }
-            Err(problems) => {
-                for p in &problems {
-                    tracing::error!(problem = %p, "SIGHUP: alert rules refused");
-                }
-                tracing::error!(
-                    problems = problems.len(),
-                    "SIGHUP: the new alert rules have problems; the running rules stay"
-                );
-            }
-        }
-    }
 }
 
 async fn stop_on_signal(shutdown: CancellationToken) {

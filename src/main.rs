@@ -25,11 +25,12 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         .command
         .unwrap_or(Command::Run(ConfigArg { config: None }));
     match command {
-        Command::CheckConfig(args) => Ok(check_config(args.config.as_deref())),
+        Command::CheckConfig(args) => Ok(check_config(args.file().as_deref())),
         Command::Run(args) => {
-            let settings = Settings::load(args.config.as_deref())?;
+            let file = args.file();
+            let settings = Settings::load(file.as_deref())?;
             init_logging(&settings);
-            runtime()?.block_on(orchardd::daemon::run(settings))?;
+            runtime()?.block_on(orchardd::daemon::run(settings, file))?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Passwd(a) => passwd(&a),
@@ -91,7 +92,36 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 .map_err(anyhow::Error::msg)?;
             Ok(ExitCode::SUCCESS)
         }
+        Command::Backup(args) => backup(&args),
+        Command::Status(args) => {
+            let settings = Settings::load(args.file().as_deref())?;
+            runtime()?.block_on(orchardd::status::print(&settings))
+        }
     }
+}
+
+/// `orchardd backup FILE`.
+fn backup(args: &orchardd::cli::BackupArgs) -> anyhow::Result<ExitCode> {
+    let settings = Settings::load(args.config.file().as_deref())?;
+    let store = &settings.store.path;
+    let size = std::fs::metadata(store).map(|m| m.len()).unwrap_or(0);
+    eprintln!(
+        "backup: copying {} ({}) to {}...",
+        store.display(),
+        orchardd::status::bytes(size),
+        args.file.display()
+    );
+    let b = orchardd::store::backup::backup(store, &args.file)?;
+    println!(
+        "backup {}: {}, {} readings, {} lots, {} alerts; checked, in {:.1?}",
+        args.file.display(),
+        orchardd::status::bytes(b.bytes),
+        b.readings,
+        b.lots,
+        b.alerts,
+        b.elapsed
+    );
+    Ok(ExitCode::SUCCESS)
 }
 
 /// Reads a password from standard input and prints the user's config entry with its hash.

@@ -26,6 +26,23 @@ impl EncodeLabelValue for ReasonValue {
     }
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct StateLabel {
+    pub state: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ChannelLabel {
+    pub channel: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DeliveryLabel {
+    pub channel: String,
+    /// `delivered` or `failed`.
+    pub outcome: &'static str,
+}
+
 /// Every metric orchardd exports. Cheap to update from any task (atomics inside).
 pub struct Metrics {
     registry: Registry,
@@ -59,6 +76,11 @@ pub struct Metrics {
     pub forward_points: Counter,
     pub forward_retries: Counter,
     pub forward_dead_lettered: Counter,
+    // Read from the store when /metrics is scraped (see `Metrics::census`).
+    pub alerts: Family<StateLabel, Gauge>,
+    pub notification_attempts: Family<DeliveryLabel, Gauge>,
+    pub notifications_pending: Family<ChannelLabel, Gauge>,
+    pub store_bytes: Gauge,
 }
 
 impl Default for Metrics {
@@ -96,6 +118,10 @@ impl Default for Metrics {
             forward_points: Counter::default(),
             forward_retries: Counter::default(),
             forward_dead_lettered: Counter::default(),
+            alerts: Family::default(),
+            notification_attempts: Family::default(),
+            notifications_pending: Family::default(),
+            store_bytes: Gauge::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -248,8 +274,33 @@ impl Default for Metrics {
             "Points InfluxDB refused as bad data, kept in forward_dead_letters",
             m.forward_dead_lettered.clone(),
         );
+        registry.register(
+            "alerts",
+            "Alerts in the store, by state (open, acknowledged, resolved)",
+            m.alerts.clone(),
+        );
+        registry.register(
+            "notification_attempts",
+            "Alert notification attempts in the store, by channel and outcome",
+            m.notification_attempts.clone(),
+        );
+        registry.register(
+            "notifications_pending",
+            "Alert events a channel has not delivered yet",
+            m.notifications_pending.clone(),
+        );
+        registry.register(
+            "store_bytes",
+            "Size of the embedded store on disk, WAL included",
+            m.store_bytes.clone(),
+        );
         for reason in Reason::ALL {
             let _ = m.rejected.get_or_create(&label(*reason));
+        }
+        for state in ["open", "acknowledged", "resolved"] {
+            let _ = m.alerts.get_or_create(&StateLabel {
+                state: state.into(),
+            });
         }
         Self { registry, ..m }
     }
@@ -264,6 +315,37 @@ fn label(reason: Reason) -> ReasonLabel {
 impl Metrics {
     pub fn reject(&self, reason: Reason) {
         self.rejected.get_or_create(&label(reason)).inc();
+    }
+
+    /// Sets the gauges that are read from the store.
+    pub fn census(&self, c: &crate::alerts::store::Census, store_bytes: u64) {
+        for (state, n) in &c.alerts_by_state {
+            self.alerts
+                .get_or_create(&StateLabel {
+                    state: state.clone(),
+                })
+                .set(*n);
+        }
+        // Channels come and go with the config: what the store no longer has is not shown.
+        self.notification_attempts.clear();
+        self.notifications_pending.clear();
+        for (channel, delivered, n) in &c.attempts {
+            let outcome = if *delivered { "delivered" } else { "failed" };
+            self.notification_attempts
+                .get_or_create(&DeliveryLabel {
+                    channel: channel.clone(),
+                    outcome,
+                })
+                .set(*n);
+        }
+        for (channel, n) in &c.pending {
+            self.notifications_pending
+                .get_or_create(&ChannelLabel {
+                    channel: channel.clone(),
+                })
+                .set(*n);
+        }
+        self.store_bytes.set(store_bytes as i64);
     }
 
     pub fn encode(&self) -> String {

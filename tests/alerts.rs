@@ -609,7 +609,7 @@ fn sighup_reloads_the_rules_keeping_progress_and_refuses_a_broken_file() {
     wait_for(Duration::from_secs(10), "the reload", || {
         daemon
             .log_text()
-            .contains("alert rules read again")
+            .contains("SIGHUP: configuration reloaded")
             .then_some(())
     });
     mosquitto_pub_lines(port, topic, &every_10_min(t + 30 * MIN, &[-1.3]));
@@ -626,7 +626,7 @@ fn sighup_reloads_the_rules_keeping_progress_and_refuses_a_broken_file() {
     wait_for(Duration::from_secs(10), "the refusal", || {
         daemon
             .log_text()
-            .contains("the running rules stay")
+            .contains("everything keeps running as it was")
             .then_some(())
     });
     assert!(daemon.log_text().contains("frost.toml: rule[0]"));

@@ -1114,3 +1114,34 @@ mod tests {
         assert_eq!((d.log[1].code, d.log[1].digest), (Some(0), Some(3)));
     }
 }
+
+/// Counts for `/metrics`, read when it is scraped: alerts by state, and notification attempts
+/// by channel and outcome, with the events still waiting on each channel.
+#[derive(Debug, Clone, Default)]
+pub struct Census {
+    pub alerts_by_state: Vec<(String, i64)>,
+    /// `(channel, delivered, attempts)`.
+    pub attempts: Vec<(String, bool, i64)>,
+    pub pending: Vec<(String, i64)>,
+}
+
+pub fn census(conn: &Connection) -> Result<Census, StoreError> {
+    let mut c = Census::default();
+    let mut stmt = conn.prepare_cached("SELECT state, count(*) FROM alerts GROUP BY state")?;
+    c.alerts_by_state = stmt
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
+        .collect::<Result<_, _>>()?;
+    let mut stmt = conn.prepare_cached(
+        "SELECT channel, error IS NULL, count(*) FROM alert_attempts GROUP BY 1, 2",
+    )?;
+    c.attempts = stmt
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
+        .collect::<Result<_, _>>()?;
+    let mut stmt = conn.prepare_cached(
+        "SELECT channel, count(*) FROM alert_outbox WHERE delivered_at IS NULL GROUP BY channel",
+    )?;
+    c.pending = stmt
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
+        .collect::<Result<_, _>>()?;
+    Ok(c)
+}

@@ -125,11 +125,12 @@ fn unauthorized(message: &str) -> Response {
 
 /// Lets a request through to its route only with a token of a role that may use it.
 pub async fn authorize(
-    State(tokens): State<Arc<Tokens>>,
+    State(tokens): State<Arc<crate::reload::Live<Tokens>>>,
     matched: Option<MatchedPath>,
     mut req: Request,
     next: Next,
 ) -> Response {
+    let tokens = tokens.get();
     let path = matched.as_ref().map_or("", |m| m.as_str());
     let needed = access(req.method(), path);
     if tokens.is_empty() {

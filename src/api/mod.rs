@@ -76,8 +76,8 @@ pub struct AppState {
     pub shutdown: CancellationToken,
     /// `[lots]`: the public address and what buyers may see.
     pub lots: Arc<crate::config::LotSettings>,
-    /// `[[http.tokens]]`: who may open which door.
-    pub tokens: Arc<Tokens>,
+    /// `[[http.tokens]]`: who may open which door; replaced by a reload (SIGHUP).
+    pub tokens: Arc<crate::reload::Live<Tokens>>,
     /// `http.max_body_bytes`.
     pub max_body_bytes: usize,
     /// `query.backend = "influx"`: readings and latest answer from InfluxDB.
@@ -202,6 +202,12 @@ struct OpenApiJson(Bytes);
     responses((status = 200, description = "the answer"))
 )]
 async fn metrics(State(s): State<AppState>) -> impl IntoResponse {
+    // What the store counts (alerts by state, notifications) is read at each scrape; a store
+    // that does not answer leaves the last values.
+    match s.pool.read(crate::alerts::store::census).await {
+        Ok(census) => s.metrics.census(&census, s.pool.bytes_on_disk()),
+        Err(e) => tracing::warn!(error = %e, "metrics: the store's counts could not be read"),
+    }
     (
         [(
             header::CONTENT_TYPE,

@@ -76,7 +76,8 @@ impl From<()> for EndpointError {
 pub struct Shared {
     pub hub: Hub,
     pub ingest: IngestPort,
-    pub users: Users,
+    /// Replaced by a reload (SIGHUP); a connection keeps the user it logged in as.
+    pub users: Arc<crate::reload::Live<Users>>,
     pub metrics: Arc<Metrics>,
     /// Publishes one connection may have waiting for the store before it is no longer read.
     pub max_inflight: u32,

@@ -72,6 +72,10 @@ impl Users {
         Ok(Self(out.into()))
     }
 
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
     pub fn is_empty(&self) -> bool {
         self.0.is_empty()
     }

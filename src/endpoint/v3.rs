@@ -35,8 +35,8 @@ pub(super) async fn handshake(
     h: v3::Handshake,
 ) -> Result<v3::HandshakeAck<Rc<Conn>>, EndpointError> {
     let p = h.packet();
-    let user = match shared
-        .users
+    let users = shared.users.get();
+    let user = match users
         .login(
             p.username.as_deref(),
             p.password.as_deref(),

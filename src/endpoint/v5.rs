@@ -68,8 +68,8 @@ pub(super) async fn handshake(
     h: v5::Handshake,
 ) -> Result<v5::HandshakeAck<Rc<Conn>>, EndpointError> {
     let p = h.packet();
-    let user = match shared
-        .users
+    let users = shared.users.get();
+    let user = match users
         .login(
             p.username.as_deref(),
             p.password.as_deref(),

@@ -5,6 +5,7 @@
 //! writer. The few other writing connections (the [`Admin`] one, the endpoint's session store)
 //! take turns with the writer through one [`WriteGate`].
 
+pub mod backup;
 pub mod block;
 pub mod devices;
 pub mod irrigation;
@@ -183,6 +184,16 @@ impl ReadPool {
         )?;
         conn.busy_timeout(std::time::Duration::from_secs(5))?;
         Ok(conn)
+    }
+
+    /// The store's size on disk: the database and its WAL.
+    pub fn bytes_on_disk(&self) -> u64 {
+        let wal = PathBuf::from(format!("{}-wal", self.path.display()));
+        [self.path.as_path(), wal.as_path()]
+            .iter()
+            .filter_map(|p| std::fs::metadata(p).ok())
+            .map(|m| m.len())
+            .sum()
     }
 
     /// True when the store answers a query: what `/readyz` checks.
