@@ -600,6 +600,9 @@ pub struct StoreSettings {
     /// How often retention runs.
     #[serde(with = "humantime_serde")]
     pub retention_interval: Duration,
+    /// The most the store's database file may grow to, in bytes (0: as far as the disk goes).
+    /// Reached, it is treated as a full disk: nothing more is acknowledged until there is room.
+    pub max_bytes: u64,
 }
 
 impl Default for StoreSettings {
@@ -610,6 +613,7 @@ impl Default for StoreSettings {
             max_batch_readings: 20_000,
             raw_retention: Duration::ZERO,
             retention_interval: Duration::from_secs(3600),
+            max_bytes: 0,
         }
     }
 }
@@ -721,6 +725,15 @@ impl Settings {
         };
         if self.mqtt.topics.is_empty() {
             problem("mqtt.topics", "at least one topic pattern is needed".into());
+        }
+        if self.store.max_bytes != 0 && self.store.max_bytes < 65_536 {
+            problem(
+                "store.max_bytes",
+                format!(
+                    "{} bytes cannot hold even an empty store: give 0 (no limit) or at least 65536",
+                    self.store.max_bytes
+                ),
+            );
         }
         for (key, message) in self.lots.problems() {
             problem(&key, message);

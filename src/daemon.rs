@@ -93,6 +93,7 @@ pub async fn run(settings: Settings, file: Option<std::path::PathBuf>) -> Result
     let gate = WriteGate::default();
     let admin = Admin::open(&settings.store, gate.clone())?;
     let heartbeat = Arc::new(Heartbeat::default());
+    let (max_bytes_tx, max_bytes_rx) = watch::channel(settings.store.max_bytes);
     let writer = Writer::new(
         writer_conn,
         metrics.clone(),
@@ -103,6 +104,7 @@ pub async fn run(settings: Settings, file: Option<std::path::PathBuf>) -> Result
     .with_outbox(settings.influx.enabled)
     .with_utc_offset(utc_offset_ms(&settings))
     .with_rollups(settings.aggregate.rollups)
+    .with_max_bytes(max_bytes_rx)
     .with_gate(gate.clone());
     // Bumped by whoever opens, answers or resolves an alert: the notifiers have work.
     let alerts_changed = Arc::new(watch::Sender::new(0u64));
@@ -311,10 +313,17 @@ pub async fn run(settings: Settings, file: Option<std::path::PathBuf>) -> Result
             tokens: tokens.clone(),
             users,
             channels,
+            max_bytes: max_bytes_tx,
             utc_offset_ms: utc_offset_ms(&settings),
         }
         .run(shutdown.clone()),
     );
+    tokio::spawn(watch_store(
+        heartbeat.clone(),
+        admin.clone(),
+        alerts_changed.clone(),
+        shutdown.clone(),
+    ));
     let state = AppState {
         pool,
         admin,
@@ -333,6 +342,7 @@ pub async fn run(settings: Settings, file: Option<std::path::PathBuf>) -> Result
         alerts_changed: alerts_changed.clone(),
         alert_streams: Arc::new(tokio::sync::Semaphore::new(api::MAX_STREAMS)),
         exports: Arc::new(tokio::sync::Semaphore::new(api::MAX_EXPORTS)),
+        heartbeat: heartbeat.clone(),
         shutdown: shutdown.clone(),
         lots: Arc::new(settings.lots.clone()),
         tokens,
@@ -507,6 +517,58 @@ where
             }
         }
     })
+}
+
+/// Opens the critical store-unwritable alert once commits have failed for a few seconds, and
+/// resolves it when they succeed again. On a really full disk this write may fail too; it is
+/// tried again every second, and the log, `/readyz` and `/metrics` say it meanwhile.
+async fn watch_store(
+    heartbeat: Arc<Heartbeat>,
+    admin: Admin,
+    changed: Arc<watch::Sender<u64>>,
+    shutdown: CancellationToken,
+) {
+    const GRACE_MS: i64 = 3000;
+    // An alert left open by an earlier run is resolved at the first tick if all is well.
+    let mut raised = true;
+    let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = shutdown.cancelled() => return,
+        }
+        let now = TimestampMs::now().0;
+        let failing = heartbeat.failing();
+        let want = match &failing {
+            None => false,
+            Some((since, _)) if now - since >= GRACE_MS => true,
+            Some(_) => continue,
+        };
+        if want == raised {
+            continue;
+        }
+        let f = failing.clone();
+        let write = move |c: &mut rusqlite::Connection| {
+            crate::alerts::store::store_alert(c, f.as_ref().map(|(s, e)| (*s, e.as_str())), now)
+        };
+        match admin.write(write).await {
+            Ok(alert_changed) => {
+                raised = want;
+                if alert_changed {
+                    changed.send_modify(|generation| *generation += 1);
+                    match &failing {
+                        Some((_, error)) => {
+                            tracing::error!(%error, "store unwritable: critical alert opened")
+                        }
+                        None => tracing::info!("store writable again: its alert is resolved"),
+                    }
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "the store-unwritable alert could not be written yet")
+            }
+        }
+    }
 }
 
 async fn stop_on_signal(shutdown: CancellationToken) {

@@ -81,6 +81,8 @@ pub struct Metrics {
     pub notification_attempts: Family<DeliveryLabel, Gauge>,
     pub notifications_pending: Family<ChannelLabel, Gauge>,
     pub store_bytes: Gauge,
+    /// 0 while commits fail (a full disk, `store.max_bytes` reached, a read-only store).
+    pub store_writable: Gauge,
 }
 
 impl Default for Metrics {
@@ -122,6 +124,7 @@ impl Default for Metrics {
             notification_attempts: Family::default(),
             notifications_pending: Family::default(),
             store_bytes: Gauge::default(),
+            store_writable: Gauge::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -294,6 +297,12 @@ impl Default for Metrics {
             "Size of the embedded store on disk, WAL included",
             m.store_bytes.clone(),
         );
+        registry.register(
+            "store_writable",
+            "1 while store commits succeed; 0 while they fail (disk full, store.max_bytes reached, read-only)",
+            m.store_writable.clone(),
+        );
+        m.store_writable.set(1);
         for reason in Reason::ALL {
             let _ = m.rejected.get_or_create(&label(*reason));
         }

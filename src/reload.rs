@@ -1,6 +1,6 @@
 //! SIGHUP (`systemctl reload orchardd`): the configuration is read again and what can change
 //! without a restart is applied: the alert rules, the devices file, the notification channels,
-//! the MQTT users and the API tokens. Ingest never stops, so no message is dropped.
+//! the MQTT users, the API tokens and `store.max_bytes`. Ingest never stops, so no message is dropped.
 //!
 //! A configuration with any problem is refused whole, each problem logged with its key, and
 //! everything keeps running as it was. Changes to settings that need a restart (listeners, the
@@ -107,6 +107,8 @@ pub struct Reloader {
     /// The endpoint's users, in embedded mode.
     pub users: Option<Arc<Live<Users>>>,
     pub channels: Channels,
+    /// `store.max_bytes`, for the writer.
+    pub max_bytes: watch::Sender<u64>,
     pub utc_offset_ms: i64,
 }
 
@@ -165,6 +167,7 @@ impl Reloader {
         self.registry.send_replace(Arc::new(registry));
         self.rules.send_replace(new.rules.clone());
         self.tokens.set(Tokens::new(&new.http.tokens));
+        self.max_bytes.send_replace(new.store.max_bytes);
         let user_count = users.len();
         if let Some(live) = &self.users {
             live.set(users);
@@ -199,6 +202,7 @@ pub fn needs_restart(old: &Settings, new: &Settings) -> Vec<&'static str> {
         s.broker.users.clear();
         s.http.tokens.clear();
         s.registry = Default::default();
+        s.store.max_bytes = 0;
         s.alerts.rules_dir = None;
         s.alerts.quiet_hours = None;
         s.alerts.webhooks.clear();

@@ -41,9 +41,13 @@ impl TrackingClient {
 
     /// `inflight`: how many unacknowledged publishes the client itself allows.
     fn connect_with_inflight(port: u16, id: &str, inflight: u16) -> Self {
+        Self::connect_with(port, id, inflight, Duration::from_secs(5))
+    }
+
+    fn connect_with(port: u16, id: &str, inflight: u16, keep_alive: Duration) -> Self {
         let mut o = MqttOptions::new(id, "127.0.0.1", port);
         o.set_clean_session(false)
-            .set_keep_alive(Duration::from_secs(5))
+            .set_keep_alive(keep_alive)
             .set_inflight(inflight);
         let (client, mut eventloop) = AsyncClient::new(o, 200);
         let acked = Arc::new(Mutex::new(HashSet::new()));
@@ -305,4 +309,126 @@ async fn a_flooding_connection_does_not_starve_a_quiet_one() {
         || (flood.acked().len() as u64 == FLOOD).then_some(()),
     );
     assert_eq!(daemon.stored_readings().len() as u64, FLOOD + 10);
+}
+
+/// `[store] max_bytes` in the running config file, applied with SIGHUP (a reload).
+fn set_max_bytes(daemon: &Daemon, max: u64, reloads: usize) {
+    let config = std::fs::read_to_string(&daemon.config).unwrap();
+    let mut lines: Vec<String> = config
+        .lines()
+        .filter(|l| !l.starts_with("max_bytes ="))
+        .map(str::to_owned)
+        .collect();
+    let at = lines.iter().position(|l| l == "[store]").unwrap();
+    lines.insert(at + 1, format!("max_bytes = {max}"));
+    std::fs::write(&daemon.config, lines.join("\n")).unwrap();
+    support::signal(daemon.pid(), "HUP");
+    wait_for(Duration::from_secs(20), "the reload", || {
+        (daemon
+            .log_text()
+            .matches("SIGHUP: configuration reloaded")
+            .count()
+            >= reloads)
+            .then_some(())
+    });
+}
+
+fn open_alerts(daemon: &Daemon) -> Vec<serde_json::Value> {
+    daemon.get_ok("/api/v1/alerts?state=open")["alerts"]
+        .as_array()
+        .unwrap()
+        .clone()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_store_stops_the_acknowledgements_raises_a_critical_alert_and_recovers_by_itself() {
+    const BURST: u64 = 20_000;
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = DaemonConfig::shipped_defaults_embedded();
+    let daemon = Daemon::start(dir.path(), &cfg);
+    daemon.wait_ready();
+    // A keep-alive longer than the stall: a client whose keep-alive runs out while it is held
+    // back reconnects, and that path loses messages today (an open problem, see the issue
+    // note); this test is about the full store.
+    let client = TrackingClient::connect_with(
+        cfg.broker_port(),
+        "full-disk-gateway",
+        100,
+        Duration::from_secs(60),
+    );
+    let base = now_ms() - 12 * 3_600_000;
+    for i in 0..500 {
+        let (topic, payload, _) = message(base, i);
+        client.publish(i, &topic, payload).await;
+    }
+    wait_for(Duration::from_secs(30), "the first 500 PUBACKs", || {
+        (client.acked().len() == 500).then_some(())
+    });
+    assert_eq!(daemon.metric("orchardd_store_writable"), 1.0);
+
+    // The store may grow only a little more: a disk about to be full (store.max_bytes is the
+    // SQLite page limit, the same SQLITE_FULL a full disk gives).
+    let (pages, page_size): (i64, i64) = {
+        let c = rusqlite::Connection::open(&daemon.store).unwrap();
+        let pages = c.query_row("PRAGMA page_count", [], |r| r.get(0)).unwrap();
+        (
+            pages,
+            c.query_row("PRAGMA page_size", [], |r| r.get(0)).unwrap(),
+        )
+    };
+    set_max_bytes(&daemon, ((pages + 16) * page_size) as u64, 1);
+    let publishing = client.spawn_burst(base, 500..BURST);
+
+    // Full: the acknowledgements stop, /readyz says why, and a critical alert opens.
+    wait_for(
+        Duration::from_secs(60),
+        "the store-unwritable alert",
+        || {
+            open_alerts(&daemon)
+                .into_iter()
+                .find(|a| a["rule"] == "store-unwritable")
+        },
+    );
+    let alert = open_alerts(&daemon)
+        .into_iter()
+        .find(|a| a["rule"] == "store-unwritable")
+        .unwrap();
+    assert_eq!(alert["severity"], "critical");
+    let (status, ready) = daemon.get("/readyz");
+    assert_eq!(status, 503);
+    assert_eq!(ready["store_writable"], false);
+    assert!(
+        ready["store_error"].as_str().unwrap().contains("full"),
+        "{ready}"
+    );
+    assert_eq!(daemon.metric("orchardd_store_writable"), 0.0);
+    let held = client.acked().len();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(
+        client.acked().len(),
+        held,
+        "no PUBACK while the store is full"
+    );
+    assert!((held as u64) < BURST);
+    assert!(!publishing.is_finished(), "the client is held back");
+
+    // Room again: everything is stored, once, without the client doing anything.
+    set_max_bytes(&daemon, 0, 2);
+    publishing.await.unwrap();
+    wait_for(
+        Duration::from_secs(120),
+        "every message acknowledged",
+        || (client.acked().len() as u64 == BURST).then_some(()),
+    );
+    let (rows, keys) = stored_keys(&daemon);
+    assert_eq!(rows as u64, BURST);
+    assert_eq!(keys, (0..BURST).map(|i| message(base, i).2).collect());
+    wait_for(Duration::from_secs(30), "the alert to resolve", || {
+        open_alerts(&daemon)
+            .iter()
+            .all(|a| a["rule"] != "store-unwritable")
+            .then_some(())
+    });
+    assert_eq!(daemon.get("/readyz").0, 200);
+    assert_eq!(daemon.metric("orchardd_store_writable"), 1.0);
 }

@@ -322,8 +322,9 @@ elevation_m = 300.0
         ));
         let story = listing["story_en"].as_str().unwrap();
         assert!(
-            story.contains(&format!("{} degree days", season["gdd"]))
-                && story.contains(&format!("{} mm of rain", season["rain_mm"])),
+            // As numbers, not JSON text: a whole 2.0 degree days reads "2 degree days".
+            story.contains(&format!("{} degree days", num(season, "gdd")))
+                && story.contains(&format!("{} mm of rain", num(season, "rain_mm"))),
             "{story}"
         );
         let acked = all_alerts

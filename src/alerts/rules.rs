@@ -935,6 +935,44 @@ fn check_inhibitors(file: &str, rules: &[Rule], problems: &mut Vec<Problem>) {
     }
 }
 
+/// orchardd's own rule for a store it cannot write (a full disk, `store.max_bytes` reached, a
+/// read-only file): not in any pack, so no pack can leave it out. It is opened and resolved
+/// by the store watch in the daemon, not by readings.
+pub fn store_unwritable() -> Rule {
+    Rule {
+        id: STORE_UNWRITABLE.into(),
+        version: "1".into(),
+        measure: None,
+        severity: Severity::Critical,
+        rate_over_ms: None,
+        hours: None,
+        stuck: false,
+        absence: None,
+        inhibited_by: Vec::new(),
+        on_no_data: OnNoData::Hold,
+        daily: None,
+        months: None,
+        unstable: (0, 0),
+        threshold: Threshold {
+            side: Side::Above,
+            enter: 0.0,
+            enter_for_ms: 0,
+            clear: 0.0,
+            clear_for_ms: 0,
+        },
+        orchards: Vec::new(),
+        blocks: Vec::new(),
+        devices: Vec::new(),
+        action: Action {
+            en: "orchardd cannot write its store since {since} ({error}). Nothing is acknowledged meanwhile: sensors and the broker keep their readings. Free disk space (or raise store.max_bytes and reload); orchardd resumes by itself.".into(),
+            zh: "orchardd 自 {since} 起无法写入数据库（{error}）。在此期间不确认任何消息，传感器和代理会保留读数。请释放磁盘空间（或提高 store.max_bytes 并重新加载）；orchardd 会自动恢复。".into(),
+        },
+    }
+}
+
+/// The id of [`store_unwritable`].
+pub const STORE_UNWRITABLE: &str = "store-unwritable";
+
 #[cfg(test)]
 mod tests {
     use super::*;

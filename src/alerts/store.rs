@@ -828,6 +828,71 @@ pub fn delivered_since(
         .collect::<Result<_, _>>()?)
 }
 
+/// Counts for `/metrics`, read when it is scraped: alerts by state, and notification attempts
+/// by channel and outcome, with the events still waiting on each channel.
+#[derive(Debug, Clone, Default)]
+pub struct Census {
+    pub alerts_by_state: Vec<(String, i64)>,
+    /// `(channel, delivered, attempts)`.
+    pub attempts: Vec<(String, bool, i64)>,
+    pub pending: Vec<(String, i64)>,
+}
+
+pub fn census(conn: &Connection) -> Result<Census, StoreError> {
+    let mut c = Census::default();
+    let mut stmt = conn.prepare_cached("SELECT state, count(*) FROM alerts GROUP BY state")?;
+    c.alerts_by_state = stmt
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
+        .collect::<Result<_, _>>()?;
+    let mut stmt = conn.prepare_cached(
+        "SELECT channel, error IS NULL, count(*) FROM alert_attempts GROUP BY 1, 2",
+    )?;
+    c.attempts = stmt
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
+        .collect::<Result<_, _>>()?;
+    let mut stmt = conn.prepare_cached(
+        "SELECT channel, count(*) FROM alert_outbox WHERE delivered_at IS NULL GROUP BY channel",
+    )?;
+    c.pending = stmt
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
+        .collect::<Result<_, _>>()?;
+    Ok(c)
+}
+
+/// Opens the store-unwritable alert (`failing` is since when, and why) or resolves it (`None`).
+/// Returns whether an alert changed.
+pub fn store_alert(
+    conn: &mut Connection,
+    failing: Option<(i64, &str)>,
+    now: i64,
+) -> Result<bool, StoreError> {
+    let rule = crate::alerts::rules::store_unwritable();
+    let tx = conn.transaction()?;
+    let changed = match failing {
+        Some((since, error)) => {
+            let subject = Subject {
+                scope: "store",
+                orchard: "",
+                block: "",
+                device: "",
+                kind: "",
+            };
+            let firing = Firing {
+                since,
+                at: now,
+                value: 0.0,
+                threshold: 0.0,
+            };
+            let error = error.to_owned();
+            let more = move |name: &str| (name == "error").then(|| Filled::Text(error.clone()));
+            open(&tx, &rule, &subject, firing, more)?.is_some()
+        }
+        None => close(&tx, &rule.id, "store", now, None)?.is_some(),
+    };
+    tx.commit()?;
+    Ok(changed)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1113,35 +1178,4 @@ mod tests {
         assert_eq!((d.log[0].code, d.log[0].digest), (Some(130101), None));
         assert_eq!((d.log[1].code, d.log[1].digest), (Some(0), Some(3)));
     }
-}
-
-/// Counts for `/metrics`, read when it is scraped: alerts by state, and notification attempts
-/// by channel and outcome, with the events still waiting on each channel.
-#[derive(Debug, Clone, Default)]
-pub struct Census {
-    pub alerts_by_state: Vec<(String, i64)>,
-    /// `(channel, delivered, attempts)`.
-    pub attempts: Vec<(String, bool, i64)>,
-    pub pending: Vec<(String, i64)>,
-}
-
-pub fn census(conn: &Connection) -> Result<Census, StoreError> {
-    let mut c = Census::default();
-    let mut stmt = conn.prepare_cached("SELECT state, count(*) FROM alerts GROUP BY state")?;
-    c.alerts_by_state = stmt
-        .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
-        .collect::<Result<_, _>>()?;
-    let mut stmt = conn.prepare_cached(
-        "SELECT channel, error IS NULL, count(*) FROM alert_attempts GROUP BY 1, 2",
-    )?;
-    c.attempts = stmt
-        .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
-        .collect::<Result<_, _>>()?;
-    let mut stmt = conn.prepare_cached(
-        "SELECT channel, count(*) FROM alert_outbox WHERE delivered_at IS NULL GROUP BY channel",
-    )?;
-    c.pending = stmt
-        .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
-        .collect::<Result<_, _>>()?;
-    Ok(c)
 }

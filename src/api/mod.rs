@@ -68,6 +68,8 @@ pub struct AppState {
     /// Bumped after every commit that opened, acknowledged or resolved an alert: the
     /// notifiers and the alert streams have news.
     pub alerts_changed: Arc<watch::Sender<u64>>,
+    /// Whether the writer's commits succeed: `/readyz` fails while they do not.
+    pub heartbeat: Arc<crate::store::writer::Heartbeat>,
     /// Places for exports streaming at once ([`MAX_EXPORTS`]).
     pub exports: Arc<Semaphore>,
     /// Places for open alert streams ([`MAX_STREAMS`]).
@@ -168,15 +170,22 @@ async fn healthz() -> impl IntoResponse {
 async fn readyz(State(s): State<AppState>) -> impl IntoResponse {
     let store = s.pool.is_ready().await;
     let broker = *s.subscribed.borrow() && s.metrics.mqtt_connected.get() == 1;
-    let status = if store && broker {
+    let failing = s.heartbeat.failing();
+    let status = if store && broker && failing.is_none() {
         StatusCode::OK
     } else {
         StatusCode::SERVICE_UNAVAILABLE
     };
-    (
-        status,
-        axum::Json(json!({"store_open": store, "broker_connected": broker})),
-    )
+    let mut body = json!({
+        "store_open": store,
+        "store_writable": failing.is_none(),
+        "broker_connected": broker,
+    });
+    if let Some((since, error)) = failing {
+        body["store_error"] = json!(error);
+        body["store_failing_since"] = json!(crate::model::TimestampMs(since).to_rfc3339());
+    }
+    (status, axum::Json(body))
 }
 
 #[utoipa::path(

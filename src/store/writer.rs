@@ -67,9 +67,28 @@ impl Envelope {
 #[derive(Debug, Default)]
 pub struct Heartbeat {
     busy_since_ms: AtomicI64,
+    /// Since when commits fail, and the last error: a full disk, a read-only store.
+    failing: std::sync::Mutex<Option<(i64, String)>>,
 }
 
 impl Heartbeat {
+    /// Since when (ms) and why commits have been failing, while they do.
+    pub fn failing(&self) -> Option<(i64, String)> {
+        self.failing
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    fn set_failing(&self, error: Option<String>) {
+        let mut f = self.failing.lock().unwrap_or_else(|e| e.into_inner());
+        *f = match (f.take(), error) {
+            (_, None) => None,
+            (Some((since, _)), Some(e)) => Some((since, e)),
+            (None, Some(e)) => Some((TimestampMs::now().0, e)),
+        };
+    }
+
     /// True unless a commit has been running for longer than `limit`.
     pub fn is_healthy(&self, limit: Duration) -> bool {
         let since = self.busy_since_ms.load(Ordering::Relaxed);
@@ -116,6 +135,9 @@ pub struct Writer {
     activity: Option<SharedActivity>,
     /// Taken around each transaction when other connections of this process write too.
     gate: Option<WriteGate>,
+    /// `store.max_bytes`, and whether it has been applied to the connection.
+    max_bytes: Option<tokio::sync::watch::Receiver<u64>>,
+    max_bytes_applied: bool,
 }
 
 impl Writer {
@@ -142,6 +164,8 @@ impl Writer {
             alerts_changed: None,
             activity: None,
             gate: None,
+            max_bytes: None,
+            max_bytes_applied: false,
         }
     }
 
@@ -194,6 +218,39 @@ impl Writer {
         self
     }
 
+    /// `store.max_bytes`, which a reload may change.
+    pub fn with_max_bytes(mut self, max_bytes: tokio::sync::watch::Receiver<u64>) -> Self {
+        self.max_bytes = Some(max_bytes);
+        self
+    }
+
+    /// Sets SQLite's page limit from `store.max_bytes` when it changed (0: SQLite's own).
+    fn apply_max_bytes(&mut self) {
+        let Some(rx) = &mut self.max_bytes else {
+            return;
+        };
+        if !rx.has_changed().unwrap_or(false) && self.max_bytes_applied {
+            return;
+        }
+        let max = *rx.borrow_and_update();
+        let pages = |conn: &rusqlite::Connection| -> rusqlite::Result<i64> {
+            let page: i64 = conn.query_row("PRAGMA page_size", [], |r| r.get(0))?;
+            let limit = if max == 0 {
+                4_294_967_294
+            } else {
+                (max as i64 / page).max(1)
+            };
+            conn.query_row(&format!("PRAGMA max_page_count = {limit}"), [], |r| {
+                r.get(0)
+            })
+        };
+        match pages(&self.conn) {
+            Ok(n) => tracing::info!(max_bytes = max, pages = n, "store size limit set"),
+            Err(e) => tracing::error!(error = %e, "store.max_bytes could not be applied"),
+        }
+        self.max_bytes_applied = true;
+    }
+
     /// Maintain the rollups (the default), or not.
     pub fn with_rollups(mut self, on: bool) -> Self {
         self.rollups = on;
@@ -231,9 +288,16 @@ impl Writer {
     fn commit_until_done(&mut self, envelopes: &[Envelope]) {
         let mut delay = Duration::from_millis(100);
         loop {
+            self.apply_max_bytes();
             match self.commit(envelopes) {
-                Ok(_) => return,
+                Ok(_) => {
+                    self.heartbeat.set_failing(None);
+                    self.metrics.store_writable.set(1);
+                    return;
+                }
                 Err(e) => {
+                    self.heartbeat.set_failing(Some(e.to_string()));
+                    self.metrics.store_writable.set(0);
                     // Forget what the failed transaction may have taught: re-learn from the store.
                     self.series_ids = SeriesIds::default();
                     self.health = Health::new(self.health.stuck_after());
