@@ -506,6 +506,9 @@ pub struct MqttSettings {
     pub ca_file: Option<PathBuf>,
     /// Topic patterns; `{orchard}`, `{block}` and `{device}` are placeholders for one level each.
     pub topics: Vec<String>,
+    /// Subscribe as `$share/{group}/{filter}` so that several orchardd instances (each with
+    /// its own `client_id`) split the messages between them; unset: one instance gets all.
+    pub share_group: Option<String>,
     #[serde(with = "humantime_serde")]
     pub keep_alive: Duration,
     /// Upper bound of the reconnect back-off.
@@ -525,6 +528,7 @@ impl Default for MqttSettings {
                 "orchards/{orchard}/{block}/{device}/telemetry".into(),
                 "orchards/{orchard}/{block}/{device}/status".into(),
             ],
+            share_group: None,
             keep_alive: Duration::from_secs(30),
             reconnect_max_delay: Duration::from_secs(30),
         }
@@ -791,6 +795,22 @@ impl Settings {
         }
         if self.mqtt.client_id.is_empty() || self.mqtt.client_id.len() > 64 {
             problem("mqtt.client_id", "must be 1 to 64 characters".into());
+        }
+        if let Some(group) = &self.mqtt.share_group
+            && (group.is_empty() || group.contains(['/', '+', '#']))
+        {
+            problem(
+                "mqtt.share_group",
+                format!("`{group}` must be a non-empty name without `/`, `+` or `#`"),
+            );
+        }
+        if self.mqtt.share_group.is_some() && self.broker.embedded {
+            problem(
+                "mqtt.share_group",
+                "shares an external broker's messages between instances; it needs \
+                 `broker.embedded = false`"
+                    .into(),
+            );
         }
         if self.mqtt.password.is_some() && self.mqtt.username.is_none() {
             problem("mqtt.password", "is set but `mqtt.username` is not".into());
@@ -1155,6 +1175,24 @@ mod tests {
             err.contains("http.listen") && err.contains("loopback"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn a_share_group_needs_an_external_broker_and_a_plain_name() {
+        let err = Settings::load_with_env(None, env(&[("ORCHARDD__MQTT__SHARE_GROUP", "a/b")]))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("without `/`"), "{err}");
+        assert!(err.contains("broker.embedded = false"), "{err}");
+        let s = Settings::load_with_env(
+            None,
+            env(&[
+                ("ORCHARDD__BROKER__EMBEDDED", "false"),
+                ("ORCHARDD__MQTT__SHARE_GROUP", "orchardd"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(s.mqtt.share_group.as_deref(), Some("orchardd"));
     }
 
     #[test]

@@ -63,6 +63,19 @@ pub fn parse_url(url: &str) -> Result<Endpoint, String> {
     })
 }
 
+/// The filters to subscribe to: as they are, or each as `$share/{group}/{filter}`. A broker
+/// hands a shared subscription's messages to one member of the group each, with their own
+/// topic, so decoding does not change.
+fn shared(filters: Vec<String>, group: Option<&str>) -> Vec<String> {
+    match group {
+        None => filters,
+        Some(g) => filters
+            .into_iter()
+            .map(|f| format!("$share/{g}/{f}"))
+            .collect(),
+    }
+}
+
 /// Everything the subscription loop needs besides its channels.
 pub struct Subscription {
     pub settings: MqttSettings,
@@ -124,7 +137,7 @@ impl Subscription {
         let mut acks = Acks::default();
         let mut backoff = Backoff::new(self.settings.reconnect_max_delay);
         let mut queue = Some(queue);
-        let filters = self.decoder.filters();
+        let filters = shared(self.decoder.filters(), self.settings.share_group.as_deref());
 
         loop {
             acks.flush(&client);
@@ -322,6 +335,19 @@ mod tests {
         assert_eq!(e.host, "::1");
         assert!(parse_url("http://x").is_err());
         assert!(parse_url("mqtt://x:99999").is_err());
+    }
+
+    #[test]
+    fn a_share_group_prefixes_every_filter() {
+        let filters = vec!["orchards/+/+/+/telemetry".to_string(), "lots/#".to_string()];
+        assert_eq!(shared(filters.clone(), None), filters);
+        assert_eq!(
+            shared(filters, Some("orchardd")),
+            [
+                "$share/orchardd/orchards/+/+/+/telemetry",
+                "$share/orchardd/lots/#"
+            ]
+        );
     }
 
     #[test]

@@ -327,6 +327,18 @@ impl Daemon {
             .unwrap_or(0.0)
     }
 
+    /// `/metrics` sum of a counter over all its labels (0 when absent).
+    pub fn metric_sum(&self, name: &str) -> f64 {
+        let (_, body) = http_get(self.http, "/metrics").unwrap();
+        body.lines()
+            .filter_map(|l| {
+                let (k, v) = l.rsplit_once(' ')?;
+                (k == name || k.strip_prefix(name)?.starts_with('{'))
+                    .then(|| v.trim().parse::<f64>().ok())?
+            })
+            .sum()
+    }
+
     pub fn kill9(&mut self) {
         let mut child = self.child.take().expect("running");
         signal(child.id(), "KILL");
