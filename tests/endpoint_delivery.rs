@@ -432,3 +432,95 @@ async fn a_full_store_stops_the_acknowledgements_raises_a_critical_alert_and_rec
     assert_eq!(daemon.get("/readyz").0, 200);
     assert_eq!(daemon.metric("orchardd_store_writable"), 1.0);
 }
+
+/// Debian's paho-mqtt for Python (1.6), a persistent session with keep-alive 5 s, and a store
+/// that stalls for 13 s: orchardd stops reading the connection, so the client's PINGREQ goes
+/// unanswered and it reconnects. paho 1.6 then sends its whole unacknowledged backlog at once,
+/// whatever its own in-flight limit. orchardd must take it at the pace of its commits, not
+/// disconnect the client again and again with nothing acknowledged.
+#[test]
+fn a_stall_longer_than_the_keep_alive_ends_with_one_reconnect_and_everything_stored() {
+    const BURST: u64 = 20_000;
+    let python = support::require_binary("python3", "python3");
+    let check = std::process::Command::new(&python)
+        .args(["-c", "import paho.mqtt.client"])
+        .output()
+        .unwrap();
+    assert!(
+        check.status.success(),
+        "paho-mqtt for Python is not installed. Install it with: apt-get install -y python3-paho-mqtt (or run scripts/test.sh)"
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = DaemonConfig::shipped_defaults_embedded();
+    let daemon = Daemon::start(dir.path(), &cfg);
+    daemon.wait_ready();
+    let base = now_ms() - 9 * 3_600_000;
+    let burst: String = (0..BURST)
+        .map(|i| {
+            let (topic, payload, _) = message(base, i);
+            format!("{topic} {payload}\n")
+        })
+        .collect();
+    let burst_file = dir.path().join("burst.txt");
+    std::fs::write(&burst_file, burst).unwrap();
+    let script = r#"
+import os, time
+import paho.mqtt.client as mqtt
+acked = set(); connects = []
+c = mqtt.Client(client_id="paho-gateway", clean_session=False)
+c.max_inflight_messages_set(100)
+c.on_connect = lambda cl, u, flags, rc: connects.append((flags.get('session present'), rc))
+c.on_publish = lambda cl, u, mid: acked.add(mid)
+c.connect("127.0.0.1", int(os.environ['PORT']), keepalive=5)
+c.loop_start()
+n = 0
+for line in open(os.environ['BURST']):
+    topic, payload = line.rstrip('\n').split(' ', 1)
+    c.publish(topic, payload, qos=1)
+    n += 1
+deadline = time.time() + 120
+while len(acked) < n and time.time() < deadline:
+    time.sleep(0.2)
+print(len(acked), n, len(connects), all(sp == 1 for sp, rc in connects[1:]))
+c.disconnect(); c.loop_stop()
+"#;
+    // Another process holds the store's write lock before the client starts.
+    let mut locker = rusqlite::Connection::open(&daemon.store).unwrap();
+    let lock = locker
+        .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+        .unwrap();
+    let client = std::process::Command::new(&python)
+        .args(["-c", script])
+        .env("PORT", cfg.broker_port().to_string())
+        .env("BURST", &burst_file)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_secs(13));
+    lock.rollback().unwrap();
+    drop(locker);
+    let out = client.wait_with_output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let fields: Vec<&str> = stdout.split_whitespace().collect();
+    assert_eq!(
+        fields[..2],
+        [BURST.to_string(), BURST.to_string()],
+        "every publish acknowledged\n{}",
+        daemon.log_text()
+    );
+    let connects: usize = fields[2].parse().unwrap();
+    assert!(
+        (1..=3).contains(&connects),
+        "the stall cost a reconnect or two, not a storm: {connects} connections"
+    );
+    assert_eq!(fields[3], "True", "each reconnect found its session");
+    let (rows, keys) = stored_keys(&daemon);
+    assert_eq!(rows as u64, BURST);
+    assert_eq!(keys, (0..BURST).map(|i| message(base, i).2).collect());
+}

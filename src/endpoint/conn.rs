@@ -40,6 +40,8 @@ pub struct Conn {
     inflight: Cell<u32>,
     /// Counted in `mqtt_paused_connections` right now.
     paused: Cell<bool>,
+    /// Woken when a publish of this connection has been answered.
+    answered: tokio::sync::Notify,
 }
 
 impl Conn {
@@ -66,6 +68,7 @@ impl Conn {
             deliveries: registration.sender.clone(),
             inflight: Cell::new(0),
             paused: Cell::new(false),
+            answered: tokio::sync::Notify::new(),
         });
         let session_present = registration.session_present;
         ntex_rt::spawn(deliver(sink, conn.clone(), registration));
@@ -187,11 +190,9 @@ impl Conn {
     /// in-flight window: a PUBACK comes only after the commit, and the writer's queue is
     /// bounded, so a client that waits for its acknowledgements (its own window under 3.1.1,
     /// the receive maximum orchardd announces and ntex-mqtt enforces under 5) sends no more.
-    /// A 3.1.1 client that sends far more than any window ahead ([`INFLIGHT_CAP`]) is
-    /// disconnected rather than buffered without bound; it resends after reconnecting.
-    ///
-    /// (The connection is not paused by service readiness: ntex-mqtt 8.2 stalls a connection
-    /// whose publish service reports not-ready while calls are in flight.)
+    /// A 3.1.1 client is also held back by [`Conn::room`], the publish service's readiness;
+    /// one that still gets [`INFLIGHT_CAP`] ahead is disconnected rather than buffered
+    /// without bound, and resends after reconnecting.
     pub fn admit(&self) -> Result<Admitted<'_>, super::EndpointError> {
         let n = self.inflight.get();
         if n >= INFLIGHT_CAP {
@@ -206,6 +207,25 @@ impl Conn {
     }
 }
 
+impl Conn {
+    /// Waits until fewer than `broker.max_inflight` publishes of this connection are being
+    /// handled. A 3.1.1 client has no receive maximum to keep to; while this waits ntex-mqtt
+    /// reads nothing more from the socket, so TCP holds the client back. Without it a client
+    /// that sends its whole backlog at once after a reconnect (paho-mqtt 1.6 for Python does,
+    /// ignoring its own in-flight limit) would reach [`INFLIGHT_CAP`], be disconnected with
+    /// its publishes unacknowledged, resend the same backlog, and never get on.
+    pub async fn room(&self) {
+        loop {
+            // Registered before the check, so an answer between the two is not missed.
+            let answered = self.answered.notified();
+            if self.inflight.get() < self.shared.max_inflight {
+                return;
+            }
+            answered.await;
+        }
+    }
+}
+
 /// Publishes of one connection handled at once before orchardd closes it.
 pub const INFLIGHT_CAP: u32 = 1000;
 
@@ -217,8 +237,11 @@ impl Drop for Admitted<'_> {
         let conn = self.0;
         let n = conn.inflight.get() - 1;
         conn.inflight.set(n);
-        if n < conn.shared.max_inflight && conn.paused.replace(false) {
-            conn.shared.metrics.mqtt_paused_connections.dec();
+        if n < conn.shared.max_inflight {
+            if conn.paused.replace(false) {
+                conn.shared.metrics.mqtt_paused_connections.dec();
+            }
+            conn.answered.notify_waiters();
         }
     }
 }

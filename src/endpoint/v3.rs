@@ -95,6 +95,11 @@ impl ntex_service::Service<v3::Publish> for PublishService {
     type Response = ();
     type Error = EndpointError;
 
+    async fn ready(&self, _: ntex_service::ServiceCtx<'_, Self>) -> Result<(), EndpointError> {
+        self.0.room().await;
+        Ok(())
+    }
+
     async fn call(
         &self,
         p: v3::Publish,
