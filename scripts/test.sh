@@ -35,13 +35,15 @@ fi
 
 # The Debian package, which tests/package.rs unpacks and checks. Built from the same (dev
 # profile) binary the tests run, so CI compiles orchardd once; `cargo deb` alone builds the
-# release package (README, "Install as a service").
+# release package (README, "Install as a service"). `cargo test --no-run` builds that binary
+# as the tests see it (with the dev-dependencies' features, which a plain `cargo build` would
+# leave out and so compile every shared dependency a second time).
 if ! cargo deb --version >/dev/null 2>&1; then
   echo "test.sh: installing cargo-deb"
   # Pinned: newer versions may refuse packaging a dev-profile binary.
   cargo install --locked cargo-deb --version 3.8.0
 fi
-cargo build --bin orchardd
+cargo test --no-run
 cargo deb --profile dev --no-build --no-separate-debug-symbols
 
 if cargo nextest --version >/dev/null 2>&1; then
