@@ -40,8 +40,9 @@ pub struct Conn {
     inflight: Cell<u32>,
     /// Counted in `mqtt_paused_connections` right now.
     paused: Cell<bool>,
-    /// Woken when a publish of this connection has been answered.
+    /// Woken when a publish of this connection has been answered, if `waiting`.
     answered: tokio::sync::Notify,
+    waiting: Cell<bool>,
 }
 
 impl Conn {
@@ -69,6 +70,7 @@ impl Conn {
             inflight: Cell::new(0),
             paused: Cell::new(false),
             answered: tokio::sync::Notify::new(),
+            waiting: Cell::new(false),
         });
         let session_present = registration.session_present;
         ntex_rt::spawn(deliver(sink, conn.clone(), registration));
@@ -215,11 +217,12 @@ impl Conn {
     /// ignoring its own in-flight limit) would reach [`INFLIGHT_CAP`], be disconnected with
     /// its publishes unacknowledged, resend the same backlog, and never get on.
     pub async fn room(&self) {
-        loop {
+        while self.inflight.get() >= self.shared.max_inflight {
             // Registered before the check, so an answer between the two is not missed.
             let answered = self.answered.notified();
+            self.waiting.set(true);
             if self.inflight.get() < self.shared.max_inflight {
-                return;
+                break;
             }
             answered.await;
         }
@@ -241,7 +244,9 @@ impl Drop for Admitted<'_> {
             if conn.paused.replace(false) {
                 conn.shared.metrics.mqtt_paused_connections.dec();
             }
-            conn.answered.notify_waiters();
+            if conn.waiting.replace(false) {
+                conn.answered.notify_waiters();
+            }
         }
     }
 }
