@@ -278,6 +278,11 @@ impl Outcome {
         (committed_at(&self.samples, to) - committed_at(&self.samples, from)) / seconds
     }
 
+    /// The last RSS sampled while the load ran: what a long run leaves behind.
+    fn last_rss_kib(&self) -> Option<u64> {
+        self.samples.iter().rev().find_map(|s| s.rss_kib)
+    }
+
     fn median_rss_kib(&self) -> Option<u64> {
         let mut rss: Vec<u64> = self.samples.iter().filter_map(|s| s.rss_kib).collect();
         rss.sort_unstable();

@@ -147,6 +147,9 @@ fn rows() -> Vec<(&'static str, Cell)> {
         ("orchardd median RSS under load", |o| {
             or_dash(o.median_rss_kib(), mib)
         }),
+        ("orchardd RSS at the end of the load", |o| {
+            or_dash(o.last_rss_kib(), mib)
+        }),
         ("mosquitto peak RSS", |o| {
             or_dash(o.broker_peak_rss_kib, mib)
         }),
