@@ -117,6 +117,28 @@ impl TrackingClient {
     }
 }
 
+/// Checks that the store holds messages `0..n` of the burst from `base`, each once.
+fn assert_stored_once(daemon: &Daemon, base: i64, n: u64) {
+    let (rows, keys) = stored_keys(daemon);
+    assert_eq!(rows as u64, n, "one row per message");
+    assert_eq!(keys, (0..n).map(|i| message(base, i).2).collect());
+}
+
+/// Waits until `client` has every PUBACK of a burst of `n`, then checks the store.
+fn assert_all_acknowledged_and_stored_once(
+    client: &TrackingClient,
+    daemon: &Daemon,
+    base: i64,
+    n: u64,
+) {
+    wait_for(
+        Duration::from_secs(120),
+        "every message acknowledged",
+        || (client.acked().len() as u64 == n).then_some(()),
+    );
+    assert_stored_once(daemon, base, n);
+}
+
 fn stored_keys(daemon: &Daemon) -> (usize, HashSet<(String, i64)>) {
     let rows = daemon.stored_readings();
     let keys = rows.iter().map(|(d, ts, _)| (d.clone(), *ts)).collect();
@@ -261,14 +283,7 @@ async fn a_stalled_store_holds_the_devices_back_with_flat_memory_and_loses_nothi
     lock.rollback().unwrap();
     drop(locker);
     publishing.await.unwrap();
-    wait_for(
-        Duration::from_secs(120),
-        "every message acknowledged",
-        || (client.acked().len() as u64 == BURST).then_some(()),
-    );
-    let (rows, keys) = stored_keys(&daemon);
-    assert_eq!(rows as u64, BURST);
-    assert_eq!(keys, (0..BURST).map(|i| message(base, i).2).collect());
+    assert_all_acknowledged_and_stored_once(&client, &daemon, base, BURST);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -415,14 +430,7 @@ async fn a_full_store_stops_the_acknowledgements_raises_a_critical_alert_and_rec
     // Room again: everything is stored, once, without the client doing anything.
     set_max_bytes(&daemon, 0, 2);
     publishing.await.unwrap();
-    wait_for(
-        Duration::from_secs(120),
-        "every message acknowledged",
-        || (client.acked().len() as u64 == BURST).then_some(()),
-    );
-    let (rows, keys) = stored_keys(&daemon);
-    assert_eq!(rows as u64, BURST);
-    assert_eq!(keys, (0..BURST).map(|i| message(base, i).2).collect());
+    assert_all_acknowledged_and_stored_once(&client, &daemon, base, BURST);
     wait_for(Duration::from_secs(30), "the alert to resolve", || {
         open_alerts(&daemon)
             .iter()
@@ -441,15 +449,7 @@ async fn a_full_store_stops_the_acknowledgements_raises_a_critical_alert_and_rec
 #[test]
 fn a_stall_longer_than_the_keep_alive_ends_with_one_reconnect_and_everything_stored() {
     const BURST: u64 = 20_000;
-    let python = support::require_binary("python3", "python3");
-    let check = std::process::Command::new(&python)
-        .args(["-c", "import paho.mqtt.client"])
-        .output()
-        .unwrap();
-    assert!(
-        check.status.success(),
-        "paho-mqtt for Python is not installed. Install it with: apt-get install -y python3-paho-mqtt (or run scripts/test.sh)"
-    );
+    let python = support::require_paho();
     let dir = tempfile::tempdir().unwrap();
     let cfg = DaemonConfig::shipped_defaults_embedded();
     let daemon = Daemon::start(dir.path(), &cfg);
@@ -520,7 +520,5 @@ c.disconnect(); c.loop_stop()
         "the stall cost a reconnect or two, not a storm: {connects} connections"
     );
     assert_eq!(fields[3], "True", "each reconnect found its session");
-    let (rows, keys) = stored_keys(&daemon);
-    assert_eq!(rows as u64, BURST);
-    assert_eq!(keys, (0..BURST).map(|i| message(base, i).2).collect());
+    assert_stored_once(&daemon, base, BURST);
 }

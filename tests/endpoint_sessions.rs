@@ -98,15 +98,7 @@ fn wait_subscriptions(daemon: &Daemon, n: f64) {
 
 /// Runs a paho-mqtt script with `PORT` set; its stdout is returned, a failure fails the test.
 fn paho(port: u16, script: &str) -> String {
-    let python = require_binary("python3", "python3");
-    let check = Command::new(&python)
-        .args(["-c", "import paho.mqtt.client"])
-        .output()
-        .unwrap();
-    assert!(
-        check.status.success(),
-        "paho-mqtt for Python is not installed. Install it with: apt-get install -y python3-paho-mqtt (or run scripts/test.sh)"
-    );
+    let python = support::require_paho();
     let prelude = "import os, sys, time, threading\nimport paho.mqtt.client as mqtt\nPORT = int(os.environ['PORT'])\n";
     let out = Command::new(python)
         .args(["-c", &format!("{prelude}{script}")])

@@ -56,6 +56,21 @@ pub fn require_binary(name: &str, package: &str) -> PathBuf {
     );
 }
 
+/// The Python that has paho-mqtt (Debian's python3-paho-mqtt); fails, naming the install
+/// command, when it is missing.
+pub fn require_paho() -> PathBuf {
+    let python = require_binary("python3", "python3");
+    let check = Command::new(&python)
+        .args(["-c", "import paho.mqtt.client"])
+        .output()
+        .unwrap();
+    assert!(
+        check.status.success(),
+        "paho-mqtt for Python is not installed. Install it with: apt-get install -y python3-paho-mqtt (or run scripts/test.sh)"
+    );
+    python
+}
+
 pub fn signal(pid: u32, sig: &str) {
     let ok = Command::new("kill")
         .args([&format!("-{sig}"), &pid.to_string()])
