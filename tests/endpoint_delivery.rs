@@ -362,9 +362,10 @@ async fn a_full_store_stops_the_acknowledgements_raises_a_critical_alert_and_rec
     let cfg = DaemonConfig::shipped_defaults_embedded();
     let daemon = Daemon::start(dir.path(), &cfg);
     daemon.wait_ready();
-    // A keep-alive longer than the stall: a client whose keep-alive runs out while it is held
-    // back reconnects, and that path loses messages today (an open problem, see the issue
-    // note); this test is about the full store.
+    // A keep-alive longer than the stall: a rumqttc client whose keep-alive runs out while it
+    // is held back reconnects, and rumqttc 0.25 drops publishes when it replays more than its
+    // in-flight window (its own bug, not orchardd's); this test is about the full store. The
+    // reconnect itself is tested with paho below.
     let client = TrackingClient::connect_with(
         cfg.broker_port(),
         "full-disk-gateway",
@@ -395,7 +396,7 @@ async fn a_full_store_stops_the_acknowledgements_raises_a_critical_alert_and_rec
     let publishing = client.spawn_burst(base, 500..BURST);
 
     // Full: the acknowledgements stop, /readyz says why, and a critical alert opens.
-    wait_for(
+    let alert = wait_for(
         Duration::from_secs(60),
         "the store-unwritable alert",
         || {
@@ -404,10 +405,6 @@ async fn a_full_store_stops_the_acknowledgements_raises_a_critical_alert_and_rec
                 .find(|a| a["rule"] == "store-unwritable")
         },
     );
-    let alert = open_alerts(&daemon)
-        .into_iter()
-        .find(|a| a["rule"] == "store-unwritable")
-        .unwrap();
     assert_eq!(alert["severity"], "critical");
     let (status, ready) = daemon.get("/readyz");
     assert_eq!(status, 503);

@@ -207,9 +207,7 @@ impl Conn {
         }
         Ok(Admitted(self))
     }
-}
 
-impl Conn {
     /// Waits until fewer than `broker.max_inflight` publishes of this connection are being
     /// handled. A 3.1.1 client has no receive maximum to keep to; while this waits ntex-mqtt
     /// reads nothing more from the socket, so TCP holds the client back. Without it a client

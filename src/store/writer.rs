@@ -135,9 +135,8 @@ pub struct Writer {
     activity: Option<SharedActivity>,
     /// Taken around each transaction when other connections of this process write too.
     gate: Option<WriteGate>,
-    /// `store.max_bytes`, and whether it has been applied to the connection.
+    /// `store.max_bytes`; marked changed until applied to the connection.
     max_bytes: Option<tokio::sync::watch::Receiver<u64>>,
-    max_bytes_applied: bool,
 }
 
 impl Writer {
@@ -165,7 +164,6 @@ impl Writer {
             activity: None,
             gate: None,
             max_bytes: None,
-            max_bytes_applied: false,
         }
     }
 
@@ -219,7 +217,9 @@ impl Writer {
     }
 
     /// `store.max_bytes`, which a reload may change.
-    pub fn with_max_bytes(mut self, max_bytes: tokio::sync::watch::Receiver<u64>) -> Self {
+    pub fn with_max_bytes(mut self, mut max_bytes: tokio::sync::watch::Receiver<u64>) -> Self {
+        // Applied at the first commit, as after a reload.
+        max_bytes.mark_changed();
         self.max_bytes = Some(max_bytes);
         self
     }
@@ -229,7 +229,7 @@ impl Writer {
         let Some(rx) = &mut self.max_bytes else {
             return;
         };
-        if !rx.has_changed().unwrap_or(false) && self.max_bytes_applied {
+        if !rx.has_changed().unwrap_or(false) {
             return;
         }
         let max = *rx.borrow_and_update();
@@ -248,7 +248,6 @@ impl Writer {
             Ok(n) => tracing::info!(max_bytes = max, pages = n, "store size limit set"),
             Err(e) => tracing::error!(error = %e, "store.max_bytes could not be applied"),
         }
-        self.max_bytes_applied = true;
     }
 
     /// Maintain the rollups (the default), or not.
