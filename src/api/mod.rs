@@ -164,7 +164,7 @@ async fn healthz() -> impl IntoResponse {
     get,
     path = "/readyz",
     tag = "health",
-    summary = "Readiness: store open and MQTT in place",
+    summary = "Readiness: store open and writable, and MQTT in place",
     responses((status = 200, description = "ready"), (status = 503, description = "not ready"))
 )]
 async fn readyz(State(s): State<AppState>) -> impl IntoResponse {
