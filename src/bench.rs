@@ -123,7 +123,7 @@ fn run_forwarding(
             load.readings(),
             forward::name(target)
         );
-        let outcome = forward::measure(exe, base, load, target, runtime)?;
+        let outcome = forward::measure(exe, base, load, target, &args.daemon_env, runtime)?;
         eprintln!(
             "bench: {} points/s",
             report::grouped(outcome.points_per_second())
@@ -308,7 +308,14 @@ fn measure(
         BenchBroker::Mosquitto => Some(Mosquitto::start(dir.path(), args.mosquitto_max_inflight)?),
         BenchBroker::Embedded => None,
     };
-    let mut daemon = Daemon::start(exe, dir.path(), base, scenario.sync, mosquitto.as_ref())?;
+    let mut daemon = Daemon::start(
+        exe,
+        dir.path(),
+        base,
+        scenario.sync,
+        mosquitto.as_ref(),
+        &args.daemon_env,
+    )?;
     daemon.wait_ready()?;
 
     let daemon_pid = daemon.process.id();
@@ -523,6 +530,7 @@ mod tests {
             config: None,
             output: None,
             forward: Vec::new(),
+            daemon_env: Vec::new(),
         };
         let load = Load::plan(&args);
         assert_eq!(load.devices(), 20);

@@ -215,6 +215,17 @@ pub struct BenchArgs {
     /// drains into these servers (comma-separate).
     #[arg(long, value_enum, value_delimiter = ',')]
     pub forward: Vec<ForwardTarget>,
+    /// Environment for the daemon under test (repeatable), e.g. `MALLOC_ARENA_MAX=16`, or a
+    /// heap profiler's `LD_PRELOAD` (BENCHMARKS.md, "Where the memory goes").
+    #[arg(long = "daemon-env", value_name = "KEY=VALUE", value_parser = key_value)]
+    pub daemon_env: Vec<(String, String)>,
+}
+
+fn key_value(s: &str) -> Result<(String, String), String> {
+    match s.split_once('=') {
+        Some((key, value)) if !key.is_empty() => Ok((key.into(), value.into())),
+        _ => Err(format!("`{s}` is not KEY=VALUE")),
+    }
 }
 
 fn synchronous(s: &str) -> Result<Synchronous, String> {

@@ -42,6 +42,7 @@ pub fn measure(
     base: &Settings,
     load: &Load,
     target: ForwardTarget,
+    env: &[(String, String)],
     runtime: &Handle,
 ) -> Result<ForwardOutcome, String> {
     let dir = TempDir::create("forward")?;
@@ -55,7 +56,7 @@ pub fn measure(
     };
     settings.influx.token = Some("bench".into());
     settings.influx.max_retry_delay = Duration::from_millis(500);
-    let mut daemon = Daemon::start(exe, dir.path(), &settings, Synchronous::Normal, None)?;
+    let mut daemon = Daemon::start(exe, dir.path(), &settings, Synchronous::Normal, None, env)?;
     daemon.wait_ready()?;
 
     // The backlog: every reading committed while the target is not there yet.

@@ -88,6 +88,7 @@ impl Daemon {
         base: &Settings,
         sync: Synchronous,
         mosquitto: Option<&Mosquitto>,
+        env: &[(String, String)],
     ) -> Result<Self, String> {
         let http = SocketAddr::from(([127, 0, 0, 1], free_port()?));
         let mut settings = base.clone();
@@ -129,6 +130,7 @@ impl Daemon {
                 command.env_remove(key);
             }
         }
+        command.envs(env.iter().map(|(k, v)| (k, v)));
         let child = command
             .stdin(Stdio::null())
             .stdout(out)
