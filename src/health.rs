@@ -4,7 +4,6 @@
 //! value again and again) and a reading after a silence are stored, not rejected: the reading
 //! may be true, and the flag tells staff to look. State is per series, owned by the writer.
 
-use std::collections::HashMap;
 use std::time::Duration;
 
 use crate::model::{Flags, Kind, TimestampMs};
@@ -50,65 +49,53 @@ pub struct Last {
     pub before_spike: Option<(TimestampMs, f64)>,
 }
 
+/// The judge; the state it judges by is kept with each series (the writer's
+/// `store::series::Slot`).
 #[derive(Debug)]
 pub struct Health {
     stuck_after: u32,
-    last: HashMap<i64, Last>,
 }
 
 impl Health {
     pub fn new(stuck_after: u32) -> Self {
-        Self {
-            stuck_after,
-            last: HashMap::new(),
-        }
+        Self { stuck_after }
     }
 
     pub fn stuck_after(&self) -> u32 {
         self.stuck_after
     }
 
-    pub fn knows(&self, series: i64) -> bool {
-        self.last.contains_key(&series)
+    /// A series' state from the store (its newest readings, newest first); None without any.
+    pub fn seed(&self, newest_first: &[(i64, f64)]) -> Option<Last> {
+        let (ts, value) = newest_first.first()?;
+        let repeats = newest_first.iter().take_while(|(_, v)| v == value).count() as u32;
+        Some(Last {
+            ts: TimestampMs(*ts),
+            value: *value,
+            repeats,
+            before_spike: None,
+        })
     }
 
-    /// Seeds a series' state from the store (its newest readings, newest first).
-    pub fn seed(&mut self, series: i64, newest_first: &[(i64, f64)]) {
-        if let Some((ts, value)) = newest_first.first() {
-            let repeats = newest_first.iter().take_while(|(_, v)| v == value).count() as u32;
-            self.last.insert(
-                series,
-                Last {
-                    ts: TimestampMs(*ts),
-                    value: *value,
-                    repeats,
-                    before_spike: None,
-                },
-            );
-        }
-    }
-
-    /// Flags for a new reading of `series`, and remembers it. A reading older than the newest
-    /// one known (late or redelivered) is not judged: its neighbours in time are not at hand.
+    /// Flags for a new reading of a series whose state is `last`, and remembers it there. A
+    /// reading older than the newest one known (late or redelivered) is not judged: its
+    /// neighbours in time are not at hand.
     pub fn judge(
-        &mut self,
-        series: i64,
+        &self,
+        last: &mut Option<Last>,
         kind: Kind,
         ts: TimestampMs,
         value: f64,
         expected_interval: Duration,
     ) -> Flags {
         let mut flags = Flags::default();
-        let Some(last) = self.last.get_mut(&series) else {
-            self.last.insert(
-                series,
-                Last {
-                    ts,
-                    value,
-                    repeats: 1,
-                    before_spike: None,
-                },
-            );
+        let Some(last) = last else {
+            *last = Some(Last {
+                ts,
+                value,
+                repeats: 1,
+                before_spike: None,
+            });
             return flags;
         };
         if ts <= last.ts {
@@ -153,18 +140,19 @@ mod tests {
     const MIN: i64 = 60_000;
     const EXPECTED: Duration = Duration::from_secs(600);
 
-    fn series(h: &mut Health, kind: Kind, values: &[(i64, f64)]) -> Vec<Flags> {
+    fn series(h: &Health, kind: Kind, values: &[(i64, f64)]) -> Vec<Flags> {
+        let mut last = None;
         values
             .iter()
-            .map(|(minute, v)| h.judge(1, kind, TimestampMs(minute * MIN), *v, EXPECTED))
+            .map(|(minute, v)| h.judge(&mut last, kind, TimestampMs(minute * MIN), *v, EXPECTED))
             .collect()
     }
 
     #[test]
     fn a_jump_of_air_temperature_in_ten_minutes_is_a_spike_a_slow_rise_is_not() {
-        let mut h = Health::new(12);
+        let h = Health::new(12);
         let flags = series(
-            &mut h,
+            &h,
             Kind::AirTemperature,
             &[(0, 18.0), (10, 19.5), (20, 31.0), (30, 31.5)],
         );
@@ -175,9 +163,9 @@ mod tests {
 
     #[test]
     fn after_a_lone_glitch_the_next_reading_is_judged_against_the_one_before_it() {
-        let mut h = Health::new(12);
+        let h = Health::new(12);
         let flags = series(
-            &mut h,
+            &h,
             Kind::AirTemperature,
             &[(0, 30.0), (15, 45.0), (30, 30.4), (45, 30.6)],
         );
@@ -185,9 +173,9 @@ mod tests {
         assert_eq!(flags[2], Flags::default(), "back at 30.4: no spike");
         assert_eq!(flags[3], Flags::default());
         // A level that stays where it jumped is real from its second reading on.
-        let mut h = Health::new(12);
+        let h = Health::new(12);
         let flags = series(
-            &mut h,
+            &h,
             Kind::SoilMoisture,
             &[(0, 20.0), (10, 45.0), (20, 45.2), (30, 45.1)],
         );
@@ -197,15 +185,15 @@ mod tests {
 
     #[test]
     fn the_same_soil_moisture_twelve_times_is_stuck_but_no_rain_is_not() {
-        let mut h = Health::new(12);
+        let h = Health::new(12);
         let same: Vec<_> = (0..13).map(|i| (i * 10, 23.4)).collect();
-        let flags = series(&mut h, Kind::SoilMoisture, &same);
+        let flags = series(&h, Kind::SoilMoisture, &same);
         assert!(flags[..11].iter().all(|f| !f.contains(Flags::STUCK)));
         assert!(flags[11].contains(Flags::STUCK) && flags[12].contains(Flags::STUCK));
-        let mut h = Health::new(12);
+        let h = Health::new(12);
         let dry: Vec<_> = (0..20).map(|i| (i * 10, 0.0)).collect();
         assert!(
-            series(&mut h, Kind::Rainfall, &dry)
+            series(&h, Kind::Rainfall, &dry)
                 .iter()
                 .all(|f| *f == Flags::default())
         );
@@ -213,9 +201,9 @@ mod tests {
 
     #[test]
     fn a_reading_after_a_long_silence_is_flagged_and_late_ones_are_left_alone() {
-        let mut h = Health::new(12);
+        let h = Health::new(12);
         let flags = series(
-            &mut h,
+            &h,
             Kind::SoilTemperature,
             &[(0, 15.0), (10, 15.1), (60, 15.3), (5, 15.0)],
         );
@@ -226,9 +214,16 @@ mod tests {
 
     #[test]
     fn seeding_from_the_store_continues_a_stuck_run() {
-        let mut h = Health::new(3);
-        h.seed(1, &[(20 * MIN, 7.0), (10 * MIN, 7.0), (0, 6.0)]);
-        let f = h.judge(1, Kind::SoilPh, TimestampMs(30 * MIN), 7.0, EXPECTED);
+        let h = Health::new(3);
+        let mut last = h.seed(&[(20 * MIN, 7.0), (10 * MIN, 7.0), (0, 6.0)]);
+        assert_eq!(last.map(|l| l.repeats), Some(2));
+        let f = h.judge(
+            &mut last,
+            Kind::SoilPh,
+            TimestampMs(30 * MIN),
+            7.0,
+            EXPECTED,
+        );
         assert!(f.contains(Flags::STUCK));
     }
 }

@@ -16,6 +16,7 @@ pub mod replay;
 pub mod retention;
 pub mod rollups;
 pub mod schema;
+mod series;
 pub mod writer;
 
 use std::path::{Path, PathBuf};

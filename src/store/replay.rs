@@ -12,7 +12,8 @@ use rusqlite::{Connection, params};
 use serde::Serialize;
 
 use super::StoreError;
-use super::writer::{Envelope, Inserted, SeriesIds, conflict, insert_reading, quarantine};
+use super::series::Series;
+use super::writer::{Envelope, Inserted, conflict, insert_reading, quarantine};
 use crate::model::{Flags, TimestampMs};
 use crate::validate::Reason;
 
@@ -53,14 +54,14 @@ pub fn replay(
         device: device.to_owned(),
         ..ReplayReport::default()
     };
-    let mut ids = SeriesIds::default();
+    let mut ids = Series::default();
     let mut fold = super::rollups::Fold::default();
     for (topic, received_at, payload) in held {
         report.messages += 1;
         let mut env = decode(&topic, Bytes::from(payload), TimestampMs(received_at));
         let mut conflicts = Vec::new();
         for r in &env.readings {
-            let series = ids.get(&tx, r)?;
+            let series = ids.get(&tx, r)?.id;
             match insert_reading(&tx, series, r, Flags::default())? {
                 Inserted::New => {
                     report.readings_recovered += 1;

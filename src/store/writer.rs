@@ -15,6 +15,7 @@ use rusqlite::{Connection, OptionalExtension, Transaction, params};
 use tokio::sync::mpsc;
 
 use super::rollups::Fold;
+use super::series::Series;
 use super::{StoreError, WriteGate};
 use crate::alerts::absence::{SharedActivity, remember_gateway};
 use crate::alerts::rules::Rule;
@@ -113,7 +114,8 @@ pub struct BatchOutcome {
 
 pub struct Writer {
     conn: Connection,
-    series_ids: SeriesIds,
+    /// Each series' id and health state.
+    series: Series,
     health: Health,
     /// Record each new reading in the forwarder's outbox.
     outbox: bool,
@@ -149,7 +151,7 @@ impl Writer {
     ) -> Self {
         Self {
             conn,
-            series_ids: SeriesIds::default(),
+            series: Series::default(),
             health: Health::new(stuck_after),
             outbox: false,
             rollups: true,
@@ -298,8 +300,7 @@ impl Writer {
                     self.heartbeat.set_failing(Some(e.to_string()));
                     self.metrics.store_writable.set(0);
                     // Forget what the failed transaction may have taught: re-learn from the store.
-                    self.series_ids = SeriesIds::default();
-                    self.health = Health::new(self.health.stuck_after());
+                    self.series = Series::default();
                     self.progress.clear();
                     tracing::error!(error = %e, retry_in = ?delay, "store commit failed; nothing is acknowledged until it succeeds");
                     std::thread::sleep(delay);
@@ -369,15 +370,17 @@ impl Writer {
         let mut late = Late::default();
         for env in envelopes {
             for r in &env.readings {
-                let series = self.series_ids.get(&tx, r)?;
-                if !self.health.knows(series) {
-                    self.health
-                        .seed(series, &newest(&tx, series, self.health.stuck_after())?);
+                let slot = self.series.get(&tx, r)?;
+                let series = slot.id;
+                if slot.health.is_none() {
+                    slot.health =
+                        self.health
+                            .seed(&newest(&tx, series, self.health.stuck_after())?);
                 }
                 let interval = env.interval_of(r);
-                let flags = self
-                    .health
-                    .judge(series, r.series.kind, r.ts, r.value, interval);
+                let flags =
+                    self.health
+                        .judge(&mut slot.health, r.series.kind, r.ts, r.value, interval);
                 match insert_reading(&tx, series, r, flags)? {
                     Inserted::New => {
                         outcome.accepted += 1;
@@ -890,80 +893,6 @@ fn newest(tx: &Transaction<'_>, series: i64, n: u32) -> Result<Vec<(i64, f64)>, 
         .query_map(params![series, n], |r| Ok((r.get(0)?, r.get(1)?)))?
         .collect::<Result<_, _>>()?;
     Ok(rows)
-}
-
-/// Series ids by identity, remembered so that most readings need no lookup. Keyed by one
-/// compact string per series rather than the reading's own key (three `String`s): with
-/// 10 000 devices there are 110 000 series, and the difference is about 12 MiB of RSS.
-#[derive(Default)]
-pub(crate) struct SeriesIds(HashMap<Box<str>, i64>);
-
-impl SeriesIds {
-    pub(crate) fn get(&mut self, tx: &Transaction<'_>, r: &Reading) -> Result<i64, StoreError> {
-        series_id(tx, &mut self.0, r)
-    }
-}
-
-/// The cache key of a series: its identity in one string. `/` cannot occur in an identifier.
-fn compact_key(s: &SeriesKey) -> Box<str> {
-    let depth = s.depth_cm.map_or(-1, i32::from);
-    format!(
-        "{}/{}/{}/{}/{depth}",
-        s.orchard.as_str(),
-        s.block.as_str(),
-        s.device.as_str(),
-        s.kind.name()
-    )
-    .into_boxed_str()
-}
-
-fn series_id(
-    tx: &Transaction<'_>,
-    cache: &mut HashMap<Box<str>, i64>,
-    r: &Reading,
-) -> Result<i64, StoreError> {
-    let key = compact_key(&r.series);
-    if let Some(id) = cache.get(&key) {
-        return Ok(*id);
-    }
-    let s = &r.series;
-    let depth = s.depth_cm.map(i64::from);
-    let existing = tx
-        .prepare_cached(
-            "SELECT id FROM series WHERE orchard = ?1 AND block = ?2 AND device = ?3 AND kind = ?4 \
-             AND depth_cm IS ?5",
-        )?
-        .query_row(
-            params![
-                s.orchard.as_str(),
-                s.block.as_str(),
-                s.device.as_str(),
-                s.kind.name(),
-                depth
-            ],
-            |row| row.get(0),
-        );
-    let id = match existing {
-        Ok(id) => id,
-        Err(rusqlite::Error::QueryReturnedNoRows) => {
-            tx.prepare_cached(
-                "INSERT INTO series (orchard, block, device, kind, depth_cm, first_seen) \
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-            )?
-            .execute(params![
-                s.orchard.as_str(),
-                s.block.as_str(),
-                s.device.as_str(),
-                s.kind.name(),
-                depth,
-                r.ts.0
-            ])?;
-            tx.last_insert_rowid()
-        }
-        Err(e) => return Err(e.into()),
-    };
-    cache.insert(key, id);
-    Ok(id)
 }
 
 /// Quarantines the envelope's rejections and `more` found while storing it, with its payload.
