@@ -208,6 +208,56 @@ async fn a_batch_influxdb_calls_bad_is_set_aside_and_the_stream_goes_on() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_over_the_servers_body_limit_goes_in_halves_and_arrives_once() {
+    let dir = tempfile::tempdir().unwrap();
+    // A 2 kB request limit (InfluxDB's default is 25 MB): a 1000-point batch is ~95 kB of
+    // lines, ~10 kB gzip'd, so influxd answers 413 and the forwarder halves it until it fits.
+    let mut influxd = Influxd::start_with_http(dir.path(), "  max-body-size = 2000");
+    // The backlog is built while InfluxDB is away, so that the first batches are full.
+    influxd.stop();
+    let cfg = DaemonConfig {
+        extra: v1_to(&influxd.url()),
+        ..DaemonConfig::embedded()
+    };
+    let daemon = Daemon::start(dir.path(), &cfg);
+    daemon.wait_ready();
+    let publisher = Publisher::connect(cfg.broker_port(), "gw").await;
+    let base = now_ms() - 3_600_000;
+    publish_burst(&publisher, base, 300).await;
+    wait_for(Duration::from_secs(60), "3 000 readings committed", || {
+        (daemon.metric("orchardd_forward_backlog_readings") == 3_000.0).then_some(())
+    });
+    influxd.restart();
+    wait_for(Duration::from_secs(60), "3 000 points in InfluxDB", || {
+        (influx_count(&influxd) >= 3_000).then_some(())
+    });
+    wait_for(Duration::from_secs(10), "an empty backlog", || {
+        (daemon.metric("orchardd_forward_backlog_readings") == 0.0).then_some(())
+    });
+    assert_eq!(influx_count(&influxd), 3_000, "counted with InfluxQL");
+    assert_eq!(daemon.metric("orchardd_forward_points_total"), 3_000.0);
+    assert_eq!(daemon.metric("orchardd_forward_dead_lettered_total"), 0.0);
+    let batches = daemon.metric("orchardd_forward_batches_total");
+    assert!(
+        batches >= 6.0,
+        "3 000 points in halves of 1 000: {batches} batches"
+    );
+    assert!(
+        daemon
+            .log_text()
+            .contains("batch too large for InfluxDB; sending it in halves"),
+        "the halving is logged"
+    );
+    let v = influxd.query(
+        DATABASE,
+        "SELECT \"value\" FROM \"soil_moisture\" WHERE \"device\" = 'station-2' ORDER BY time LIMIT 1",
+    );
+    let first = &v["results"][0]["series"][0]["values"][0];
+    assert_eq!(first[0], json!(base + 200_000), "{v}");
+    assert_eq!(first[1].as_f64(), Some(20.0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hostile_names_and_values_survive_the_trip_through_influxdb() {
     let dir = tempfile::tempdir().unwrap();
     let influxd = Influxd::start(dir.path());
@@ -233,7 +283,7 @@ async fn hostile_names_and_values_survive_the_trip_through_influxdb() {
         ],
         1_700_000_000_123,
     );
-    writer.write(body).await.unwrap();
+    writer.write(body.into()).await.unwrap();
 
     let escaped = hostile_measurement
         .replace('\\', "\\\\")

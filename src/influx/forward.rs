@@ -10,12 +10,11 @@ use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
-use super::line::{self, FieldValue};
 use super::write::{InfluxWriter, WriteError};
 use crate::config::InfluxSettings;
 use crate::metrics::Metrics;
 use crate::model::TimestampMs;
-use crate::store::readings::Row;
+use crate::store::outbox::Batch;
 use crate::store::{Admin, ReadPool, StoreError, outbox};
 
 pub struct Forwarder {
@@ -64,43 +63,37 @@ impl Forwarder {
     ) -> Result<bool, StoreError> {
         let limit = self.settings.batch_size;
         let from = *after;
-        let rows = self
+        let batch = self
             .pool
             .read(move |c| outbox::next(c, from, limit))
             .await?;
         let oldest = self.report_backlog().await?;
-        let Some(&(last_seq, _)) = rows.last() else {
+        let Some(last_seq) = batch.last_seq() else {
             return Ok(false);
         };
-        let due = rows.len() >= limit
+        let due = batch.len() >= limit
             || oldest.is_none_or(|t| {
                 TimestampMs::now().0 - t.0 >= self.settings.flush_interval.as_millis() as i64
             });
         if !due {
             return Ok(false);
         }
-        if self.send(&rows, shutdown).await? {
+        if self.send(&batch, shutdown).await? {
             *after = last_seq;
         }
         Ok(true)
     }
 
-    /// Sends `rows` (outbox sequence, reading) until InfluxDB takes or refuses them; false
-    /// when stopped first.
-    async fn send(
-        &self,
-        rows: &[(i64, Row)],
-        shutdown: &CancellationToken,
-    ) -> Result<bool, StoreError> {
-        let Some(&(last_seq, _)) = rows.last() else {
+    /// Sends `batch` until InfluxDB takes or refuses it; false when stopped first.
+    async fn send(&self, batch: &Batch, shutdown: &CancellationToken) -> Result<bool, StoreError> {
+        let Some(last_seq) = batch.last_seq() else {
             return Ok(true);
         };
-        let body = lines(rows.iter().map(|(_, r)| r));
+        let points = batch.len() as u64;
         let mut attempt = 0u32;
         loop {
-            match self.writer.write(body.clone()).await {
+            match self.writer.write(batch.lines.clone()).await {
                 Ok(()) => {
-                    let points = rows.len() as u64;
                     self.admin
                         .write(move |c| outbox::accepted(c, last_seq, points))
                         .await?;
@@ -109,23 +102,23 @@ impl Forwarder {
                     return Ok(true);
                 }
                 Err(WriteError::Rejected { status, message }) => {
-                    tracing::error!(status, %message, points = rows.len(), "forwarder: InfluxDB refused a batch as bad data; it is kept in forward_dead_letters");
-                    let points = rows.len() as u64;
-                    let kept = body.clone();
+                    tracing::error!(status, %message, points, "forwarder: InfluxDB refused a batch as bad data; it is kept in forward_dead_letters");
+                    let kept = batch.lines.clone();
                     self.admin
                         .write(move |c| {
+                            let kept = String::from_utf8_lossy(&kept);
                             outbox::dead_letter(c, last_seq, points, status, &message, &kept)
                         })
                         .await?;
                     self.metrics.forward_dead_lettered.inc_by(points);
                     return Ok(true);
                 }
-                Err(WriteError::TooLarge { message }) if rows.len() > 1 => {
-                    tracing::warn!(%message, points = rows.len(), "forwarder: batch too large for InfluxDB; sending it in halves");
+                Err(WriteError::TooLarge { message }) if batch.len() > 1 => {
+                    tracing::warn!(%message, points, "forwarder: batch too large for InfluxDB; sending it in halves");
                     // Halves in order, each acknowledged on its own.
-                    let (first, second) = rows.split_at(rows.len() / 2);
-                    return Ok(Box::pin(self.send(first, shutdown)).await?
-                        && Box::pin(self.send(second, shutdown)).await?);
+                    let (first, second) = batch.halves();
+                    return Ok(Box::pin(self.send(&first, shutdown)).await?
+                        && Box::pin(self.send(&second, shutdown)).await?);
                 }
                 Err(e) => {
                     attempt += 1;
@@ -133,7 +126,7 @@ impl Forwarder {
                     let delay = retry_delay(&e, attempt, self.settings.max_retry_delay);
                     // While InfluxDB is away the backlog grows: keep /metrics telling.
                     self.report_backlog().await?;
-                    tracing::warn!(error = %e, attempt, retry_in = ?delay, backlog_points = rows.len(), "forwarder: InfluxDB write failed; the batch stays in the outbox");
+                    tracing::warn!(error = %e, attempt, retry_in = ?delay, backlog_points = points, "forwarder: InfluxDB write failed; the batch stays in the outbox");
                     tokio::select! {
                         _ = tokio::time::sleep(delay) => {}
                         _ = shutdown.cancelled() => return Ok(false),
@@ -151,28 +144,6 @@ impl Forwarder {
         self.metrics.forward_backlog_seconds.set(behind);
         Ok(oldest)
     }
-}
-
-/// The line protocol of DESIGN.md: measurement = kind, tags orchard, block, device (+ depth_cm),
-/// field value, ms timestamps.
-pub fn lines<'a>(rows: impl IntoIterator<Item = &'a Row>) -> String {
-    let mut out = String::new();
-    for r in rows {
-        let depth = r.depth_cm.map(|d| d.to_string()).unwrap_or_default();
-        line::point(
-            &mut out,
-            &r.kind,
-            &[
-                ("block", &r.block),
-                ("depth_cm", &depth),
-                ("device", &r.device),
-                ("orchard", &r.orchard),
-            ],
-            &[("value", FieldValue::Float(r.value))],
-            r.ts.0,
-        );
-    }
-    out
 }
 
 /// Retry-After when the server gave one, else capped exponential back-off with jitter; a

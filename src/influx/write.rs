@@ -6,6 +6,8 @@
 use std::io::Write as _;
 use std::time::Duration;
 
+use bytes::Bytes;
+
 use influxdb2::api::write::TimestampPrecision;
 use influxdb2::models::WriteDataPoint;
 
@@ -103,7 +105,7 @@ impl InfluxWriter {
     }
 
     /// Writes newline-terminated line protocol with millisecond timestamps.
-    pub async fn write(&self, body: String) -> Result<(), WriteError> {
+    pub async fn write(&self, body: Bytes) -> Result<(), WriteError> {
         match self {
             InfluxWriter::V1 {
                 http,
@@ -132,11 +134,11 @@ impl InfluxWriter {
 }
 
 /// Already-escaped lines, handed to `influxdb2` as one "point" so its gzip path applies.
-struct Lines(String);
+struct Lines(Bytes);
 
 impl WriteDataPoint for Lines {
     fn write_data_point_to<W: std::io::Write>(&self, mut w: W) -> std::io::Result<()> {
-        w.write_all(self.0.as_bytes())
+        w.write_all(&self.0)
     }
 }
 
@@ -145,13 +147,13 @@ async fn write_v1(
     url: &str,
     query: &[(&'static str, String)],
     gzip: bool,
-    body: String,
+    body: Bytes,
 ) -> Result<(), WriteError> {
     let mut request = http.post(url).query(query);
     request = if gzip {
         let mut encoder = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
         let compressed = encoder
-            .write_all(body.as_bytes())
+            .write_all(&body)
             .and_then(|_| encoder.finish())
             .map_err(|e| WriteError::Unavailable {
                 message: format!("gzip: {e}"),

@@ -3,41 +3,102 @@
 //! its batch (or refused it as bad data, which sets the batch aside in `forward_dead_letters`),
 //! so the outbox is the persisted cursor: an outage or a restart leaves a backlog, never a gap.
 
+use std::fmt::Write as _;
+
+use bytes::Bytes;
 use rusqlite::{Connection, params};
 
 use super::StoreError;
+use crate::influx::line::{self, FieldValue};
 use crate::model::TimestampMs;
-use crate::store::readings::Row;
 
 /// The one forwarding target so far.
 pub const TARGET: &str = "influx";
 
-/// The next `limit` rows after `after`, with everything a line of line protocol needs.
-pub fn next(conn: &Connection, after: i64, limit: usize) -> Result<Vec<(i64, Row)>, StoreError> {
+/// The next rows of the outbox as line protocol, ready to send.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Batch {
+    /// One line per row, in outbox order.
+    pub lines: Bytes,
+    /// Each row's outbox sequence and where its line ends in `lines`.
+    pub rows: Vec<(i64, usize)>,
+}
+
+impl Batch {
+    /// The sequence of the batch's last row: everything up to it is done once it is sent.
+    pub fn last_seq(&self) -> Option<i64> {
+        self.rows.last().map(|&(seq, _)| seq)
+    }
+
+    pub fn len(&self) -> usize {
+        self.rows.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.rows.is_empty()
+    }
+
+    /// The first half of the rows and the rest, each a batch of its own (the lines are
+    /// shared, not copied).
+    pub fn halves(&self) -> (Batch, Batch) {
+        let mid = self.rows.len() / 2;
+        let cut = mid.checked_sub(1).map_or(0, |i| self.rows[i].1);
+        let first = Batch {
+            lines: self.lines.slice(..cut),
+            rows: self.rows[..mid].to_vec(),
+        };
+        let second = Batch {
+            lines: self.lines.slice(cut..),
+            rows: self.rows[mid..]
+                .iter()
+                .map(|&(seq, end)| (seq, end - cut))
+                .collect(),
+        };
+        (first, second)
+    }
+}
+
+/// The next `limit` rows after `after`, written as line protocol straight from the store's
+/// rows (DESIGN.md: measurement = kind, tags orchard, block, device (+ depth_cm), field
+/// value, ms timestamps). Nothing is allocated per row: a full batch is one string and one
+/// list of sequences.
+pub fn next(conn: &Connection, after: i64, limit: usize) -> Result<Batch, StoreError> {
     let mut stmt = conn.prepare_cached(
         "SELECT o.seq, s.orchard, s.block, s.device, s.kind, s.depth_cm, o.ts, r.value \
          FROM outbox o JOIN series s ON s.id = o.series \
          JOIN readings r ON r.series = o.series AND r.ts = o.ts \
          WHERE o.seq > ?1 ORDER BY o.seq LIMIT ?2",
     )?;
-    let rows = stmt
-        .query_map(params![after, limit as i64], |r| {
-            Ok((
-                r.get(0)?,
-                Row {
-                    orchard: r.get(1)?,
-                    block: r.get(2)?,
-                    device: r.get(3)?,
-                    kind: r.get(4)?,
-                    depth_cm: r.get(5)?,
-                    ts: TimestampMs(r.get(6)?),
-                    value: r.get(7)?,
-                    flags: Default::default(),
-                },
-            ))
-        })?
-        .collect::<Result<_, _>>()?;
-    Ok(rows)
+    let mut rows = stmt.query(params![after, limit as i64])?;
+    let mut lines = String::new();
+    let mut seqs = Vec::new();
+    let mut depth = String::new();
+    while let Some(r) = rows.next()? {
+        let text = |i| -> Result<&str, StoreError> {
+            Ok(r.get_ref(i)?.as_str().map_err(rusqlite::Error::from)?)
+        };
+        depth.clear();
+        if let Some(d) = r.get::<_, Option<i64>>(5)? {
+            let _ = write!(depth, "{d}");
+        }
+        line::point(
+            &mut lines,
+            text(4)?,
+            &[
+                ("block", text(2)?),
+                ("depth_cm", &depth),
+                ("device", text(3)?),
+                ("orchard", text(1)?),
+            ],
+            &[("value", FieldValue::Float(r.get(7)?))],
+            r.get(6)?,
+        );
+        seqs.push((r.get(0)?, lines.len()));
+    }
+    Ok(Batch {
+        lines: Bytes::from(lines),
+        rows: seqs,
+    })
 }
 
 /// How many rows wait, and when the oldest of them was committed.
@@ -114,4 +175,76 @@ pub fn add(
 /// from there on.
 pub fn oldest_pending_ts(conn: &Connection) -> Result<Option<i64>, StoreError> {
     Ok(conn.query_row("SELECT min(ts) FROM outbox", [], |r| r.get(0))?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn store_with_outbox(rows: i64) -> (tempfile::TempDir, Connection) {
+        let dir = tempfile::tempdir().unwrap();
+        let settings = crate::config::StoreSettings {
+            path: dir.path().join("o.db"),
+            ..Default::default()
+        };
+        let conn = super::super::open_writer(&settings).unwrap();
+        conn.execute_batch(
+            "INSERT INTO series (id, orchard, block, device, kind, depth_cm, first_seen) \
+             VALUES (1, 'fengjie', 'B3', 'probe-1', 'soil_moisture', 30, 0), \
+                    (2, 'fengjie', 'B3', 'station-1', 'air_temperature', NULL, 0);",
+        )
+        .unwrap();
+        for i in 0..rows {
+            let series = 1 + i % 2;
+            conn.execute(
+                "INSERT INTO readings (series, ts, value, flags) VALUES (?1, ?2, ?3, 0)",
+                params![series, 1_000 + i, 20.0 + i as f64 / 4.0],
+            )
+            .unwrap();
+            conn.execute(
+                "INSERT INTO outbox (series, ts, committed_at) VALUES (?1, ?2, 5)",
+                params![series, 1_000 + i],
+            )
+            .unwrap();
+        }
+        (dir, conn)
+    }
+
+    #[test]
+    fn a_batch_is_the_rows_after_the_cursor_as_line_protocol() {
+        let (_dir, conn) = store_with_outbox(5);
+        let batch = next(&conn, 1, 3).unwrap();
+        assert_eq!(
+            std::str::from_utf8(&batch.lines).unwrap(),
+            "air_temperature,block=B3,device=station-1,orchard=fengjie value=20.25 1001\n\
+             soil_moisture,block=B3,depth_cm=30,device=probe-1,orchard=fengjie value=20.5 1002\n\
+             air_temperature,block=B3,device=station-1,orchard=fengjie value=20.75 1003\n"
+        );
+        assert_eq!(batch.last_seq(), Some(4));
+        assert_eq!(batch.rows.last().map(|r| r.1), Some(batch.lines.len()));
+        assert!(next(&conn, 5, 3).unwrap().is_empty());
+    }
+
+    #[test]
+    fn halves_split_at_a_line_and_keep_each_rows_sequence() {
+        let (_dir, conn) = store_with_outbox(5);
+        let batch = next(&conn, 0, 10).unwrap();
+        let (first, second) = batch.halves();
+        assert_eq!((first.len(), second.len()), (2, 3));
+        assert_eq!((first.last_seq(), second.last_seq()), (Some(2), Some(5)));
+        let joined = [&first.lines[..], &second.lines[..]].concat();
+        assert_eq!(joined, &batch.lines[..]);
+        for half in [&first, &second] {
+            let text = std::str::from_utf8(&half.lines).unwrap();
+            assert!(text.ends_with('\n') && text.lines().count() == half.len());
+            assert_eq!(half.rows.last().map(|r| r.1), Some(half.lines.len()));
+        }
+        let (one, two) = second.halves();
+        assert_eq!((one.len(), two.len()), (1, 2));
+        assert_eq!(
+            std::str::from_utf8(&one.lines).unwrap(),
+            "soil_moisture,block=B3,depth_cm=30,device=probe-1,orchard=fengjie value=20.5 1002\n"
+        );
+        assert_eq!(one.last_seq(), Some(3));
+    }
 }

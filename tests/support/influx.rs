@@ -113,6 +113,11 @@ pub struct Influxd {
 impl Influxd {
     /// Starts influxd in `dir/influxd` and creates [`DATABASE`].
     pub fn start(dir: &Path) -> Influxd {
+        Self::start_with_http(dir, "")
+    }
+
+    /// With more settings of the `[http]` section, e.g. `max-body-size = 20000`.
+    pub fn start_with_http(dir: &Path, http: &str) -> Influxd {
         let dir = dir.join("influxd");
         std::fs::create_dir_all(&dir).unwrap();
         let port = free_port();
@@ -137,6 +142,7 @@ bind-address = "127.0.0.1:{rpc}"
   bind-address = "127.0.0.1:{port}"
   auth-enabled = false
   log-enabled = false
+{http}
 [continuous_queries]
   enabled = false
 [logging]
