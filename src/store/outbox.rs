@@ -104,9 +104,13 @@ pub fn next(conn: &Connection, after: i64, limit: usize) -> Result<Batch, StoreE
 /// How many rows wait, and when the oldest of them was committed.
 pub fn backlog(conn: &Connection) -> Result<(u64, Option<TimestampMs>), StoreError> {
     // Rows leave from the front only, so the sequence span is the count, without a scan.
+    // Each end is its own subquery: SQLite reads min() or max() off the b-tree's edge only
+    // when it is the one aggregate of its query; `max(seq) - min(seq)` together scanned the
+    // whole outbox (3.9 MiB of page cache on every forwarder step, in a heap profile).
     Ok(conn.query_row(
-        "SELECT ifnull(max(seq) - min(seq) + 1, 0), \
-                (SELECT committed_at FROM outbox ORDER BY seq LIMIT 1) FROM outbox",
+        "SELECT ifnull((SELECT seq FROM outbox ORDER BY seq DESC LIMIT 1) \
+                     - (SELECT seq FROM outbox ORDER BY seq LIMIT 1) + 1, 0), \
+                (SELECT committed_at FROM outbox ORDER BY seq LIMIT 1)",
         [],
         |r| {
             Ok((
@@ -202,8 +206,8 @@ mod tests {
             )
             .unwrap();
             conn.execute(
-                "INSERT INTO outbox (series, ts, committed_at) VALUES (?1, ?2, 5)",
-                params![series, 1_000 + i],
+                "INSERT INTO outbox (series, ts, committed_at) VALUES (?1, ?2, ?3)",
+                params![series, 1_000 + i, 5 + i],
             )
             .unwrap();
         }
@@ -223,6 +227,16 @@ mod tests {
         assert_eq!(batch.last_seq(), Some(4));
         assert_eq!(batch.rows.last().map(|r| r.1), Some(batch.lines.len()));
         assert!(next(&conn, 5, 3).unwrap().is_empty());
+    }
+
+    #[test]
+    fn the_backlog_is_what_waits_and_when_its_oldest_row_was_committed() {
+        let (_dir, mut conn) = store_with_outbox(5);
+        assert_eq!(backlog(&conn).unwrap(), (5, Some(TimestampMs(5))));
+        accepted(&mut conn, 3, 3).unwrap();
+        assert_eq!(backlog(&conn).unwrap(), (2, Some(TimestampMs(8))));
+        accepted(&mut conn, 5, 2).unwrap();
+        assert_eq!(backlog(&conn).unwrap(), (0, None));
     }
 
     #[test]
