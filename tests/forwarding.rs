@@ -3,6 +3,7 @@
 
 mod support;
 
+use std::path::Path;
 use std::time::Duration;
 
 use orchardd::config::{InfluxApi, InfluxSettings};
@@ -37,6 +38,19 @@ async fn publish_burst(publisher: &Publisher, base: i64, messages: i64) {
     }
 }
 
+/// orchardd on its embedded defaults with `extra` (its forwarding), ready, and a publisher
+/// connected to its endpoint.
+async fn start_forwarding(dir: &Path, extra: String) -> (Daemon, Publisher) {
+    let cfg = DaemonConfig {
+        extra,
+        ..DaemonConfig::embedded()
+    };
+    let daemon = Daemon::start(dir, &cfg);
+    daemon.wait_ready();
+    let publisher = Publisher::connect(cfg.broker_port(), "gw").await;
+    (daemon, publisher)
+}
+
 fn influx_count(influxd: &Influxd) -> u64 {
     let v = influxd.query(DATABASE, "SELECT count(\"value\") FROM /.*/");
     v["results"][0]["series"]
@@ -54,13 +68,7 @@ fn influx_count(influxd: &Influxd) -> u64 {
 async fn readings_reach_victoria_metrics_through_the_v2_write_path() {
     let dir = tempfile::tempdir().unwrap();
     let vm = VictoriaMetrics::start(dir.path());
-    let cfg = DaemonConfig {
-        extra: v2_to(&vm.url()),
-        ..DaemonConfig::embedded()
-    };
-    let daemon = Daemon::start(dir.path(), &cfg);
-    daemon.wait_ready();
-    let publisher = Publisher::connect(cfg.broker_port(), "gw").await;
+    let (daemon, publisher) = start_forwarding(dir.path(), v2_to(&vm.url())).await;
     let base = now_ms() - 3_600_000;
     publish_burst(&publisher, base, 30).await;
     // A soil probe at depth: depth_cm becomes a tag.
@@ -107,13 +115,7 @@ async fn an_influxdb_outage_across_a_restart_of_orchardd_loses_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let mut influxd = Influxd::start(dir.path());
     influxd.stop();
-    let cfg = DaemonConfig {
-        extra: v1_to(&influxd.url()),
-        ..DaemonConfig::embedded()
-    };
-    let mut daemon = Daemon::start(dir.path(), &cfg);
-    daemon.wait_ready();
-    let publisher = Publisher::connect(cfg.broker_port(), "gw").await;
+    let (mut daemon, publisher) = start_forwarding(dir.path(), v1_to(&influxd.url())).await;
     let base = now_ms() - 3 * 3_600_000;
 
     // 10 000 readings arrive while InfluxDB is down.
@@ -161,13 +163,11 @@ async fn a_batch_influxdb_calls_bad_is_set_aside_and_the_stream_goes_on() {
             base - 1
         ),
     );
-    let cfg = DaemonConfig {
-        extra: v1_to(&influxd.url()).replace("batch_size = 1000", "batch_size = 1"),
-        ..DaemonConfig::embedded()
-    };
-    let daemon = Daemon::start(dir.path(), &cfg);
-    daemon.wait_ready();
-    let publisher = Publisher::connect(cfg.broker_port(), "gw").await;
+    let (daemon, publisher) = start_forwarding(
+        dir.path(),
+        v1_to(&influxd.url()).replace("batch_size = 1000", "batch_size = 1"),
+    )
+    .await;
     for (i, kind) in ["soil_moisture", "soil_ec", "air_temperature"]
         .iter()
         .enumerate()
@@ -215,13 +215,7 @@ async fn a_batch_over_the_servers_body_limit_goes_in_halves_and_arrives_once() {
     let mut influxd = Influxd::start_with_http(dir.path(), "  max-body-size = 2000");
     // The backlog is built while InfluxDB is away, so that the first batches are full.
     influxd.stop();
-    let cfg = DaemonConfig {
-        extra: v1_to(&influxd.url()),
-        ..DaemonConfig::embedded()
-    };
-    let daemon = Daemon::start(dir.path(), &cfg);
-    daemon.wait_ready();
-    let publisher = Publisher::connect(cfg.broker_port(), "gw").await;
+    let (daemon, publisher) = start_forwarding(dir.path(), v1_to(&influxd.url())).await;
     let base = now_ms() - 3_600_000;
     publish_burst(&publisher, base, 300).await;
     wait_for(Duration::from_secs(60), "3 000 readings committed", || {
