@@ -216,7 +216,7 @@ pub struct BenchArgs {
     #[arg(long, value_enum, value_delimiter = ',')]
     pub forward: Vec<ForwardTarget>,
     /// Environment for the daemon under test (repeatable), e.g. `MALLOC_ARENA_MAX=16`, or a
-    /// heap profiler's `LD_PRELOAD` (BENCHMARKS.md, "Where the memory goes").
+    /// heap profiler's `LD_PRELOAD` (BENCHMARKS.md, "Where the memory went").
     #[arg(long = "daemon-env", value_name = "KEY=VALUE", value_parser = key_value)]
     pub daemon_env: Vec<(String, String)>,
 }

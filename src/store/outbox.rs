@@ -16,7 +16,7 @@ use crate::model::TimestampMs;
 pub const TARGET: &str = "influx";
 
 /// The next rows of the outbox as line protocol, ready to send.
-#[derive(Debug, Clone, Default, PartialEq)]
+#[derive(Debug)]
 pub struct Batch {
     /// One line per row, in outbox order.
     pub lines: Bytes,
